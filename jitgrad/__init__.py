@@ -1,0 +1,44 @@
+"""jitgrad: PyTorch-compatible automatic differentiation for NumPy data, on a flat tape
+swept by Numba kernels.
+
+>>> import jitgrad as torch
+>>> x = torch.tensor(2.0, requires_grad=True)
+>>> y = x ** 3
+>>> y.backward()
+>>> x.grad
+tensor(12.)
+"""
+from . import _dtype
+from .tensor import Size, Tensor  # noqa: F401  (first: it installs the operators)
+from ._dtype import (
+    bool_ as bool,  # noqa: A004 - torch.bool
+    dtype,
+    float32,
+    float64,
+    get_default_dtype,
+    int64,
+    set_default_dtype,
+)
+from .functions import (  # noqa: F401
+    Generator, abs, add, allclose, amax, amin, arange, argmax, argmin, as_tensor, bmm,
+    broadcast_to, cat, clamp, clip, clone, concat, concatenate, cos, default_generator, div,
+    divide, dot, empty, empty_like, eq, equal, exp, expand, expm1, eye, flatten, from_numpy,
+    full, full_like, ge, gt, isfinite, isnan, le, linspace, log, log1p, log_softmax,
+    logical_and, logical_not, logical_or, logsumexp, lt, manual_seed, matmul, max, maximum,
+    mean, min, minimum, mm, mul, multiply, mv, ne, neg, negative, norm, ones, ones_like,
+    permute, pow, prod, rand, rand_like, randint, randn, randn_like, randperm, reciprocal, relu,
+    reshape, sigmoid, sign, sin, softmax, sqrt, squeeze, stack, sub, subtract, sum, swapaxes,
+    t, tan, tanh, tensor, transpose, true_divide, unsqueeze, view, where, zeros, zeros_like,
+)
+
+float = float32  # noqa: A001 - torch.float
+double = float64
+long = int64
+int = int64  # noqa: A001
+
+from . import autograd, optim  # noqa: E402
+from .autograd.grad_mode import enable_grad, inference_mode, no_grad, set_grad_enabled  # noqa: E402,F401
+
+is_grad_enabled = autograd.grad_mode.is_grad_enabled
+__version__ = "0.1.0"
+del _dtype

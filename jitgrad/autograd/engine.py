@@ -1,0 +1,254 @@
+"""``backward`` and ``autograd.grad``: seed the roots, run one reverse sweep, hand out the
+adjoints.
+
+Without ``create_graph`` the sweep is the Numba kernel pair of :mod:`jitgrad.kernels.sweep`
+(no Python per entry). With ``create_graph=True`` the same entries are walked in Python and
+each one's derivative is applied as recorded jitgrad ops (:mod:`jitgrad.autograd.rules`),
+so the gradient is itself on the tape and can be differentiated again.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _dtype as dt
+from ..kernels.layout import DTYPE_F32, ERR_FREED, N_DTYPE, N_ENTRY, N_OFFSET, N_SIZE, N_WIDTH
+from ..recording import FREED_GRAPH, node_of
+from ..tape import _state
+from ..tensor import Tensor
+
+_FREED_MESSAGE = (
+    "Trying to backward through the graph a second time (or directly access saved tensors "
+    "after they have already been freed). Saved intermediate values of the graph are freed "
+    "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need to "
+    "backward through the graph a second time or if you need to access saved tensors after "
+    "calling backward.")
+
+_tables = None  # op tables for the kernels, built on first use
+
+
+def _op_tables():
+    global _tables
+    if _tables is None:
+        from ..ops.registry import OPS
+
+        kinds = np.array([op.kind for op in OPS], np.int64)
+        saves = np.array([op.saves_mask() for op in OPS], np.int64)
+        _tables = (kinds, saves)
+    return _tables
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, Tensor):
+        return [value]
+    return list(value)
+
+
+def _seed(output: Tensor, gradient, index: int):
+    """The adjoint seed of one root: ones for a scalar, else the given gradient."""
+    if gradient is None:
+        if output.numel() != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs")
+        return None
+    if not isinstance(gradient, Tensor):
+        gradient = Tensor._wrap(np.asarray(gradient, dtype=output.dtype.numpy), output.dtype)
+    if gradient.shape != output.shape:
+        raise RuntimeError(
+            f"Mismatch in shape: grad_output[{index}] has a shape of {gradient.shape} and "
+            f"output[{index}] has a shape of {output.shape}.")
+    return gradient
+
+
+def _root_node(tape, output: Tensor, index: int) -> int:
+    if not output._requires_grad:
+        raise RuntimeError(
+            f"element {index} of tensors does not require grad and does not have a grad_fn")
+    if output._op >= 0 and (output._tape is not tape or output._gen != tape.generation):
+        raise RuntimeError(_FREED_MESSAGE)
+    return node_of(tape, output)
+
+
+def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
+    """Reverse sweep from ``outputs``. Returns {node: adjoint} for the nodes in ``targets``
+    (all reached leaves and retained tensors when ``targets`` is None), as ndarrays, or
+    as Tensors when ``create_graph``."""
+    tape = _state.tape
+    outputs = _as_list(outputs)
+    grads = _as_list(grad_outputs) or [None] * len(outputs)
+    if len(grads) != len(outputs):
+        raise RuntimeError(
+            f"grad can be implicitly created only for scalar outputs; got {len(grads)} "
+            f"gradients for {len(outputs)} outputs")
+    seeds = [_seed(o, g, i) for i, (o, g) in enumerate(zip(outputs, grads))]
+    roots = np.array([_root_node(tape, o, i) for i, o in enumerate(outputs)], np.int64)
+    if retain_graph is None:
+        retain_graph = create_graph
+    from ..kernels.sweep import accumulate, mark_reached
+
+    kinds, saves = _op_tables()
+    reached = np.zeros(tape.n_nodes, np.uint8)
+    entries, consts, nodes, meta = tape.tables()
+    try:
+        status, entry = mark_reached(entries, nodes, roots, tape.n_entries, reached, saves)
+        if status == 0:
+            # a reached value from an older graph that a backward already went through
+            freed = np.flatnonzero(reached.astype(bool) & (nodes[:, N_ENTRY] == FREED_GRAPH))
+            if freed.size:
+                status = ERR_FREED
+        if status != 0:
+            _raise_sweep_error(tape, status, entry)
+        if create_graph:
+            del entries, consts, nodes, meta
+            from .rules import differentiable_sweep
+
+            adjoints = differentiable_sweep(tape, reached, roots, seeds, outputs)
+            if not retain_graph:
+                _free_reached(tape, reached)
+            return _collect(tape, reached, adjoints, targets, as_tensors=True)
+        adj = [np.zeros(tape.used[0], np.float32), np.zeros(tape.used[1], np.float64)]
+        for root, seed, output in zip(roots, seeds, outputs):
+            row = root * N_WIDTH
+            offset, size = nodes[root, N_OFFSET], nodes[root, N_SIZE]
+            target = adj[nodes[root, N_DTYPE]]
+            target[offset:offset + size] += 1.0 if seed is None else seed._value().reshape(-1)
+            del row
+        accumulate(entries, consts, nodes, meta, tape.arenas[0], tape.arenas[1], adj[0], adj[1],
+                   tape.n_entries, reached, kinds, bool(retain_graph))
+    finally:
+        entries = consts = nodes = meta = None
+    if not retain_graph:
+        tape.maybe_restart = True
+    return _collect(tape, reached, adj, targets, as_tensors=False)
+
+
+def _free_reached(tape, reached) -> None:
+    from ..kernels.layout import E_FREED, E_OUT, E_WIDTH
+
+    for e in range(tape.n_entries):
+        if reached[tape.entries[e * E_WIDTH + E_OUT]]:
+            tape.entries[e * E_WIDTH + E_FREED] = 1
+    tape.maybe_restart = True
+
+
+def _raise_sweep_error(tape, status: int, entry: int):
+    from ..ops.registry import OPS
+
+    if status == ERR_FREED:
+        raise RuntimeError(_FREED_MESSAGE)
+    op = OPS[tape.entries[entry * 10]]
+    raise RuntimeError(
+        f"one of the variables needed for gradient computation has been modified by an "
+        f"inplace operation: an input saved by {op.grad_fn} ({op.name}) changed after it was "
+        f"recorded. Hint: replace the in-place op (x += ..., x.add_(...)) with its "
+        f"out-of-place form (x = x + ...), or clone() the value before modifying it.")
+
+
+def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
+    """{node: adjoint} for the requested nodes that the sweep reached."""
+    wanted = targets if targets is not None else list(tape.leaves) + list(tape.retained)
+    result = {}
+    for node in wanted:
+        if node < 0 or node >= reached.shape[0] or not reached[node]:
+            continue
+        if as_tensors:
+            if node in adjoints:
+                result[node] = adjoints[node]
+            continue
+        row = node * N_WIDTH
+        offset, size = tape.nodes[row + N_OFFSET], tape.nodes[row + N_SIZE]
+        buffer = adjoints[tape.nodes[row + N_DTYPE]]
+        result[node] = buffer[offset:offset + size].reshape(tape.shapes[node]).copy()
+    return result
+
+
+def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph: bool = False,
+             inputs=None) -> None:
+    backward_many([tensor], [gradient] if gradient is not None else None, retain_graph,
+                  create_graph, inputs)
+
+
+def backward_many(tensors, grad_tensors=None, retain_graph=None, create_graph: bool = False,
+                  inputs=None) -> None:
+    """``torch.autograd.backward``: accumulate gradients into ``.grad`` of the leaves (or of
+    ``inputs`` only) and of tensors that called ``retain_grad()``."""
+    tape = _state.tape
+    input_list = _as_list(inputs)
+    targets = None
+    if input_list:
+        targets = [node_of(tape, t) for t in input_list]
+    # leaves and retained tensors by node; a leaf may own several nodes in one generation
+    sinks = {}
+    sinks.update(tape.retained)
+    sinks.update(tape.leaves)
+    if input_list:
+        sinks = {n: t for n, t in zip(targets, input_list)}
+    adjoints = run(tensors, grad_tensors, retain_graph, create_graph, targets)
+    for node, adjoint in adjoints.items():
+        owner = sinks.get(node)
+        if owner is None:
+            continue
+        _accumulate_grad(owner, adjoint, create_graph)
+
+
+def _accumulate_grad(owner: Tensor, adjoint, create_graph: bool) -> None:
+    if isinstance(adjoint, Tensor):
+        if adjoint.dtype is not owner.dtype:
+            adjoint = adjoint.to(owner.dtype)
+        owner._grad = adjoint if owner._grad is None else owner._grad + adjoint
+        return
+    value = adjoint.astype(owner.dtype.numpy, copy=False)
+    current = owner._grad
+    if current is None:
+        owner._grad = Tensor._wrap(np.asarray(value, order="C"), owner.dtype)
+    elif current._requires_grad:
+        owner._grad = current + Tensor._wrap(value, owner.dtype)
+    else:
+        data = current._value()
+        data += value
+        current._item = None
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bool = False,
+         allow_unused: bool | None = None, materialize_grads: bool = False):
+    """``torch.autograd.grad``: the gradients of ``outputs`` w.r.t. ``inputs``, returned as a
+    tuple; ``.grad`` is left untouched.
+
+    >>> import jitgrad as torch
+    >>> x = torch.tensor([2.0], requires_grad=True)
+    >>> torch.autograd.grad(x ** 3, x)
+    (tensor([12.]),)
+    """
+    tape = _state.tape
+    single = isinstance(inputs, Tensor)
+    input_list = _as_list(inputs)
+    for i, t in enumerate(input_list):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad(): inputs[{i}] must be a Tensor, got {type(t).__name__}")
+        if not t._requires_grad:
+            raise RuntimeError(f"One of the differentiated Tensors (input {i}) does not "
+                               f"require grad")
+    targets = [node_of(tape, t) for t in input_list]
+    adjoints = run(outputs, grad_outputs, retain_graph, create_graph, targets)
+    result = []
+    for i, (t, node) in enumerate(zip(input_list, targets)):
+        adjoint = adjoints.get(node)
+        if adjoint is None:
+            if materialize_grads:
+                result.append(Tensor._wrap(np.zeros(t.shape, t.dtype.numpy), t.dtype))
+                continue
+            if not allow_unused:
+                raise RuntimeError(
+                    f"One of the differentiated Tensors (input {i}, shape {list(t.shape)}) "
+                    f"appears to not have been used in the graph. Set allow_unused=True if "
+                    f"this is the desired behavior.")
+            result.append(None)
+        elif isinstance(adjoint, Tensor):
+            result.append(adjoint if adjoint.dtype is t.dtype else adjoint.to(t.dtype))
+        else:
+            result.append(Tensor._wrap(adjoint.astype(t.dtype.numpy, copy=False), t.dtype))
+    del single
+    return tuple(result)
+
+
+_ = (dt, DTYPE_F32)

@@ -1,0 +1,111 @@
+"""``grad_fn`` objects: thin views onto tape entries, made on demand.
+
+``type(y.grad_fn).__name__`` is torch's name (``MulBackward0``), ``next_functions`` lists
+the grad_fn of each input (``AccumulateGrad`` for leaves, ``None`` for inputs that do not
+require grad), and ``AccumulateGrad.variable`` is the leaf.
+"""
+from __future__ import annotations
+
+from ..kernels.layout import E_IN0, E_OUT, E_WIDTH, N_ENTRY, N_GRAD, N_WIDTH
+from ..ops.registry import OPS, PLACE
+
+
+class Node:
+    """Base of every grad_fn class."""
+
+    __slots__ = ("_tape", "_entry", "_generation", "_tensor")
+
+    def __init__(self, tape, entry: int, generation: int, tensor=None) -> None:
+        self._tape = tape
+        self._entry = entry
+        self._generation = generation
+        self._tensor = tensor
+
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def next_functions(self) -> tuple:
+        tape = self._tape
+        if tape is None or self._generation != tape.generation or self._entry < 0:
+            return ()
+        entries = [self._entry]
+        out = tape.entry_out(self._entry)
+        # concatenation records one entry per part, all writing the same output
+        if OPS[tape.entries[self._entry * E_WIDTH]].kind == PLACE:
+            e = self._entry - 1
+            while e >= 0 and tape.entry_out(e) == out:
+                entries.insert(0, e)
+                e -= 1
+        result = []
+        for entry in entries:
+            arity = OPS[tape.entries[entry * E_WIDTH]].arity
+            base = entry * E_WIDTH + E_IN0
+            for k in range(arity):
+                node = tape.entries[base + k]
+                result.append((_function_of_node(tape, node), 0))
+        if OPS[tape.entries[self._entry * E_WIDTH]].inputs == ("x",) and \
+                OPS[tape.entries[self._entry * E_WIDTH]].name.endswith("_scalar"):
+            result.append((None, 0))  # torch lists the Python scalar operand too
+        return tuple(result)
+
+    @property
+    def metadata(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} object at {hex(id(self))}>"
+
+    def __eq__(self, other) -> bool:
+        return (type(self) is type(other) and self._tape is other._tape
+                and self._entry == other._entry and self._generation == other._generation)
+
+    def __hash__(self) -> int:
+        return hash((id(self._tape), self._entry, self._generation))
+
+
+class AccumulateGrad(Node):
+    """The grad_fn slot of a leaf that requires grad; ``variable`` is the leaf."""
+
+    __slots__ = ()
+
+    @property
+    def variable(self):
+        return self._tensor
+
+    @property
+    def next_functions(self) -> tuple:
+        return ()
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def _class_for(name: str) -> type:
+    cls = _CLASSES.get(name)
+    if cls is None:
+        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": ()})
+    return cls
+
+
+def _function_of_node(tape, node: int):
+    if node < 0 or not tape.nodes[node * N_WIDTH + N_GRAD]:
+        return None
+    entry = tape.nodes[node * N_WIDTH + N_ENTRY]
+    if entry >= 0:
+        op = OPS[tape.entries[entry * E_WIDTH]]
+        return _class_for(op.grad_fn)(tape, entry, tape.generation)
+    leaf = tape.leaves.get(node)
+    return AccumulateGrad(tape, -1, tape.generation, leaf) if leaf is not None else None
+
+
+def node_for_tensor(t):
+    """The grad_fn of non-leaf tensor ``t``."""
+    tape = t._tape
+    name = OPS[t._op].grad_fn
+    if tape is not None and t._gen == tape.generation and t._node >= 0:
+        return _class_for(name)(tape, tape.nodes[t._node * N_WIDTH + N_ENTRY], t._gen)
+    return _class_for(name)(None, -1, t._gen)
+
+
+_ = E_OUT

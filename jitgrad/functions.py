@@ -1,0 +1,1327 @@
+"""Every public op: forward on NumPy (or Python floats for 0-d tensors), recorded on the tape
+when grad mode is on and an input requires grad. Derivatives are not here: they come from
+the op's declaration in :mod:`jitgrad.ops`.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections import namedtuple
+
+import numpy as np
+
+from . import _dtype as dt
+from .kernels.layout import N_OFFSET, N_WIDTH
+from .ops.registry import BY_NAME
+from .recording import (
+    SCALAR_FORWARD, broadcast_meta, broadcast_shape, dtype_code, node_of,
+)
+from .tape import _state
+from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
+
+_F32 = dt.float32
+
+# ops whose result is floating point even for integer inputs
+_FLOAT_RESULT = {"exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "log1p",
+                 "expm1", "reciprocal", "div", "div_scalar", "rpow_scalar"}
+
+
+# -- creation --------------------------------------------------------------------------------
+def _array_from(data, dtype=None) -> tuple[np.ndarray, dt.dtype]:
+    """NumPy array and jitgrad dtype for ``tensor(data, dtype)``, with torch's inference:
+    Python floats give the default float type, ints int64, bools bool."""
+    if isinstance(data, Tensor):
+        array = data._value()
+        d = data.dtype
+    else:
+        array = np.asarray(_unwrap_nested(data))
+        if array.dtype == object:
+            raise TypeError(f"Could not infer dtype of {type(data).__name__}")
+        if array.dtype.kind == "f" and not isinstance(data, np.ndarray):
+            d = dt.get_default_dtype()
+        elif array.dtype.kind in "iu":
+            d = dt.int64
+        elif array.dtype.kind == "b":
+            d = dt.bool_
+        elif array.dtype.kind == "f":
+            d = dt.from_numpy_dtype(array.dtype)
+        else:
+            raise TypeError(f"can't convert data of dtype {array.dtype} to a tensor")
+    if dtype is not None:
+        d = dt.to_dtype(dtype)
+    return np.asarray(array, dtype=d.numpy, order="C"), d
+
+
+def _unwrap_nested(data):
+    if isinstance(data, (list, tuple)):
+        return [_unwrap_nested(v) for v in data]
+    if isinstance(data, Tensor):
+        return data._value()
+    return data
+
+
+def tensor(data, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    """A new leaf tensor holding a copy of ``data``.
+
+    >>> import jitgrad as torch
+    >>> torch.tensor([[1, 2], [3, 4]])
+    tensor([[1, 2],
+            [3, 4]])
+    """
+    if isinstance(data, float) and dtype is None:
+        t = _scalar_tensor(data, dt.get_default_dtype())
+    else:
+        array, d = _array_from(data, dtype)
+        if array is _value_of(data):
+            array = array.copy()
+        t = Tensor._wrap(array, d)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _value_of(data):
+    return data._value() if isinstance(data, Tensor) else data
+
+
+def _scalar_tensor(value, d: dt.dtype) -> Tensor:
+    t = object.__new__(Tensor)
+    if d is _F32:
+        value = float(np.float32(value))
+    _init(t, None, value, d, ())
+    return t
+
+
+def as_tensor(data, dtype=None) -> Tensor:
+    if isinstance(data, Tensor) and (dtype is None or dt.to_dtype(dtype) is data.dtype):
+        return data
+    if isinstance(data, np.ndarray):
+        d = dt.to_dtype(dtype) if dtype is not None else dt.from_numpy_dtype(data.dtype)
+        return Tensor._wrap(np.asarray(data, dtype=d.numpy, order="C"), d)
+    return tensor(data, dtype=dtype)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array`` (which must be C-contiguous)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
+    d = dt.from_numpy_dtype(array.dtype)
+    if array.dtype != d.numpy or not array.flags.c_contiguous:
+        raise TypeError(
+            f"from_numpy: can only share memory with a C-contiguous float64, float32, int64 or "
+            f"bool array (got {array.dtype}, contiguous={array.flags.c_contiguous}); use "
+            f"torch.tensor(array) to copy it")
+    return Tensor._wrap(array, d)
+
+
+def _shape_arg(size) -> tuple:
+    if len(size) == 1 and isinstance(size[0], (tuple, list, Size)):
+        size = tuple(size[0])
+    for s in size:
+        if not isinstance(s, numbers.Integral) or isinstance(s, bool):
+            raise TypeError(f"size must contain ints, got {type(s).__name__}")
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(size)}")
+    return tuple(int(s) for s in size)
+
+
+def _filled(size, value, dtype, requires_grad) -> Tensor:
+    d = dt.to_dtype(dtype) if dtype is not None else dt.get_default_dtype()
+    t = Tensor._wrap(np.full(_shape_arg(size), value, dtype=d.numpy), d)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def zeros(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(size, 0, dtype, requires_grad)
+
+
+def ones(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(size, 1, dtype, requires_grad)
+
+
+def empty(*size, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(size, 0, dtype, requires_grad)
+
+
+def full(size, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    if dtype is None:
+        dtype = (dt.bool_ if isinstance(fill_value, bool) else
+                 dt.int64 if isinstance(fill_value, numbers.Integral) else None)
+    return _filled(tuple(size), fill_value, dtype, requires_grad)
+
+
+def _like(t: Tensor, dtype):
+    return t.dtype if dtype is None else dtype
+
+
+def zeros_like(t: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(tuple(t.shape), 0, _like(t, dtype), requires_grad)
+
+
+def ones_like(t: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(tuple(t.shape), 1, _like(t, dtype), requires_grad)
+
+
+def empty_like(t: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(tuple(t.shape), 0, _like(t, dtype), requires_grad)
+
+
+def full_like(t: Tensor, fill_value, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return _filled(tuple(t.shape), fill_value, _like(t, dtype), requires_grad)
+
+
+def arange(start, end=None, step=1, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        is_int = all(isinstance(v, numbers.Integral) for v in (start, end, step))
+        dtype = dt.int64 if is_int else dt.get_default_dtype()
+    d = dt.to_dtype(dtype)
+    t = Tensor._wrap(np.arange(start, end, step).astype(d.numpy), d)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def linspace(start, end, steps: int, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    d = dt.to_dtype(dtype) if dtype is not None else dt.get_default_dtype()
+    t = Tensor._wrap(np.linspace(start, end, steps).astype(d.numpy), d)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def eye(n: int, m: int | None = None, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    d = dt.to_dtype(dtype) if dtype is not None else dt.get_default_dtype()
+    t = Tensor._wrap(np.eye(n, m, dtype=d.numpy), d)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+class Generator:
+    """A random generator (NumPy's PCG64), seeded like ``torch.Generator``."""
+
+    def __init__(self) -> None:
+        self._rng = np.random.default_rng()
+
+    def manual_seed(self, seed: int) -> Generator:
+        self._rng = np.random.default_rng(seed)
+        return self
+
+    def integers(self, *args, **kwargs):
+        return self._rng.integers(*args, **kwargs)
+
+    def permutation(self, n: int):
+        return self._rng.permutation(n)
+
+
+default_generator = Generator()
+
+
+def manual_seed(seed: int) -> Generator:
+    """Seed the default generator (``rand``, ``randn``, shuffling, dropout, init)."""
+    return default_generator.manual_seed(seed)
+
+
+def _random(sample, size, dtype, requires_grad, generator) -> Tensor:
+    d = dt.to_dtype(dtype) if dtype is not None else dt.get_default_dtype()
+    rng = (generator or default_generator)._rng
+    t = Tensor._wrap(np.asarray(sample(rng, _shape_arg(size)), dtype=d.numpy, order="C"), d)
+    return t.requires_grad_(True) if requires_grad else t
+
+
+def rand(*size, dtype=None, requires_grad: bool = False, generator=None) -> Tensor:
+    return _random(lambda r, s: r.random(s), size, dtype, requires_grad, generator)
+
+
+def randn(*size, dtype=None, requires_grad: bool = False, generator=None) -> Tensor:
+    return _random(lambda r, s: r.standard_normal(s), size, dtype, requires_grad, generator)
+
+
+def rand_like(t: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return rand(*t.shape, dtype=_like(t, dtype), requires_grad=requires_grad)
+
+
+def randn_like(t: Tensor, *, dtype=None, requires_grad: bool = False) -> Tensor:
+    return randn(*t.shape, dtype=_like(t, dtype), requires_grad=requires_grad)
+
+
+def randint(low, high=None, size=(), *, dtype=None, generator=None) -> Tensor:
+    if high is None:
+        low, high = 0, low
+    d = dt.to_dtype(dtype) if dtype is not None else dt.int64
+    rng = (generator or default_generator)._rng
+    return Tensor._wrap(np.asarray(rng.integers(low, high, size), dtype=d.numpy, order="C"), d)
+
+
+def randperm(n: int, *, generator=None) -> Tensor:
+    rng = (generator or default_generator)._rng
+    return Tensor._wrap(rng.permutation(n).astype(np.int64), dt.int64)
+
+
+# -- recording core ------------------------------------------------------------------------------
+def _recording(*tensors) -> bool:
+    if not _state.grad_enabled:
+        return False
+    for t in tensors:
+        if t._requires_grad:
+            return True
+    return False
+
+
+def _output(tape, value, item, d: dt.dtype, shape, node: int, op_code: int) -> Tensor:
+    t = object.__new__(Tensor)
+    _init(t, value, item, d, shape)
+    if node >= 0:
+        t._requires_grad = True
+        t._tape = tape
+        t._gen = tape.generation
+        t._node = node
+        t._op = op_code
+    return t
+
+
+def _new_output_node(tape, d: dt.dtype, shape: tuple) -> tuple[int, np.ndarray]:
+    """Allocate the output node of an op about to be recorded; returns it and its slot."""
+    size = 1
+    for s in shape:
+        size *= s
+    code = dtype_code(d)
+    tape.before_record()
+    node = tape.new_node(code, shape, size, True, -1)
+    offset = tape.nodes[node * N_WIDTH + N_OFFSET]
+    return node, tape.arenas[code][offset:offset + size].reshape(shape)
+
+
+def _cast_input(t: Tensor, d: dt.dtype) -> Tensor:
+    """``t`` converted to ``d`` for an op computing in ``d`` (recorded when it matters)."""
+    if t.dtype is d:
+        return t
+    return to_dtype(t, d)
+
+
+def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
+                 result=None) -> Tensor:
+    """Apply elementwise op ``name`` to tensors ``inputs`` (same dtype after promotion)."""
+    op = BY_NAME[name]
+    if result is None:
+        result = inputs[0].dtype
+        for t in inputs[1:]:
+            result = dt.result_type(result, 1, t.dtype, 1) if t.dtype is not result else result
+        if name in _FLOAT_RESULT and not result.is_floating_point:
+            result = dt.get_default_dtype()
+    record = _recording(*inputs)
+    if record and not result.is_floating_point:
+        record = False
+    if record:
+        inputs = [_cast_input(t, result) for t in inputs]
+    scalar = True
+    for t in inputs:
+        if t._data is not None:
+            scalar = False
+            break
+    if scalar:
+        value = _scalar_forward(op.code, [t._item for t in inputs], c0, c1, result)
+        if value is not None:
+            if not record:
+                return _output(None, None, value, result, (), -1, -1)
+            tape = _state.tape
+            tape.before_record()
+            ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
+            node = tape.new_node(dtype_code(result), (), 1, True, -1)
+            arena = tape.arenas[dtype_code(result)]
+            offset = tape.nodes[node * N_WIDTH + N_OFFSET]
+            arena[offset] = value
+            if result is _F32:
+                value = float(arena[offset])
+            tape.record(op.code, node, *_pad3(ins), -1, c0, c1)
+            return _output(tape, None, value, result, (), node, op.code)
+    arrays = [t._value() for t in inputs]
+    shapes = [a.shape for a in arrays]
+    shape = shapes[0] if len(shapes) == 1 else broadcast_shape(
+        _op_label(name), *shapes)
+    if not record:
+        arrays = [a if a.dtype == result.numpy else a.astype(result.numpy) for a in arrays]
+        with np.errstate(all="ignore"):
+            value = NUMPY_FORWARD[name](*arrays, c0, c1, None)
+        value = np.asarray(value, dtype=result.numpy)
+        return _output(None, value, None, result, shape, -1, -1)
+    tape = _state.tape
+    node, slot = _new_output_node(tape, result, shape)
+    ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
+    with np.errstate(all="ignore"):
+        NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+    meta = -1 if len(inputs) == 1 else tape.add_meta(broadcast_meta(shape, shapes))
+    tape.record(op.code, node, *_pad3(ins), meta, c0, c1)
+    return _output(tape, slot, None, result, shape, node, op.code)
+
+
+def _pad3(nodes: list) -> list:
+    return nodes + [-1] * (3 - len(nodes))
+
+
+def _input_node(tape, t: Tensor, op, k: int) -> int:
+    """Node of input ``k`` of ``op``, or -1 when the sweep needs neither its value nor its
+    gradient (a constant the derivative does not read)."""
+    if t._requires_grad or op.inputs[k] in op.saves:
+        return node_of(tape, t)
+    return -1
+
+
+def _scalar_forward(code: int, values: list, c0, c1, result: dt.dtype):
+    try:
+        value = SCALAR_FORWARD[code](*values, c0, c1)
+    except (ArithmeticError, ValueError):
+        return None  # domain edge (log(0), overflow, 0 ** -1): NumPy gives inf/nan
+    if type(value) is complex:
+        return None
+    if result is _F32:
+        value = float(np.float32(value))
+    elif result is dt.float64:
+        value = float(value)
+    elif result is dt.int64:
+        value = int(value)
+    else:
+        value = bool(value)
+    return value
+
+
+def _op_label(name: str) -> str:
+    return {"add": "add (+)", "sub": "sub (-)", "mul": "mul (*)", "div": "div (/)",
+            "pow": "pow (**)"}.get(name, name)
+
+
+def _stable_sigmoid(x, c0, c1, out):
+    # exp of a non-positive number never overflows
+    e = np.exp(-np.abs(x))
+    return np.divide(np.where(x >= 0, 1.0, e), 1.0 + e, out=out)
+
+
+def _where_forward(a, b, cond, c0, c1, out):
+    if out is None:
+        return np.where(cond != 0, a, b)
+    out[...] = np.where(cond != 0, a, b)
+    return out
+
+
+def _copy(x, c0, c1, out):
+    if out is None:
+        return x.copy()
+    out[...] = x
+    return out
+
+
+NUMPY_FORWARD = {
+    "neg": lambda x, c0, c1, out: np.negative(x, out=out),
+    "exp": lambda x, c0, c1, out: np.exp(x, out=out),
+    "log": lambda x, c0, c1, out: np.log(x, out=out),
+    "sqrt": lambda x, c0, c1, out: np.sqrt(x, out=out),
+    "sin": lambda x, c0, c1, out: np.sin(x, out=out),
+    "cos": lambda x, c0, c1, out: np.cos(x, out=out),
+    "tan": lambda x, c0, c1, out: np.tan(x, out=out),
+    "tanh": lambda x, c0, c1, out: np.tanh(x, out=out),
+    "sigmoid": _stable_sigmoid,
+    "relu": lambda x, c0, c1, out: np.multiply(x, x > 0, out=out) if out is not None
+    else np.where(x > 0, x, 0 * x),
+    "abs": lambda x, c0, c1, out: np.abs(x, out=out),
+    "log1p": lambda x, c0, c1, out: np.log1p(x, out=out),
+    "expm1": lambda x, c0, c1, out: np.expm1(x, out=out),
+    "reciprocal": lambda x, c0, c1, out: np.divide(1, x, out=out),
+    "clone": _copy,
+    "clamp": lambda x, c0, c1, out: np.clip(x, c0, c1, out=out),
+    "add_scalar": lambda x, c0, c1, out: np.add(x, c0, out=out),
+    "sub_scalar": lambda x, c0, c1, out: np.subtract(x, c0, out=out),
+    "rsub_scalar": lambda x, c0, c1, out: np.subtract(c0, x, out=out),
+    "mul_scalar": lambda x, c0, c1, out: np.multiply(x, c0, out=out),
+    "div_scalar": lambda x, c0, c1, out: np.divide(x, c0, out=out),
+    "pow_scalar": lambda x, c0, c1, out: np.power(x, c0, out=out),
+    "rpow_scalar": lambda x, c0, c1, out: np.power(c0, x, out=out),
+    "add": lambda a, b, c0, c1, out: np.add(a, b, out=out),
+    "sub": lambda a, b, c0, c1, out: np.subtract(a, b, out=out),
+    "mul": lambda a, b, c0, c1, out: np.multiply(a, b, out=out),
+    "div": lambda a, b, c0, c1, out: np.divide(a, b, out=out),
+    "pow": lambda a, b, c0, c1, out: np.power(a, b, out=out),
+    "maximum": lambda a, b, c0, c1, out: np.maximum(a, b, out=out),
+    "minimum": lambda a, b, c0, c1, out: np.minimum(a, b, out=out),
+    "where": _where_forward,
+}
+
+
+# -- elementwise public API ----------------------------------------------------------------------
+def _unary(name: str):
+    def op(input: Tensor) -> Tensor:
+        return _elementwise(name, [_check_tensor(input, name)])
+
+    op.__name__ = name
+    op.__doc__ = f"Elementwise ``{name}``, differentiable (grad_fn ``{BY_NAME[name].grad_fn}``)."
+    return op
+
+
+def _check_tensor(value, op: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(value).__name__}")
+    return value
+
+
+exp = _unary("exp")
+log = _unary("log")
+sqrt = _unary("sqrt")
+sin = _unary("sin")
+cos = _unary("cos")
+tan = _unary("tan")
+tanh = _unary("tanh")
+sigmoid = _unary("sigmoid")
+relu = _unary("relu")
+abs = _unary("abs")  # noqa: A001 - torch's name
+log1p = _unary("log1p")
+expm1 = _unary("expm1")
+reciprocal = _unary("reciprocal")
+neg = _unary("neg")
+negative = neg
+
+
+def clone(input: Tensor) -> Tensor:
+    """A copy of ``input`` that stays in the graph (grad_fn ``CloneBackward0``)."""
+    return _elementwise("clone", [_check_tensor(input, "clone")])
+
+
+def clamp(input: Tensor, min=None, max=None) -> Tensor:  # noqa: A002 - torch's names
+    """Clamp to ``[min, max]``; the gradient passes where ``min <= x <= max``."""
+    if min is None and max is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    low = -math.inf if min is None else float(min)
+    high = math.inf if max is None else float(max)
+    return _elementwise("clamp", [_check_tensor(input, "clamp")], low, high)
+
+
+clip = clamp
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Number) and not isinstance(v, Tensor)
+
+
+def _scalar_operand(t: Tensor, value, name: str):
+    """``t op value`` for a Python number: the op on the tensor with a float constant."""
+    result = dt.scalar_result_type(t.dtype, value)
+    if isinstance(value, complex):
+        raise TypeError(f"{name}: complex numbers are not supported")
+    return result, float(value) if result.is_floating_point else value
+
+
+def _binary(name: str, a, b) -> Tensor:
+    a_num, b_num = _is_number(a), _is_number(b)
+    if a_num and b_num:
+        raise TypeError(f"{name}: at least one argument must be a Tensor")
+    if b_num:
+        return _with_scalar(name, a, b)
+    if a_num:
+        return _with_scalar_left(name, a, b)
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        bad = b if isinstance(a, Tensor) else a
+        raise TypeError(f"{name}(): expected Tensor or number, got {type(bad).__name__}")
+    result = dt.result_type(a.dtype, a.ndim, b.dtype, b.ndim)
+    if name in _FLOAT_RESULT and not result.is_floating_point:
+        result = dt.get_default_dtype()
+    return _elementwise(name, [a, b], result=result)
+
+
+def _with_scalar(name: str, t: Tensor, value) -> Tensor:
+    result, c = _scalar_operand(t, value, name)
+    if name in _FLOAT_RESULT and not result.is_floating_point:
+        result = dt.get_default_dtype()
+    if not result.is_floating_point:
+        return _integer_with_scalar(name, t, value, result)
+    scalar_op = {"add": "add_scalar", "sub": "sub_scalar", "mul": "mul_scalar",
+                 "div": "div_scalar", "pow": "pow_scalar"}.get(name)
+    if scalar_op is None:  # maximum, minimum, ...: a constant tensor of t's dtype
+        return _elementwise(name, [t, _scalar_tensor(c, result)], result=result)
+    return _elementwise(scalar_op, [t], float(c), result=result)
+
+
+def _with_scalar_left(name: str, value, t: Tensor) -> Tensor:
+    result, c = _scalar_operand(t, value, name)
+    if name in _FLOAT_RESULT and not result.is_floating_point:
+        result = dt.get_default_dtype()
+    if not result.is_floating_point:
+        return _integer_with_scalar(name, _scalar_tensor(value, result), t, result)
+    if name in ("add", "mul"):
+        return _with_scalar(name, t, value)
+    if name == "sub":
+        return _elementwise("rsub_scalar", [t], float(c), result=result)
+    if name == "div":  # as torch: reciprocal, then a product
+        return _elementwise("mul_scalar", [_elementwise("reciprocal", [t], result=result)],
+                            float(c), result=result)
+    if name == "pow":
+        return _elementwise("rpow_scalar", [t], float(c), result=result)
+    return _elementwise(name, [_scalar_tensor(c, result), t], result=result)
+
+
+def _integer_with_scalar(name, a, b, result) -> Tensor:
+    a = a if isinstance(a, Tensor) else _scalar_tensor(a, result)
+    b = b if isinstance(b, Tensor) else _scalar_tensor(b, result)
+    return _elementwise(name, [a, b], result=result)
+
+
+def add(input, other, *, alpha=None) -> Tensor:
+    if alpha is not None:
+        other = other * alpha
+    return _binary("add", input, other)
+
+
+def sub(input, other, *, alpha=None) -> Tensor:
+    if alpha is not None:
+        other = other * alpha
+    return _binary("sub", input, other)
+
+
+subtract = sub
+
+
+def mul(input, other) -> Tensor:
+    return _binary("mul", input, other)
+
+
+multiply = mul
+
+
+def div(input, other) -> Tensor:
+    return _binary("div", input, other)
+
+
+divide = true_divide = div
+
+
+def pow(input, exponent) -> Tensor:  # noqa: A001 - torch's name
+    return _binary("pow", input, exponent)
+
+
+def maximum(input: Tensor, other: Tensor) -> Tensor:
+    """Elementwise maximum; at ties the gradient is split evenly, as torch does."""
+    return _binary("maximum", input, other)
+
+
+def minimum(input: Tensor, other: Tensor) -> Tensor:
+    return _binary("minimum", input, other)
+
+
+def where(condition: Tensor, input, other) -> Tensor:
+    """Select ``input`` where ``condition`` holds, else ``other``."""
+    cond = condition if isinstance(condition, Tensor) else tensor(condition)
+    if cond.dtype is not dt.bool_:
+        cond = cond != 0
+    if _is_number(input) and _is_number(other):
+        d = dt.get_default_dtype() if isinstance(input, float) or isinstance(other, float) \
+            else dt.int64
+        input, other = _scalar_tensor(input, d), _scalar_tensor(other, d)
+    elif _is_number(input):
+        input = _scalar_tensor(input, other.dtype)
+    elif _is_number(other):
+        other = _scalar_tensor(other, input.dtype)
+    result = dt.result_type(input.dtype, input.ndim, other.dtype, other.ndim)
+    if not result.is_floating_point:
+        shape = broadcast_shape("where", input.shape, other.shape, cond.shape)
+        value = np.where(cond._value(), input._value(), other._value()).astype(result.numpy)
+        return Tensor._wrap(np.asarray(value.reshape(shape), order="C"), result)
+    # the condition travels as 0/1 in the op's float type
+    mask = Tensor._wrap(cond._value().astype(result.numpy), result)
+    return _elementwise("where", [input, other, mask], result=result)
+
+
+# -- comparisons and logic (not differentiable) --------------------------------------------------
+def _compare(ufunc, a, b) -> Tensor:
+    av = a._value() if isinstance(a, Tensor) else a
+    bv = b._value() if isinstance(b, Tensor) else b
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        broadcast_shape(ufunc.__name__, a.shape, b.shape)
+    return Tensor._wrap(np.asarray(ufunc(av, bv), order="C"), dt.bool_)
+
+
+def eq(a, b) -> Tensor:
+    return _compare(np.equal, a, b)
+
+
+def ne(a, b) -> Tensor:
+    return _compare(np.not_equal, a, b)
+
+
+def lt(a, b) -> Tensor:
+    return _compare(np.less, a, b)
+
+
+def le(a, b) -> Tensor:
+    return _compare(np.less_equal, a, b)
+
+
+def gt(a, b) -> Tensor:
+    return _compare(np.greater, a, b)
+
+
+def ge(a, b) -> Tensor:
+    return _compare(np.greater_equal, a, b)
+
+
+def logical_and(a, b) -> Tensor:
+    return _compare(np.logical_and, a, b)
+
+
+def logical_or(a, b) -> Tensor:
+    return _compare(np.logical_or, a, b)
+
+
+def logical_not(a: Tensor) -> Tensor:
+    return Tensor._wrap(np.asarray(np.logical_not(a._value()), order="C"), dt.bool_)
+
+
+def sign(input: Tensor) -> Tensor:
+    """The sign (-1, 0, 1); its derivative is zero, so it is not recorded."""
+    return Tensor._wrap(np.sign(input._value()), input.dtype)
+
+
+def isnan(input: Tensor) -> Tensor:
+    return Tensor._wrap(np.isnan(input._value()), dt.bool_)
+
+
+def isfinite(input: Tensor) -> Tensor:
+    return Tensor._wrap(np.isfinite(input._value()), dt.bool_)
+
+
+def allclose(a: Tensor, b: Tensor, rtol: float = 1e-5, atol: float = 1e-8,
+             equal_nan: bool = False) -> bool:
+    return bool(np.allclose(a._value(), b._value(), rtol=rtol, atol=atol, equal_nan=equal_nan))
+
+
+def equal(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a._value(), b._value()))
+
+
+# -- dtype conversion ------------------------------------------------------------------------
+def to_dtype(t: Tensor, d) -> Tensor:
+    """``t.to(dtype)``: recorded (``ToCopyBackward0``) between floating types."""
+    d = dt.to_dtype(d)
+    if t.dtype is d:
+        return t
+    if _recording(t) and d.is_floating_point:
+        tape = _state.tape
+        src = node_of(tape, t)
+        node, slot = _new_output_node(tape, d, tuple(t.shape))
+        slot[...] = t._value()
+        tape.record(BY_NAME["to_dtype"].code, node, src, -1, -1, -1)
+        return _output(tape, slot, None, d, t.shape, node, BY_NAME["to_dtype"].code)
+    if t._data is None:
+        value = t._item
+        value = (float(np.float32(value)) if d is _F32 else float(value) if d.is_floating_point
+                 else int(value) if d is dt.int64 else bool(value))
+        return _scalar_tensor(value, d) if d is not _F32 else _output(None, None, value, d, (),
+                                                                      -1, -1)
+    return Tensor._wrap(t._value().astype(d.numpy), d)
+
+
+# -- reductions ------------------------------------------------------------------------------
+def _dims(dim, ndim: int, op: str) -> tuple:
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, (tuple, list)):
+        dims = tuple(sorted({_canonical_dim(d, ndim, op) for d in dim}))
+        if len(dims) != len(dim):
+            raise RuntimeError(f"{op}(): dim appears multiple times in the list of dims")
+        return dims
+    return (_canonical_dim(dim, ndim, op),)
+
+
+def _reduced_shape(shape: tuple, dims: tuple, keepdim: bool) -> tuple:
+    if keepdim:
+        return tuple(1 if d in dims else s for d, s in enumerate(shape))
+    return tuple(s for d, s in enumerate(shape) if d not in dims)
+
+
+def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None) -> Tensor:
+    t = _check_tensor(input, name)
+    ndim = t.ndim
+    dims = _dims(dim, ndim, name)
+    full_reduction = dim is None
+    op_name = name if full_reduction or dim_name is None else dim_name
+    x = t._value()
+    result = t.dtype
+    if name in ("mean", "logsumexp", "norm") and not result.is_floating_point:
+        raise RuntimeError(
+            f"{name}(): could not infer output dtype. Input dtype must be either a floating "
+            f"point or complex dtype. Got: {t.dtype.name.capitalize()}")
+    out_shape = () if full_reduction and not keepdim else _reduced_shape(t.shape, dims, keepdim)
+    keep_shape = _reduced_shape(t.shape, dims, True)
+    count = 1
+    for d in dims:
+        count *= t.shape[d]
+    record = _recording(t) and result.is_floating_point
+    axis = dims if ndim else None
+    with np.errstate(all="ignore"):
+        value = forward(x, axis)
+    value = np.asarray(value, dtype=result.numpy)
+    if not record:
+        value = value.reshape(out_shape)
+        if not out_shape:
+            return _output(None, None, value.item(), result, (), -1, -1)
+        return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
+    tape = _state.tape
+    node, slot = _new_output_node(tape, result, out_shape)
+    slot[...] = value.reshape(out_shape)
+    src = node_of(tape, t)
+    if len(keep_shape) == 0 or all(s == 1 for s in keep_shape):
+        meta = tape.add_meta([0])
+    else:
+        strides, step = [0] * ndim, 1
+        for d in range(ndim - 1, -1, -1):
+            if keep_shape[d] != 1:
+                strides[d] = step
+            step *= keep_shape[d]
+        meta = tape.add_meta([ndim, *t.shape, *strides])
+    code = BY_NAME[op_name].code
+    tape.record(code, node, src, -1, -1, meta, float(count))
+    if not out_shape:
+        return _output(tape, None, float(slot), result, (), node, code)
+    return _output(tape, slot, None, result, out_shape, node, code)
+
+
+def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:  # noqa: A001
+    """Sum of all elements, or along ``dim`` (an int or a tuple of ints)."""
+    t = input if dtype is None else to_dtype(input, dtype)
+    if t.dtype is dt.bool_:
+        t = to_dtype(t, dt.int64)
+    return _reduce("sum", t, dim, keepdim, lambda x, axis: np.sum(x, axis=axis), "sum_dim")
+
+
+def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    t = input if dtype is None else to_dtype(input, dtype)
+    return _reduce("mean", t, dim, keepdim, lambda x, axis: np.mean(x, axis=axis), "mean_dim")
+
+
+def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    t = input if dtype is None else to_dtype(input, dtype)
+    return _reduce("prod", t, dim, keepdim, lambda x, axis: np.prod(x, axis=axis), "prod_dim")
+
+
+def _logsumexp_forward(x, axis):
+    peak = np.max(x, axis=axis, keepdims=True) if x.size else np.zeros((1,) * x.ndim)
+    peak = np.where(np.isfinite(peak), peak, 0)
+    total = np.sum(np.exp(x - peak), axis=axis, keepdims=True)
+    return np.squeeze(np.log(total) + peak, axis=axis)
+
+
+def logsumexp(input: Tensor, dim, keepdim: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` along ``dim``, computed without overflow."""
+    return _reduce("logsumexp", input, dim, keepdim, _logsumexp_forward)
+
+
+def norm(input: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
+    """The 2-norm (``p='fro'`` or 2) of all elements or along ``dim``."""
+    if p not in (2, 2.0, "fro"):
+        raise NotImplementedError(f"norm: only p=2 is supported, got p={p!r}")
+    return _reduce("norm", input, dim, keepdim,
+                   lambda x, axis: np.sqrt(np.sum(x * x, axis=axis)))
+
+
+_MaxResult = namedtuple("max", ["values", "indices"])
+_MinResult = namedtuple("min", ["values", "indices"])
+
+
+def _extreme(name: str, input: Tensor, dim, keepdim: bool, argfn):
+    t = _check_tensor(input, name)
+    x = t._value()
+    if x.size == 0:
+        raise IndexError(f"{name}(): Expected reduction dim to be specified for input.numel() "
+                         f"== 0. Specify the reduction dim with the 'dim' argument.")
+    if dim is None:
+        flat = int(argfn(x.reshape(-1)))
+        index = np.array([flat], np.int64)
+        return _gather(name, t, index, (), None)
+    d = _canonical_dim(dim, t.ndim, name)
+    if t.ndim == 0:
+        picked = np.zeros((), np.int64)
+        out_shape = ()
+    else:
+        picked = argfn(x, axis=d)
+        out_shape = _reduced_shape(t.shape, (d,), keepdim)
+    # flat positions of the picked elements
+    grid = np.arange(x.size).reshape(x.shape)
+    flat = np.take_along_axis(grid, np.expand_dims(picked, d), axis=d) if t.ndim else grid
+    values = _gather(f"{name}_dim", t, flat.reshape(-1), out_shape, None)
+    indices = Tensor._wrap(np.asarray(picked.reshape(out_shape), order="C"), dt.int64)
+    return (_MaxResult if name == "max" else _MinResult)(values, indices)
+
+
+def max(input: Tensor, dim=None, keepdim: bool = False):  # noqa: A001 - torch's name
+    """Largest element, or ``(values, indices)`` along ``dim``. Also ``max(a, b)``."""
+    if isinstance(dim, Tensor):
+        return maximum(input, dim)
+    return _extreme("max", input, dim, keepdim, np.argmax)
+
+
+def min(input: Tensor, dim=None, keepdim: bool = False):  # noqa: A001 - torch's name
+    if isinstance(dim, Tensor):
+        return minimum(input, dim)
+    return _extreme("min", input, dim, keepdim, np.argmin)
+
+
+def amax(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    if dim is None:
+        return max(input)
+    return max(input, dim, keepdim).values
+
+
+def amin(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    if dim is None:
+        return min(input)
+    return min(input, dim, keepdim).values
+
+
+def argmax(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    x = input._value()
+    if dim is None:
+        return Tensor._wrap(np.array(np.argmax(x), np.int64), dt.int64)
+    value = np.argmax(x, axis=_canonical_dim(dim, input.ndim, "argmax"))
+    if keepdim:
+        value = np.expand_dims(value, dim)
+    return Tensor._wrap(np.asarray(value, np.int64, order="C"), dt.int64)
+
+
+def argmin(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    x = input._value()
+    if dim is None:
+        return Tensor._wrap(np.array(np.argmin(x), np.int64), dt.int64)
+    value = np.argmin(x, axis=_canonical_dim(dim, input.ndim, "argmin"))
+    if keepdim:
+        value = np.expand_dims(value, dim)
+    return Tensor._wrap(np.asarray(value, np.int64, order="C"), dt.int64)
+
+
+def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
+    """``exp(log_softmax(x))``: a composition, differentiated through its parts."""
+    return exp(log_softmax(input, dim, dtype))
+
+
+def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
+    t = input if dtype is None else to_dtype(input, dtype)
+    return t - logsumexp(t, dim, keepdim=True)
+
+
+# -- linear data movement ----------------------------------------------------------------------
+def _contiguous_strides(shape: tuple) -> list:
+    strides, step = [0] * len(shape), 1
+    for d in range(len(shape) - 1, -1, -1):
+        strides[d] = step
+        step *= shape[d]
+    return strides
+
+
+def _restride(name: str, t: Tensor, view: np.ndarray) -> Tensor:
+    """Record ``view`` (a NumPy view of ``t``'s contiguous data) as op ``name``."""
+    if not _recording(t):
+        if view.ndim == 0 and t._data is not None:
+            return _output(None, None, view.item(), t.dtype, (), -1, -1)
+        if view.ndim == 0:
+            return _output(None, None, t._item, t.dtype, (), -1, -1)
+        return Tensor._wrap(np.asarray(view, order="C"), t.dtype)
+    base = t._value()
+    itemsize = base.itemsize
+    offset = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0])
+    tape = _state.tape
+    src = node_of(tape, t)
+    node, slot = _new_output_node(tape, t.dtype, view.shape)
+    slot[...] = view
+    meta = tape.add_meta([view.ndim, *view.shape, *(s // itemsize for s in view.strides),
+                          offset // itemsize])
+    code = BY_NAME[name].code
+    tape.record(code, node, src, -1, -1, meta)
+    if view.ndim == 0:
+        return _output(tape, None, float(slot), t.dtype, (), node, code)
+    return _output(tape, slot, None, t.dtype, view.shape, node, code)
+
+
+def _infer_shape(shape: tuple, numel: int, op: str) -> tuple:
+    shape = list(shape)
+    unknown = [i for i, s in enumerate(shape) if s == -1]
+    if len(unknown) > 1:
+        raise RuntimeError("only one dimension can be inferred")
+    known = 1
+    for s in shape:
+        if s != -1:
+            known *= s
+    if unknown:
+        if known == 0 or numel % known:
+            raise RuntimeError(f"shape '{shape}' is invalid for input of size {numel}")
+        shape[unknown[0]] = numel // known
+    elif known != numel:
+        raise RuntimeError(f"shape '{shape}' is invalid for input of size {numel}")
+    return tuple(shape)
+
+
+def reshape(input: Tensor, *shape) -> Tensor:
+    """Same data, new shape (grad_fn ``ViewBackward0``, as torch for contiguous data)."""
+    shape = _shape_arg_allow_inferred(shape)
+    shape = _infer_shape(shape, input.numel(), "reshape")
+    if tuple(shape) == tuple(input.shape) and not _recording(input):
+        return _restride("view", input, input._value())
+    return _restride("view", input, input._value().reshape(shape))
+
+
+def _shape_arg_allow_inferred(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, Size)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+view = reshape
+
+
+def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    if input.ndim == 0:
+        return reshape(input, 1)
+    start = _canonical_dim(start_dim, input.ndim, "flatten")
+    end = _canonical_dim(end_dim, input.ndim, "flatten")
+    if start > end:
+        raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+    shape = input.shape
+    middle = 1
+    for s in shape[start:end + 1]:
+        middle *= s
+    return reshape(input, *shape[:start], middle, *shape[end + 1:])
+
+
+def squeeze(input: Tensor, dim=None) -> Tensor:
+    x = input._value()
+    if dim is None:
+        return _restride("squeeze", input, np.squeeze(x) if x.ndim else x)
+    dims = _dims(dim, input.ndim, "squeeze")
+    keep = tuple(d for d in dims if input.shape[d] == 1)
+    return _restride("squeeze_dim", input, np.squeeze(x, axis=keep) if keep else x)
+
+
+def unsqueeze(input: Tensor, dim: int) -> Tensor:
+    d = _canonical_dim(dim, input.ndim + 1, "unsqueeze")
+    return _restride("unsqueeze", input, np.expand_dims(input._value(), d))
+
+
+def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:
+    n = input.ndim
+    a, b = _canonical_dim(dim0, n, "transpose"), _canonical_dim(dim1, n, "transpose")
+    return _restride("transpose", input, np.swapaxes(input._value(), a, b) if n else
+                     input._value())
+
+
+swapaxes = transpose
+
+
+def t(input: Tensor) -> Tensor:
+    if input.ndim > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {input.ndim}D")
+    return _restride("t", input, input._value().T)
+
+
+def permute(input: Tensor, *dims) -> Tensor:
+    dims = _shape_arg_allow_inferred(dims)
+    if len(dims) != input.ndim:
+        raise RuntimeError(
+            f"permute(sparse_coo): number of dimensions in the tensor input does not match "
+            f"the length of the desired ordering of dimensions i.e. input.dim() = "
+            f"{input.ndim} is not equal to len(dims) = {len(dims)}")
+    canon = tuple(_canonical_dim(d, input.ndim, "permute") for d in dims)
+    if sorted(canon) != list(range(input.ndim)):
+        raise RuntimeError("permute(): duplicate dims are not allowed.")
+    return _restride("permute", input, np.transpose(input._value(), canon))
+
+
+def expand(input: Tensor, *sizes) -> Tensor:
+    sizes = _shape_arg_allow_inferred(sizes)
+    if len(sizes) < input.ndim:
+        raise RuntimeError(
+            f"expand(torch.FloatTensor{{{list(input.shape)}}}, size={list(sizes)}): the number "
+            f"of sizes provided ({len(sizes)}) must be greater or equal to the number of "
+            f"dimensions in the tensor ({input.ndim})")
+    lead = len(sizes) - input.ndim
+    target = tuple(input.shape[d - lead] if (s == -1 and d >= lead) else s
+                   for d, s in enumerate(sizes))
+    for d in range(input.ndim):
+        if input.shape[d] != 1 and input.shape[d] != target[d + lead]:
+            raise RuntimeError(
+                f"The expanded size of the tensor ({target[d + lead]}) must match the existing "
+                f"size ({input.shape[d]}) at non-singleton dimension {d + lead}.  Target sizes: "
+                f"{list(sizes)}.  Tensor sizes: {list(input.shape)}")
+    return _restride("expand", input, np.broadcast_to(input._value(), target))
+
+
+def broadcast_to(input: Tensor, shape) -> Tensor:
+    return expand(input, *shape)
+
+
+def _normalize_index(key):
+    if isinstance(key, Tensor):
+        return key._value()
+    if isinstance(key, tuple):
+        return tuple(k._value() if isinstance(k, Tensor) else k for k in key)
+    return key
+
+
+def _is_basic(key) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    for k in parts:
+        if isinstance(k, (np.ndarray, list)) or (isinstance(k, bool)):
+            return False
+    return True
+
+
+def getitem(input: Tensor, key) -> Tensor:
+    key = _normalize_index(key)
+    x = input._value()
+    try:
+        if _is_basic(key):
+            view = x[key]
+            parts = key if isinstance(key, tuple) else (key,)
+            name = "select" if any(isinstance(k, numbers.Integral) for k in parts) else "slice"
+            if view.ndim and view.base is None:
+                view = x[key]
+            return _restride(name, input, view)
+        grid = np.arange(x.size).reshape(x.shape)[key]
+    except IndexError as error:
+        raise IndexError(f"{error} (indexing a tensor of shape {list(input.shape)})") from None
+    return _gather("index", input, np.asarray(grid, order="C").reshape(-1), grid.shape, None)
+
+
+def _gather(name: str, t: Tensor, flat_index: np.ndarray, shape: tuple, _unused) -> Tensor:
+    values = t._value().reshape(-1)[flat_index].reshape(shape)
+    if not _recording(t):
+        if not shape:
+            return _output(None, None, values.item(), t.dtype, (), -1, -1)
+        return _output(None, np.asarray(values, order="C"), None, t.dtype, shape, -1, -1)
+    tape = _state.tape
+    src = node_of(tape, t)
+    node, slot = _new_output_node(tape, t.dtype, shape)
+    slot[...] = values
+    meta = tape.add_meta([flat_index.size, *flat_index.tolist()])
+    code = BY_NAME[name].code
+    tape.record(code, node, src, -1, -1, meta)
+    if not shape:
+        return _output(tape, None, float(slot), t.dtype, (), node, code)
+    return _output(tape, slot, None, t.dtype, shape, node, code)
+
+
+def _place_parts(name: str, parts: list, out_value: np.ndarray, regions: list) -> Tensor:
+    """Record ``out_value`` as built from ``parts``, part k at strided region k (meta
+    without the leading ndim/shape/strides/offset of the part)."""
+    d = out_value.dtype
+    result = dt.from_numpy_dtype(d)
+    if not _recording(*parts):
+        return Tensor._wrap(np.asarray(out_value, order="C"), result)
+    tape = _state.tape
+    node, slot = _new_output_node(tape, result, out_value.shape)
+    slot[...] = out_value
+    code = BY_NAME[name].code
+    for part, region in zip(parts, regions):
+        if part._requires_grad:
+            src = node_of(tape, _cast_input(part, result))
+            tape.record(code, node, src, -1, -1, tape.add_meta(region))
+    return _output(tape, slot, None, result, out_value.shape, node, code)
+
+
+def cat(tensors, dim: int = 0) -> Tensor:
+    """Concatenate along ``dim`` (grad_fn ``CatBackward0``)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+    ndim = tensors[0].ndim
+    if ndim == 0:
+        raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")
+    d = _canonical_dim(dim, ndim, "cat")
+    result = tensors[0].dtype
+    for i, t in enumerate(tensors):
+        if t.ndim != ndim or any(t.shape[k] != tensors[0].shape[k] for k in range(ndim)
+                                 if k != d):
+            raise RuntimeError(
+                f"Sizes of tensors must match except in dimension {d}. Expected size "
+                f"{list(tensors[0].shape)} but got size {list(t.shape)} for tensor number {i} "
+                f"in the list.")
+        result = dt.promote(result, t.dtype)
+    value = np.concatenate([t._value().astype(result.numpy, copy=False) for t in tensors], d)
+    out_strides = _contiguous_strides(value.shape)
+    regions, start = [], 0
+    for t in tensors:
+        regions.append([ndim, *t.shape, *out_strides, start * out_strides[d]])
+        start += t.shape[d]
+    return _place_parts("cat", tensors, value, regions)
+
+
+concat = concatenate = cat
+
+
+def stack(tensors, dim: int = 0) -> Tensor:
+    """Stack along a new dim (grad_fn ``StackBackward0``)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise RuntimeError("stack expects a non-empty TensorList")
+    shape = tensors[0].shape
+    for i, t in enumerate(tensors):
+        if t.shape != shape:
+            raise RuntimeError(
+                f"stack expects each tensor to be equal size, but got {list(shape)} at entry 0 "
+                f"and {list(t.shape)} at entry {i}")
+    d = _canonical_dim(dim, len(shape) + 1, "stack")
+    result = tensors[0].dtype
+    for t in tensors:
+        result = dt.promote(result, t.dtype)
+    value = np.stack([t._value().astype(result.numpy, copy=False) for t in tensors], d)
+    out_strides = _contiguous_strides(value.shape)
+    part_strides = out_strides[:d] + out_strides[d + 1:]
+    regions = [[len(shape), *shape, *part_strides, k * out_strides[d]]
+               for k in range(len(tensors))]
+    return _place_parts("stack", tensors, value, regions)
+
+
+# -- matrix products -----------------------------------------------------------------------
+def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: int, inner: int,
+                   cols: int, out_shape: tuple) -> Tensor:
+    result = dt.promote(a.dtype, b.dtype)
+    record = _recording(a, b) and result.is_floating_point
+    if record:
+        a, b = _cast_input(a, result), _cast_input(b, result)
+    av, bv = a._value(), b._value()
+    batch = 1
+    for s in batch_shape:
+        batch *= s
+    a3 = av.reshape(-1, rows, inner).astype(result.numpy, copy=False)
+    b3 = bv.reshape(-1, inner, cols).astype(result.numpy, copy=False)
+    if not record:
+        value = np.matmul(a3, b3).reshape(out_shape)
+        if not out_shape:
+            return _output(None, None, value.item(), result, (), -1, -1)
+        return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
+    tape = _state.tape
+    node, slot = _new_output_node(tape, result, out_shape)
+    np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
+    ins = [node_of(tape, a), node_of(tape, b)]
+    meta = tape.add_meta([batch, a3.shape[0], b3.shape[0], rows, inner, cols])
+    code = BY_NAME[name].code
+    tape.record(code, node, ins[0], ins[1], -1, meta)
+    if not out_shape:
+        return _output(tape, None, float(slot), result, (), node, code)
+    return _output(tape, slot, None, result, out_shape, node, code)
+
+
+def _matmul_shapes_error(op: str, a: Tensor, b: Tensor, detail: str):
+    return RuntimeError(
+        f"{op}: shapes {list(a.shape)} and {list(b.shape)} cannot be multiplied ({detail}); "
+        f"the last dim of the first operand must equal the first matrix dim of the second")
+
+
+def dot(input: Tensor, other: Tensor) -> Tensor:
+    """Inner product of two 1-D tensors (grad_fn ``DotBackward0``)."""
+    if input.ndim != 1 or other.ndim != 1:
+        raise RuntimeError(f"1D tensors expected, but got {input.ndim}D and {other.ndim}D tensors")
+    if input.shape[0] != other.shape[0]:
+        raise RuntimeError(
+            f"inconsistent tensor size, expected tensor [{input.shape[0]}] and src "
+            f"[{other.shape[0]}] to have the same number of elements, but got "
+            f"{input.shape[0]} and {other.shape[0]} elements respectively")
+    return _matmul_record("dot", input, other, (), 1, input.shape[0], 1, ())
+
+
+def mv(input: Tensor, vec: Tensor) -> Tensor:
+    if input.ndim != 2 or vec.ndim != 1:
+        raise RuntimeError(f"vector + matrix @ vector expected, got {input.ndim}, {vec.ndim}")
+    if input.shape[1] != vec.shape[0]:
+        raise RuntimeError(
+            f"size mismatch, got input ({input.shape[0]}), mat ({input.shape[0]}x"
+            f"{input.shape[1]}), vec ({vec.shape[0]})")
+    return _matmul_record("mv", input, vec, (), input.shape[0], input.shape[1], 1,
+                          (input.shape[0],))
+
+
+def mm(input: Tensor, mat2: Tensor) -> Tensor:
+    if input.ndim != 2 or mat2.ndim != 2:
+        raise RuntimeError(f"mm: expected 2D tensors, got {input.ndim}D and {mat2.ndim}D")
+    if input.shape[1] != mat2.shape[0]:
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({input.shape[0]}x{input.shape[1]} and "
+            f"{mat2.shape[0]}x{mat2.shape[1]})")
+    return _matmul_record("mm", input, mat2, (), input.shape[0], input.shape[1],
+                          mat2.shape[1], (input.shape[0], mat2.shape[1]))
+
+
+def bmm(input: Tensor, mat2: Tensor) -> Tensor:
+    if input.ndim != 3 or mat2.ndim != 3:
+        raise RuntimeError(f"bmm: expected 3D tensors, got {input.ndim}D and {mat2.ndim}D")
+    if input.shape[0] != mat2.shape[0] or input.shape[2] != mat2.shape[1]:
+        raise _matmul_shapes_error("bmm", input, mat2, "batch or inner size differs")
+    return _matmul_record("bmm", input, mat2, (input.shape[0],), input.shape[1],
+                          input.shape[2], mat2.shape[2],
+                          (input.shape[0], input.shape[1], mat2.shape[2]))
+
+
+def matmul(input: Tensor, other: Tensor) -> Tensor:
+    """``@`` with NumPy's rules: 1-D operands get a unit dim, batch dims broadcast."""
+    a, b = input, other
+    if a.ndim == 0 or b.ndim == 0:
+        raise RuntimeError(
+            f"both arguments to matmul need to be at least 1D, but they are {a.ndim}D and "
+            f"{b.ndim}D")
+    if a.ndim == 1 and b.ndim == 1:
+        return dot(a, b)
+    if a.ndim == 2 and b.ndim == 1:
+        return mv(a, b)
+    if a.ndim == 2 and b.ndim == 2:
+        return mm(a, b)
+    a_shape = (1, a.shape[0]) if a.ndim == 1 else tuple(a.shape)
+    b_shape = (b.shape[0], 1) if b.ndim == 1 else tuple(b.shape)
+    if a_shape[-1] != b_shape[-2]:
+        raise _matmul_shapes_error("matmul", a, b, f"{a_shape[-1]} != {b_shape[-2]}")
+    try:
+        batch = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    except ValueError:
+        raise _matmul_shapes_error("matmul", a, b, "batch dims do not broadcast") from None
+    rows, inner, cols = a_shape[-2], a_shape[-1], b_shape[-1]
+    # an operand whose batch is neither full nor 1 is expanded (recorded) to the full batch
+    a_batch = int(np.prod(a_shape[:-2], dtype=np.int64))
+    b_batch = int(np.prod(b_shape[:-2], dtype=np.int64))
+    full = int(np.prod(batch, dtype=np.int64))
+    if a_batch not in (1, full) or (a_batch == full and a_shape[:-2] != batch and full > 1):
+        a = expand(reshape(a, *a_shape), *batch, rows, inner)
+    if b_batch not in (1, full) or (b_batch == full and b_shape[:-2] != batch and full > 1):
+        b = expand(reshape(b, *b_shape), *batch, inner, cols)
+    out_shape = batch + ((rows,) if a.ndim > 1 or input.ndim > 1 else ()) + \
+        ((cols,) if other.ndim > 1 else ())
+    if input.ndim == 1:
+        out_shape = batch + (cols,)
+    elif other.ndim == 1:
+        out_shape = batch + (rows,)
+    else:
+        out_shape = batch + (rows, cols)
+    return _matmul_record("matmul", a, b, batch, rows, inner, cols, out_shape)
+
+
+# -- in place ------------------------------------------------------------------------------
+def inplace(t: Tensor, compute) -> Tensor:
+    """Run ``compute()`` (an out-of-place op giving the new value) and store the result in
+    ``t``'s memory. When the op is recorded ``t`` becomes its output (torch's rebase)."""
+    if _state.grad_enabled and t._requires_grad and t._op < 0:
+        raise RuntimeError(
+            "a leaf Variable that requires grad is being used in an in-place operation.")
+    result = compute()
+    if result.dtype is not t.dtype:
+        if not dt.promote(result.dtype, t.dtype) is t.dtype:
+            raise RuntimeError(
+                f"result type {result.dtype.name.capitalize()} can't be cast to the desired "
+                f"output type {t.dtype.name.capitalize()}")
+        result = to_dtype(result, t.dtype)
+    if result.shape != t.shape:
+        raise RuntimeError(
+            f"output with shape {list(t.shape)} doesn't match the broadcast shape "
+            f"{list(result.shape)}")
+    data = t._value()
+    data[...] = result._value()
+    _bump_version(t)
+    if result._op >= 0:  # recorded: t now stands for the op's output
+        tape = result._tape
+        if t._node >= 0 and t._tape is not None:
+            t._tape.release(t._node, t._gen)
+        t._tape, t._gen, t._node, t._op = tape, result._gen, result._node, result._op
+        t._requires_grad = True
+        tape.add_ref(result._node)
+        t._storage.attach(tape, result._node)
+        if t._retains_grad:
+            tape.retained[t._node] = t
+    return t

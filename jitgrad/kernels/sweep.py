@@ -1,0 +1,155 @@
+"""The reverse sweep: one Numba call walks the tape backwards, no Python per entry.
+
+``mark_reached`` finds the entries between the roots and the leaves and checks them
+(freed by an earlier backward? an input modified in place since it was saved?) before
+anything is written, so an error leaves every buffer as it was. ``accumulate`` then runs
+each entry's reverse step: the generated derivative steps of ``_reverse.py`` for the
+elementwise, reduction and matmul kinds, and the strided/indexed transposes below for the
+linear kinds.
+"""
+import numpy as np
+from numba import njit
+
+from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, REDUCE, RESTRIDE, SCATTER
+from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
+from .layout import (
+    C0, C1, DTYPE_F32, E_FREED, E_IN0, E_IN1, E_IN2, E_META, E_OP, E_OUT, E_VER0, ERR_FREED,
+    ERR_VERSION, N_DTYPE, N_GRAD, N_OFFSET, N_SIZE, N_VERSION, OK,
+)
+
+
+@njit(cache=True)
+def strided_add(dst, dst_base, src, src_base, meta, mo, strided_is_dst):
+    """For every multi-index i of ``shape``: dst[p] += src[q], where the strided side is
+    addressed ``offset + i . strides`` and the other side is contiguous.
+
+    meta[mo:] = ndim, shape[ndim], strides[ndim], offset. This one loop is the forward of
+    a strided placement and the transpose (reverse step) of a strided view, and the other
+    way round."""
+    ndim = meta[mo]
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]
+    offset = meta[mo + 1 + 2 * ndim]
+    count = 1
+    for d in range(ndim):
+        count *= shape[d]
+    index = np.zeros(ndim, np.int64)
+    p = offset
+    for i in range(count):
+        if strided_is_dst:
+            dst[dst_base + p] += src[src_base + i]
+        else:
+            dst[dst_base + i] += src[src_base + p]
+        d = ndim - 1
+        while d >= 0:
+            index[d] += 1
+            p += strides[d]
+            if index[d] < shape[d]:
+                break
+            p -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@njit(cache=True)
+def indexed_add(dst, dst_base, src, src_base, meta, mo, indexed_is_dst):
+    """dst[index[i]] += src[i] (a scatter-add) or dst[i] += src[index[i]] (a gather-add).
+
+    meta[mo:] = count, index[count]."""
+    count = meta[mo]
+    for i in range(count):
+        j = meta[mo + 1 + i]
+        if indexed_is_dst:
+            dst[dst_base + j] += src[src_base + i]
+        else:
+            dst[dst_base + i] += src[src_base + j]
+
+
+@njit(cache=True)
+def mark_reached(entries, nodes, roots, n_entries, reached, saves_mask):
+    """Mark every node the roots' gradient flows to; check the entries on the way.
+    Returns (status, entry): OK, ERR_FREED or ERR_VERSION and the entry at fault."""
+    for r in roots:
+        reached[r] = 1
+    for e in range(n_entries - 1, -1, -1):
+        out = entries[e, E_OUT]
+        if not reached[out]:
+            continue
+        if entries[e, E_FREED]:
+            return ERR_FREED, e
+        mask = saves_mask[entries[e, E_OP]]
+        for k in range(3):
+            node = entries[e, E_IN0 + k]
+            if node < 0:
+                continue
+            if (mask >> k) & 1 and nodes[node, N_VERSION] != entries[e, E_VER0 + k]:
+                return ERR_VERSION, e
+            if nodes[node, N_GRAD]:
+                reached[node] = 1
+        if (mask >> 3) & 1 and nodes[out, N_VERSION] != 0:
+            return ERR_VERSION, e
+    return OK, -1
+
+
+@njit(cache=True)
+def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
+    out = entries[e, E_OUT]
+    in0 = entries[e, E_IN0]
+    in1 = entries[e, E_IN1]
+    in2 = entries[e, E_IN2]
+    mo = entries[e, E_META]
+    oy = nodes[out, N_OFFSET]
+    o0 = nodes[in0, N_OFFSET] if in0 >= 0 else 0
+    o1 = nodes[in1, N_OFFSET] if in1 >= 0 else 0
+    o2 = nodes[in2, N_OFFSET] if in2 >= 0 else 0
+    w0 = in0 >= 0 and nodes[in0, N_GRAD] != 0
+    w1 = in1 >= 0 and nodes[in1, N_GRAD] != 0
+    w2 = in2 >= 0 and nodes[in2, N_GRAD] != 0
+    if kind == ELEMENTWISE:
+        reverse_elementwise(code, vals, adj, o0, o1, o2, oy, nodes[out, N_SIZE], w0, w1, w2,
+                            consts[e, C0], consts[e, C1], meta, mo)
+    elif not w0 and not w1:
+        return
+    elif kind == REDUCE:
+        reverse_reduce(code, vals, adj, o0, oy, nodes[in0, N_SIZE], consts[e, C0], meta, mo)
+    elif kind == MATMUL:
+        reverse_matmul(code, vals, adj, o0, o1, oy, w0, w1, meta, mo)
+    elif kind == RESTRIDE:
+        strided_add(adj, o0, adj, oy, meta, mo, True)
+    elif kind == PLACE:
+        strided_add(adj, o0, adj, oy, meta, mo, False)
+    elif kind == GATHER:
+        indexed_add(adj, o0, adj, oy, meta, mo, True)
+    elif kind == SCATTER:
+        indexed_add(adj, o0, adj, oy, meta, mo, False)
+
+
+@njit(cache=True)
+def accumulate(entries, consts, nodes, meta, vals32, vals64, adj32, adj64, n_entries,
+               reached, kinds, retain):
+    """Run the reverse step of every reached entry, last to first. Adjoints live at the
+    same offsets as values; the caller seeds the roots' adjoints."""
+    for e in range(n_entries - 1, -1, -1):
+        out = entries[e, E_OUT]
+        if not reached[out]:
+            continue
+        code = entries[e, E_OP]
+        kind = kinds[code]
+        if kind == CAST:
+            src = entries[e, E_IN0]
+            if src >= 0 and nodes[src, N_GRAD]:
+                o_in = nodes[src, N_OFFSET]
+                o_out = nodes[out, N_OFFSET]
+                size = nodes[out, N_SIZE]
+                if nodes[src, N_DTYPE] == DTYPE_F32:
+                    for i in range(size):
+                        adj32[o_in + i] += adj64[o_out + i]
+                else:
+                    for i in range(size):
+                        adj64[o_in + i] += adj32[o_out + i]
+        elif nodes[out, N_DTYPE] == DTYPE_F32:
+            _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals32, adj32)
+        else:
+            _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals64, adj64)
+        if not retain:
+            entries[e, E_FREED] = 1

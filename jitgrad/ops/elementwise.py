@@ -1,0 +1,55 @@
+"""Elementwise primitives: forward expression and one local derivative per input.
+
+The derivative expressions read like DiffRules: ``d sin(x)/dx = cos(x)``. ``y`` is the
+op's output, so rules such as ``exp`` reuse the forward value instead of recomputing it.
+"""
+from .registry import elementwise as op
+
+# unary
+op("neg", "NegBackward0", ("x",), "-1.0", "-x")
+op("exp", "ExpBackward0", ("x",), "y", "exp(x)")
+op("log", "LogBackward0", ("x",), "1.0 / x", "log(x)")
+op("sqrt", "SqrtBackward0", ("x",), "0.5 / y", "sqrt(x)")
+op("sin", "SinBackward0", ("x",), "cos(x)", "sin(x)")
+op("cos", "CosBackward0", ("x",), "-sin(x)", "cos(x)")
+op("tan", "TanBackward0", ("x",), "1.0 + y * y", "sin(x) / cos(x)")
+op("tanh", "TanhBackward0", ("x",), "1.0 - y * y", "tanh(x)")
+op("sigmoid", "SigmoidBackward0", ("x",), "y * (1.0 - y)", "1.0 / (1.0 + exp(-x))")
+# relu's derivative at 0 is 0, as torch: positive(x) is 1 where x > 0
+op("relu", "ReluBackward0", ("x",), "positive(x)", "where(x > 0.0, x, 0.0)")
+op("abs", "AbsBackward0", ("x",), "sign(x)", "where(x < 0.0, -x, x)")
+op("log1p", "Log1PBackward0", ("x",), "1.0 / (1.0 + x)", "log(1.0 + x)")
+op("expm1", "Expm1Backward0", ("x",), "y + 1.0", "exp(x) - 1.0")
+op("reciprocal", "ReciprocalBackward0", ("x",), "-(y * y)", "1.0 / x")
+op("clone", "CloneBackward0", ("x",), "1.0", "x")
+# clamp: c0 = min, c1 = max (+-inf when absent); the gradient passes where min <= x <= max
+op("clamp", "ClampBackward1", ("x",), "in_range(x, c0, c1)",
+   "where(x < c0, c0, where(x > c1, c1, x))")
+
+# a tensor with a Python scalar c0
+op("add_scalar", "AddBackward0", ("x",), "1.0", "x + c0")
+op("sub_scalar", "SubBackward0", ("x",), "1.0", "x - c0")
+op("rsub_scalar", "RsubBackward1", ("x",), "-1.0", "c0 - x")
+op("mul_scalar", "MulBackward0", ("x",), "c0", "x * c0")
+op("div_scalar", "DivBackward0", ("x",), "1.0 / c0", "x / c0")
+# x ** 0 has derivative 0 everywhere, also at x = 0 where c0 * x ** -1 would be nan
+op("pow_scalar", "PowBackward0", ("x",), "where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))",
+   "x ** c0")
+op("rpow_scalar", "PowBackward2", ("x",), "y * log(c0)", "c0 ** x")
+
+# binary, broadcasting
+op("add", "AddBackward0", ("a", "b"), ("1.0", "1.0"), "a + b")
+op("sub", "SubBackward0", ("a", "b"), ("1.0", "-1.0"), "a - b")
+op("mul", "MulBackward0", ("a", "b"), ("b", "a"), "a * b")
+op("div", "DivBackward0", ("a", "b"), ("1.0 / b", "-a / (b * b)"), "a / b")
+op("pow", "PowBackward1", ("a", "b"),
+   ("where(b == 0.0, 0.0, b * a ** (b - 1.0))",
+    "where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))"), "a ** b")
+# ties split the gradient evenly between the two inputs, as torch does
+op("maximum", "MaximumBackward0", ("a", "b"),
+   ("(a > b) + 0.5 * (a == b)", "(b > a) + 0.5 * (a == b)"), "where(a > b, a, b)")
+op("minimum", "MinimumBackward0", ("a", "b"),
+   ("(a < b) + 0.5 * (a == b)", "(b < a) + 0.5 * (a == b)"), "where(a < b, a, b)")
+# cond is stored as 0.0/1.0 in the op's float type; it is not differentiable
+op("where", "WhereBackward0", ("a", "b", "cond"), ("cond", "1.0 - cond", None),
+   "where(cond != 0.0, a, b)")

@@ -1,0 +1,9 @@
+"""Matrix products. Every form is a batched product ``(B, n, k) @ (B, k, m)`` (1-D and 2-D
+operands are viewed with unit dims); the entries here are its vector-Jacobian products."""
+from .registry import MATMUL, OpDef, register
+
+_VJP = ("matmul(g, mT(b))", "matmul(mT(a), g)")
+for _name, _grad_fn in (("dot", "DotBackward0"), ("mv", "MvBackward0"),
+                        ("mm", "MmBackward0"), ("bmm", "BmmBackward0"),
+                        ("matmul", "UnsafeViewBackward0")):
+    register(OpDef(_name, _grad_fn, MATMUL, ("a", "b"), _VJP))

@@ -1,0 +1,113 @@
+"""The op registry: every primitive is declared once, here and in the family modules.
+
+A declaration (:class:`OpDef`) names the op, the torch ``grad_fn`` it shows, its kind and,
+for the kinds that have them, its derivative: one expression per differentiable input in a
+tiny expression language (Python syntax; names ``x``/``a``/``b``/``cond`` for inputs, ``y``
+for the output, ``g`` for the incoming adjoint, ``c0``/``c1`` for float attributes, ``n``
+for a reduction's element count). The same string is
+
+* turned into Numba source for the reverse sweep (``jitgrad/kernels/generate.py``),
+* evaluated with jitgrad Tensors for ``create_graph=True`` (``jitgrad/autograd/rules.py``),
+
+so an op's derivative math is written in exactly one place. Linear ops (views, gathers,
+concatenation) carry no expression: their adjoint is their transpose, another linear kind
+executed by the same Numba helpers (``restride`` <-> ``place``, ``gather`` <-> ``scatter``).
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+# kinds of primitive; the Numba sweep dispatches on the kind, then on the op
+ELEMENTWISE = 0   # y = f(inputs) per element, with broadcasting
+REDUCE = 1        # y = reduce(x) over some dims; derivative = broadcast(g) * partial
+RESTRIDE = 2      # y = strided view of x, materialized (slices, transposes, expand, reshape)
+PLACE = 3         # y[strided region] += x (concatenation; transpose of RESTRIDE)
+GATHER = 4        # y[i] = x[index[i]] (advanced indexing, max along a dim)
+SCATTER = 5       # y[index[i]] += x[i] (transpose of GATHER)
+MATMUL = 6        # batched matrix product
+CAST = 7          # dtype conversion between float32 and float64
+
+KIND_NAMES = {ELEMENTWISE: "elementwise", REDUCE: "reduce", RESTRIDE: "restride",
+              PLACE: "place", GATHER: "gather", SCATTER: "scatter", MATMUL: "matmul",
+              CAST: "cast"}
+
+# functions allowed in derivative expressions; each has a Numba and a Tensor meaning
+EXPRESSION_FUNCTIONS = ("exp", "log", "sqrt", "sin", "cos", "tanh", "sign", "positive",
+                        "in_range", "where", "matmul", "mT")
+EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n")
+
+
+@dataclass(eq=False)
+class OpDef:
+    """One primitive op. ``partials[k]`` is d(output)/d(input k) for elementwise and
+    reduce kinds, the vector-Jacobian product for matmul, ``None`` for an input that is
+    not differentiable."""
+
+    name: str
+    grad_fn: str
+    kind: int
+    inputs: tuple[str, ...] = ("x",)
+    partials: tuple[str | None, ...] = ()
+    forward: str | None = None        # scalar forward expression (elementwise only)
+    code: int = -1                    # opcode, assigned at registration
+    saves: frozenset = field(default_factory=frozenset)  # names whose values the rule reads
+
+    @property
+    def arity(self) -> int:
+        return len(self.inputs)
+
+    def saves_mask(self) -> int:
+        """Bit k set: input k's value is read by the derivative; bit 3: the output's."""
+        mask = 0
+        for k, name in enumerate(self.inputs):
+            if name in self.saves:
+                mask |= 1 << k
+        if "y" in self.saves:
+            mask |= 1 << 3
+        return mask
+
+
+OPS: list[OpDef] = []
+BY_NAME: dict[str, OpDef] = {}
+
+
+def _names_in(expression: str) -> set[str]:
+    tree = ast.parse(expression, mode="eval")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in EXPRESSION_NAMES and node.id not in EXPRESSION_FUNCTIONS:
+                raise ValueError(f"unknown name {node.id!r} in derivative {expression!r}")
+            found.add(node.id)
+    return found
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in BY_NAME:
+        raise ValueError(f"op {op.name!r} registered twice")
+    saves = set()
+    for input_name, partial in zip(op.inputs, op.partials):
+        if partial is not None:
+            saves |= _names_in(partial)
+    if op.forward is not None:
+        _names_in(op.forward)
+    op.saves = frozenset(saves & (set(op.inputs) | {"y"}))
+    op.code = len(OPS)
+    OPS.append(op)
+    BY_NAME[op.name] = op
+    return op
+
+
+def elementwise(name: str, grad_fn: str, inputs: tuple[str, ...], partials, forward: str):
+    if isinstance(partials, str):
+        partials = (partials,)
+    return register(OpDef(name, grad_fn, ELEMENTWISE, tuple(inputs), tuple(partials), forward))
+
+
+def reduction(name: str, grad_fn: str, partial: str):
+    return register(OpDef(name, grad_fn, REDUCE, ("x",), (partial,)))
+
+
+def linear(name: str, grad_fn: str, kind: int, inputs=("x",)):
+    return register(OpDef(name, grad_fn, kind, tuple(inputs), (None,) * len(inputs)))

@@ -1,0 +1,118 @@
+"""Running an op eagerly and recording it on the tape.
+
+Every public op goes through here: its forward runs on NumPy (or on Python floats for
+0-d tensors, which is where per-op overhead matters), its output is written straight into
+the value arena when the op is recorded, and one entry is appended to the tape.
+"""
+from __future__ import annotations
+
+import math
+import numpy as np
+
+from . import _dtype as dt
+from .kernels.layout import DTYPE_F32, DTYPE_F64, N_WIDTH
+from .ops.registry import ELEMENTWISE, OPS
+from .tape import _state
+
+FREED_GRAPH = -2  # node-table entry value for a value whose graph was already freed
+
+
+def dtype_code(d: dt.dtype) -> int:
+    return DTYPE_F32 if d is dt.float32 else DTYPE_F64
+
+
+# -- scalar forwards, made from each elementwise op's declared forward expression -------------
+def _scalar_where(condition, if_true, if_false):
+    return if_true if condition else if_false
+
+
+_SCALAR_NAMESPACE = {
+    "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos,
+    "tanh": math.tanh, "where": _scalar_where,
+}
+
+
+def _scalar_forward(op):
+    args = ", ".join(op.inputs)
+    return eval(f"lambda {args}, c0, c1: {op.forward}", dict(_SCALAR_NAMESPACE))  # noqa: S307
+
+
+SCALAR_FORWARD = {op.code: _scalar_forward(op) for op in OPS if op.kind == ELEMENTWISE}
+
+
+# -- node bookkeeping ---------------------------------------------------------------------------
+def node_of(tape, t) -> int:
+    """The node of tensor ``t`` on ``tape``'s current generation, registering it (copying
+    its value into the arena) when it has none: leaves, constants, and values from an
+    older generation."""
+    if t._tape is tape and t._gen == tape.generation:
+        node = t._node
+        if node >= 0 and (t._op >= 0 or _storage_version(t) == t._node_version):
+            return node
+    return register(tape, t)
+
+
+def _storage_version(t) -> int:
+    storage = t._storage
+    return storage.version if storage is not None else 0
+
+
+def register(tape, t) -> int:
+    d = t.dtype
+    if not d.is_floating_point:
+        d = dt.get_default_dtype()
+    code = dtype_code(d)
+    size = t.numel()
+    requires_grad = t._requires_grad
+    # a non-leaf from an older generation: its graph was freed by the backward that ended it
+    entry = FREED_GRAPH if (requires_grad and t._op >= 0) else -1
+    if t._node >= 0 and t._tape is not None:
+        t._tape.release(t._node, t._gen)
+    node = tape.new_node(code, t._shape, size, requires_grad, entry)
+    offset = tape.nodes[node * N_WIDTH]
+    arena = tape.arenas[code]
+    if t._data is None:
+        arena[offset] = t._item
+    else:
+        arena[offset:offset + size] = t._data.reshape(-1)
+    t._tape = tape
+    t._gen = tape.generation
+    t._node = node
+    t._node_version = _storage_version(t)
+    if requires_grad and t._op < 0:
+        tape.leaves[node] = t
+    if t._storage is not None:
+        t._storage.attach(tape, node)
+    return node
+
+
+# -- broadcasting -------------------------------------------------------------------------------
+def broadcast_shape(op_name: str, *shapes: tuple) -> tuple:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        listed = " and ".join(str(list(s)) for s in shapes)
+        raise RuntimeError(
+            f"{op_name}: the shapes {listed} cannot be broadcast together: each dim must be "
+            f"equal, 1, or absent (aligned from the right); reshape or expand an operand"
+        ) from None
+
+
+def broadcast_meta(out_shape: tuple, shapes: list) -> list:
+    """Meta of an elementwise entry: mode 0 when every operand has the output's shape,
+    else 1 with the output shape and each operand's strides (0 along broadcast dims)."""
+    if all(s == out_shape for s in shapes):
+        return [0]
+    ndim = len(out_shape)
+    meta = [1, ndim, *out_shape]
+    for shape in shapes:
+        strides = [0] * ndim
+        step = 1
+        for d in range(len(shape) - 1, -1, -1):
+            od = ndim - len(shape) + d
+            if shape[d] != 1 or out_shape[od] == 1:
+                strides[od] = step
+            step *= shape[d]
+        meta.extend(strides)
+    return meta
+

@@ -1,0 +1,533 @@
+"""The Tensor: NumPy data, a dtype, and a place on the tape when it takes part in a graph.
+
+Operators and methods delegate to :mod:`jitgrad.functions`, where every op is computed and
+recorded. A tensor produced by a recorded op views its value in the tape's arena; a 0-d
+result computed on the scalar fast path keeps a Python number until its array is asked for.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _dtype as dt
+from ._format import tensor_repr
+
+
+class Size(tuple):
+    """``torch.Size``: a tuple of ints that prints as ``torch.Size([2, 3])``."""
+
+    def __repr__(self) -> str:
+        return f"torch.Size({list(self)})"
+
+    def numel(self) -> int:
+        count = 1
+        for s in self:
+            count *= s
+        return count
+
+
+class _Storage:
+    """Shared by a tensor and its aliases (``detach()``): the version counter bumped by
+    in-place writes, and the tape node whose arena slot mirrors this memory."""
+
+    __slots__ = ("version", "tape", "generation", "node")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.tape = None
+        self.generation = -1
+        self.node = -1
+
+    def attach(self, tape, node: int) -> None:
+        self.tape = tape
+        self.generation = tape.generation
+        self.node = node
+
+
+class Tensor:
+    """A multi-dimensional array that can record the ops applied to it.
+
+    >>> import jitgrad as torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad
+    tensor([2., 4.])
+    """
+
+    __slots__ = ("_data", "_item", "dtype", "_shape", "_requires_grad", "_grad", "_tape",
+                 "_gen", "_node", "_node_version", "_op", "_storage", "_retains_grad",
+                 "__weakref__")
+
+    __array_priority__ = 1000  # numpy scalars and arrays defer to our operators
+
+    def __init__(self, data=None, *, dtype=None, requires_grad: bool = False):
+        from .functions import _array_from
+
+        array, d = _array_from(data if data is not None else [], dtype)
+        _init(self, array, None, d, array.shape)
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # -- construction helpers ---------------------------------------------------------------
+    @staticmethod
+    def _wrap(array: np.ndarray, d: dt.dtype | None = None) -> Tensor:
+        t = object.__new__(Tensor)
+        _init(t, array, None, d or dt.from_numpy_dtype(array.dtype), array.shape)
+        return t
+
+    # -- data access --------------------------------------------------------------------------
+    def _value(self) -> np.ndarray:
+        """The data as an ndarray (materializing a 0-d scalar result)."""
+        data = self._data
+        if data is None:
+            tape = self._tape
+            if tape is not None and self._gen == tape.generation and self._node >= 0:
+                # a view of the arena slot, so in-place writes reach the recorded value
+                data = tape.node_view(self._node)
+            else:
+                data = np.array(self._item, dtype=self.dtype.numpy)
+            self._data = data
+            self._item = None
+        return data
+
+    @property
+    def data(self) -> Tensor:
+        return _alias(self, requires_grad=False)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        array = value._value() if isinstance(value, Tensor) else np.asarray(value)
+        self._data = np.asarray(array, order="C")
+        self._item = None
+        self._shape = Size(self._data.shape)
+        self.dtype = dt.from_numpy_dtype(self._data.dtype)
+        _bump_version(self)
+
+    def numpy(self, *, force: bool = False) -> np.ndarray:
+        if self._requires_grad and not force:
+            raise RuntimeError(
+                "Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() "
+                "instead.")
+        return self._value()
+
+    def __array__(self, dtype=None, copy=None):
+        array = self._value()
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        return array
+
+    def item(self):
+        if self._data is None:
+            return self._item
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"a Tensor with {self._data.size} elements cannot be converted to Scalar")
+        return self._data.reshape(-1)[0].item()
+
+    def tolist(self):
+        if self._data is None:
+            return self._item
+        return self._data.tolist()
+
+    # -- shape and type --------------------------------------------------------------------
+    @property
+    def shape(self) -> Size:
+        return self._shape
+
+    def size(self, dim: int | None = None):
+        if dim is None:
+            return self._shape
+        return self._shape[_canonical_dim(dim, len(self._shape), "size")]
+
+    def dim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    def numel(self) -> int:
+        count = 1
+        for s in self._shape:
+            count *= s
+        return count
+
+    nelement = numel
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._shape[0]
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    # -- autograd state ---------------------------------------------------------------------
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if self._op >= 0 and not requires_grad:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables. If you want to use "
+                "a computed variable in a subgraph that doesn't require differentiation use "
+                "var_no_grad = var.detach().")
+        if requires_grad and not self.dtype.is_floating_point:
+            raise RuntimeError(
+                f"only Tensors of floating point dtype can require gradients (got "
+                f"{self.dtype}); convert first, e.g. t.float().requires_grad_()")
+        self._requires_grad = bool(requires_grad)
+        if self._node >= 0 and self._op < 0:
+            self._node = -1  # registered with the old flag: register again on next use
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._op < 0
+
+    @property
+    def grad(self) -> Tensor | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"assigned grad expected to be a Tensor or None but got {type(value)}")
+        if value is not None and value._shape != self._shape:
+            raise RuntimeError(
+                f"assigned grad has data of a different size: {list(value._shape)} vs "
+                f"{list(self._shape)}")
+        self._grad = value
+
+    @property
+    def grad_fn(self):
+        if self._op < 0:
+            return None
+        from .autograd.graph import node_for_tensor
+
+        return node_for_tensor(self)
+
+    def retain_grad(self) -> None:
+        if not self._requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        if self._op < 0:
+            return
+        self._retains_grad = True
+        if self._tape is not None and self._gen == self._tape.generation:
+            self._tape.retained[self._node] = self
+
+    @property
+    def retains_grad(self) -> bool:
+        return self._retains_grad
+
+    @property
+    def _version(self) -> int:
+        return self._storage.version if self._storage is not None else 0
+
+    def detach(self) -> Tensor:
+        """A tensor sharing this one's data, outside the graph."""
+        return _alias(self, requires_grad=False)
+
+    def detach_(self) -> Tensor:
+        if self._node >= 0 and self._tape is not None:
+            self._tape.release(self._node, self._gen)
+        self._node = -1
+        self._op = -1
+        self._requires_grad = False
+        return self
+
+    def backward(self, gradient=None, retain_graph=None, create_graph: bool = False,
+                 inputs=None) -> None:
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf of the graph."""
+        from .autograd.engine import backward
+
+        backward(self, gradient, retain_graph, create_graph, inputs)
+
+    # -- printing ------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        suffixes = []
+        if self._op >= 0:
+            suffixes.append(f"grad_fn=<{_grad_fn_name(self._op)}>")
+        elif self._requires_grad:
+            suffixes.append("requires_grad=True")
+        return tensor_repr(self._value() if self._data is not None else
+                           np.array(self._item, self.dtype.numpy), self.dtype, suffixes)
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        if not self._shape:
+            return format(self.item(), spec)
+        return format(str(self), spec)
+
+    # -- conversions -----------------------------------------------------------------------
+    def __bool__(self) -> bool:
+        if self.numel() != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with {self.numel()} values is ambiguous")
+        return bool(self.item())
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.is_floating_point or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __iter__(self):
+        if not self._shape:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._shape[0]))
+
+    def __del__(self) -> None:
+        node = self._node
+        if node >= 0:
+            try:
+                self._tape.release(node, self._gen)
+            except Exception:  # noqa: BLE001 - interpreter shutdown: the tape may be gone
+                pass
+
+
+def _init(t: Tensor, data, item, d: dt.dtype, shape) -> None:
+    t._data = data
+    t._item = item
+    t.dtype = d
+    t._shape = shape if type(shape) is Size else Size(shape)
+    t._requires_grad = False
+    t._grad = None
+    t._tape = None
+    t._gen = -1
+    t._node = -1
+    t._node_version = 0
+    t._op = -1
+    t._storage = None
+    t._retains_grad = False
+
+
+def _storage_of(t: Tensor) -> _Storage:
+    storage = t._storage
+    if storage is None:
+        storage = t._storage = _Storage()
+        tape = t._tape
+        if t._op >= 0 and tape is not None and t._gen == tape.generation:
+            t._value()  # a recorded output: its memory is the node's arena slot
+            storage.attach(tape, t._node)
+    return storage
+
+
+def _alias(t: Tensor, requires_grad: bool) -> Tensor:
+    """A new leaf tensor sharing ``t``'s memory and version counter."""
+    data = t._value()
+    alias = object.__new__(Tensor)
+    _init(alias, data, None, t.dtype, t._shape)
+    alias._storage = _storage_of(t)
+    alias._requires_grad = requires_grad
+    return alias
+
+
+def _bump_version(t: Tensor) -> None:
+    """After an in-place write to ``t``'s memory: bump the version seen by saved values, and
+    keep the arena copy of the value in step with the memory."""
+    storage = _storage_of(t)
+    storage.version += 1
+    tape = storage.tape
+    if tape is not None and storage.generation == tape.generation and storage.node >= 0:
+        tape.bump_version(storage.node)
+        slot = tape.node_view(storage.node)
+        data = t._value()
+        if slot.size == data.size and not np.may_share_memory(slot, data):
+            slot[...] = data.reshape(slot.shape)
+    own = t._tape
+    if own is not None and t._node >= 0 and t._gen == own.generation and t._node != storage.node:
+        own.bump_version(t._node)
+
+
+def _grad_fn_name(code: int) -> str:
+    from .ops.registry import OPS
+
+    return OPS[code].grad_fn
+
+
+def _canonical_dim(dim: int, ndim: int, op: str) -> int:
+    if not isinstance(dim, numbers.Integral):
+        raise TypeError(f"{op}(): dim must be an int, got {type(dim).__name__}")
+    low, high = (-1, 0) if ndim == 0 else (-ndim, ndim - 1)
+    if not low <= dim <= high:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{low}, {high}], but got {dim})")
+    return dim + ndim if dim < 0 else (0 if ndim == 0 else dim)
+
+
+# -- operators and methods: thin delegations to jitgrad.functions ------------------------------
+from . import functions as F  # noqa: E402  (functions imports this module's Tensor)
+
+
+def _method(function):
+    def method(self, *args, **kwargs):
+        return function(self, *args, **kwargs)
+
+    method.__name__ = function.__name__
+    method.__doc__ = function.__doc__
+    return method
+
+
+def _reflected(function):
+    def method(self, other):
+        return function(other, self)
+
+    return method
+
+
+def _checked_other(function):
+    def method(self, other):
+        if not isinstance(other, (Tensor, numbers.Number)):
+            return NotImplemented
+        return function(self, other)
+
+    return method
+
+
+for _name, _function in {
+    "__add__": F.add, "__sub__": F.sub, "__mul__": F.mul, "__truediv__": F.div,
+    "__pow__": F.pow, "__matmul__": F.matmul, "__eq__": F.eq, "__ne__": F.ne,
+    "__lt__": F.lt, "__le__": F.le, "__gt__": F.gt, "__ge__": F.ge,
+    "__and__": F.logical_and, "__or__": F.logical_or,
+}.items():
+    setattr(Tensor, _name, _checked_other(_function))
+for _name, _function in {
+    "__radd__": F.add, "__rsub__": F.sub, "__rmul__": F.mul, "__rtruediv__": F.div,
+    "__rpow__": F.pow, "__rmatmul__": F.matmul,
+}.items():
+    setattr(Tensor, _name, _checked_other(_reflected(_function)))
+
+for _name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "relu", "abs",
+              "log1p", "expm1", "reciprocal", "neg", "clone", "clamp", "clip", "add", "sub",
+              "mul", "div", "pow", "maximum", "minimum", "sum", "mean", "prod", "logsumexp",
+              "norm", "max", "min", "amax", "amin", "argmax", "argmin", "softmax",
+              "log_softmax", "reshape", "view", "flatten", "squeeze", "unsqueeze",
+              "transpose", "t", "permute", "expand", "dot", "mv", "mm", "bmm", "matmul",
+              "sign", "isnan", "isfinite", "eq", "ne", "lt", "le", "gt", "ge", "allclose",
+              "equal", "negative", "subtract", "multiply", "divide", "swapaxes",
+              "broadcast_to", "logical_not", "logical_and", "logical_or"):
+    setattr(Tensor, _name, _method(getattr(F, _name)))
+
+Tensor.__neg__ = lambda self: F.neg(self)
+Tensor.__pos__ = lambda self: self
+Tensor.__abs__ = lambda self: F.abs(self)
+Tensor.__invert__ = lambda self: F.logical_not(self)
+Tensor.__getitem__ = lambda self, key: F.getitem(self, key)
+
+
+def _setitem(self, key, value) -> None:
+    if F._recording(self) or (isinstance(value, Tensor) and F._recording(value)):
+        raise RuntimeError(
+            "assigning into a tensor that requires grad (x[i] = v) is not differentiable "
+            "here; build the value with torch.where or torch.cat, or assign under no_grad()")
+    array = self._value()
+    array[F._normalize_index(key)] = value._value() if isinstance(value, Tensor) else value
+    _bump_version(self)
+
+
+Tensor.__setitem__ = _setitem
+Tensor.__hash__ = lambda self: id(self)
+
+Tensor.T = property(lambda self: F.permute(self, *range(self.ndim - 1, -1, -1))
+                    if self.ndim != 2 else F.t(self))
+Tensor.mT = property(lambda self: F.transpose(self, -2, -1))
+
+
+def _to(self, *args, **kwargs):
+    """``t.to(dtype)``; device arguments other than 'cpu' are refused."""
+    target = kwargs.get("dtype")
+    for arg in args:
+        if isinstance(arg, (dt.dtype, type)) or hasattr(arg, "kind"):
+            target = arg
+        elif isinstance(arg, Tensor):
+            target = arg.dtype
+        elif arg not in ("cpu", None):
+            raise RuntimeError(f"jitgrad runs on the CPU only; can't move a tensor to {arg!r}")
+    return self if target is None else F.to_dtype(self, target)
+
+
+Tensor.to = _to
+Tensor.type_as = lambda self, other: F.to_dtype(self, other.dtype)
+Tensor.float = lambda self: F.to_dtype(self, dt.float32)
+Tensor.double = lambda self: F.to_dtype(self, dt.float64)
+Tensor.long = lambda self: F.to_dtype(self, dt.int64)
+Tensor.int = lambda self: F.to_dtype(self, dt.int64)
+Tensor.bool = lambda self: F.to_dtype(self, dt.bool_)
+Tensor.cpu = lambda self: self
+Tensor.contiguous = lambda self: self
+Tensor.expand_as = lambda self, other: F.expand(self, *other.shape)
+Tensor.view_as = lambda self, other: F.reshape(self, *other.shape)
+Tensor.reshape_as = lambda self, other: F.reshape(self, *other.shape)
+Tensor.where = lambda self, condition, other: F.where(condition, self, other)
+
+
+def _inplace_method(name: str, compute):
+    def method(self, *args, **kwargs):
+        return F.inplace(self, lambda: compute(self, *args, **kwargs))
+
+    method.__name__ = name
+    return method
+
+
+Tensor.add_ = _inplace_method("add_", F.add)
+Tensor.sub_ = _inplace_method("sub_", F.sub)
+Tensor.mul_ = _inplace_method("mul_", F.mul)
+Tensor.div_ = _inplace_method("div_", F.div)
+Tensor.pow_ = _inplace_method("pow_", F.pow)
+Tensor.clamp_ = _inplace_method("clamp_", F.clamp)
+Tensor.__iadd__ = Tensor.add_
+Tensor.__isub__ = Tensor.sub_
+Tensor.__imul__ = Tensor.mul_
+Tensor.__itruediv__ = Tensor.div_
+
+
+def _zero_(self) -> Tensor:
+    return _fill(self, 0)
+
+
+def _fill(self, value) -> Tensor:
+    if F._state.grad_enabled and self._requires_grad and self._op < 0:
+        raise RuntimeError(
+            "a leaf Variable that requires grad is being used in an in-place operation.")
+    if isinstance(value, Tensor):
+        value = value.item()
+    if F._state.grad_enabled and self._requires_grad:
+        return F.inplace(self, lambda: F.add(F.mul(self, 0), value))
+    self._value()[...] = value
+    _bump_version(self)
+    return self
+
+
+def _copy_(self, src, non_blocking: bool = False) -> Tensor:
+    src = src if isinstance(src, Tensor) else F.tensor(src)
+    if F._recording(self, src):
+        return F.inplace(self, lambda: F.expand(F.to_dtype(src, self.dtype), *self.shape)
+                         if src.shape != self.shape else F.clone(F.to_dtype(src, self.dtype)))
+    self._value()[...] = np.broadcast_to(src._value(), self._shape)
+    _bump_version(self)
+    return self
+
+
+Tensor.zero_ = _zero_
+Tensor.fill_ = _fill
+Tensor.copy_ = _copy_
