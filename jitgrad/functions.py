@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from array import array
 from collections import namedtuple
 
 import numpy as np
 
 from . import _dtype as dt
-from .kernels.layout import N_OFFSET, N_WIDTH
 from .ops.registry import BY_NAME
 from .recording import (
     SCALAR_FORWARD, broadcast_meta, broadcast_shape, dtype_code, node_of,
@@ -20,6 +20,8 @@ from .tape import _state
 from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
 
 _F32 = dt.float32
+_F64 = dt.float64
+_SCALAR_SHAPE = Size(())
 
 # ops whose result is floating point even for integer inputs
 _FLOAT_RESULT = {"exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "log1p",
@@ -286,7 +288,7 @@ def _new_output_node(tape, d: dt.dtype, shape: tuple) -> tuple[int, np.ndarray]:
     code = dtype_code(d)
     tape.before_record()
     node = tape.new_node(code, shape, size, True, -1)
-    offset = tape.nodes[node * N_WIDTH + N_OFFSET]
+    offset = tape.used[code] - size
     return node, tape.arenas[code][offset:offset + size].reshape(shape)
 
 
@@ -299,40 +301,32 @@ def _cast_input(t: Tensor, d: dt.dtype) -> Tensor:
 
 def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
                  result=None) -> Tensor:
-    """Apply elementwise op ``name`` to tensors ``inputs`` (same dtype after promotion)."""
+    """Apply elementwise op ``name`` to tensors ``inputs`` (promoted to ``result``)."""
     op = BY_NAME[name]
     if result is None:
         result = inputs[0].dtype
         for t in inputs[1:]:
-            result = dt.result_type(result, 1, t.dtype, 1) if t.dtype is not result else result
+            if t.dtype is not result:
+                result = dt.result_type(result, 1, t.dtype, 1)
         if name in _FLOAT_RESULT and not result.is_floating_point:
             result = dt.get_default_dtype()
-    record = _recording(*inputs)
-    if record and not result.is_floating_point:
-        record = False
-    if record:
-        inputs = [_cast_input(t, result) for t in inputs]
+    record = False
+    if _state.grad_enabled and result.is_floating_point:
+        for t in inputs:
+            if t._requires_grad:
+                record = True
+                break
     scalar = True
     for t in inputs:
-        if t._data is not None:
-            scalar = False
+        if t._shape or (record and t.dtype is not result):
+            scalar = False  # the cast is recorded on the array path
             break
     if scalar:
-        value = _scalar_forward(op.code, [t._item for t in inputs], c0, c1, result)
-        if value is not None:
-            if not record:
-                return _output(None, None, value, result, (), -1, -1)
-            tape = _state.tape
-            tape.before_record()
-            ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
-            node = tape.new_node(dtype_code(result), (), 1, True, -1)
-            arena = tape.arenas[dtype_code(result)]
-            offset = tape.nodes[node * N_WIDTH + N_OFFSET]
-            arena[offset] = value
-            if result is _F32:
-                value = float(arena[offset])
-            tape.record(op.code, node, *_pad3(ins), -1, c0, c1)
-            return _output(tape, None, value, result, (), node, op.code)
+        out = _scalar_elementwise(op, inputs, c0, c1, result, record)
+        if out is not None:
+            return out
+    if record:
+        inputs = [_cast_input(t, result) for t in inputs]
     arrays = [t._value() for t in inputs]
     shapes = [a.shape for a in arrays]
     shape = shapes[0] if len(shapes) == 1 else broadcast_shape(
@@ -342,6 +336,8 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         with np.errstate(all="ignore"):
             value = NUMPY_FORWARD[name](*arrays, c0, c1, None)
         value = np.asarray(value, dtype=result.numpy)
+        if not shape:
+            return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, value, None, result, shape, -1, -1)
     tape = _state.tape
     node, slot = _new_output_node(tape, result, shape)
@@ -350,7 +346,154 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         NUMPY_FORWARD[name](*arrays, c0, c1, slot)
     meta = -1 if len(inputs) == 1 else tape.add_meta(broadcast_meta(shape, shapes))
     tape.record(op.code, node, *_pad3(ins), meta, c0, c1)
+    if not shape:
+        return _output(tape, None, slot.item(), result, (), node, op.code)
     return _output(tape, slot, None, result, shape, node, op.code)
+
+
+_round32_buffer = array("f", [0.0])
+
+
+def _scalar_elementwise(op, inputs: list, c0, c1, result: dt.dtype, record: bool):
+    """The 0-d fast path: Python floats in, one tape row out. None when the value needs
+    NumPy's inf/nan semantics (log(0), overflow, a negative base to a fractional power)."""
+    try:
+        value = SCALAR_FORWARD[op.code](*[t._item if t._data is None else t._data.item()
+                                          for t in inputs], c0, c1)
+    except (ArithmeticError, ValueError):
+        return None
+    kind = type(value)
+    if kind is complex:
+        return None
+    if result is _F32:
+        _round32_buffer[0] = value
+        value = _round32_buffer[0]
+    elif result is _F64:
+        if kind is not float:
+            value = float(value)
+    elif result is dt.int64:
+        value = int(value)
+    else:
+        value = bool(value)
+    t = object.__new__(Tensor)
+    _init(t, None, value, result, _SCALAR_SHAPE)
+    if record:
+        tape = _state.tape
+        generation = tape.generation
+        if tape.restart_ready or tape.maybe_restart or tape.n_entries >= tape.next_check:
+            tape.before_record()
+            generation = tape.generation
+        saves = op.saves
+        names = op.inputs
+        ins = [-1, -1, -1]
+        for k, x in enumerate(inputs):
+            if x._requires_grad or names[k] in saves:
+                if x._tape is tape and x._gen == generation and x._node >= 0 and x._op >= 0:
+                    ins[k] = x._node
+                else:
+                    ins[k] = node_of(tape, x)
+        node = tape.record_scalar(op.code, 0 if result is _F32 else 1, value,
+                                  ins[0], ins[1], ins[2], c0, c1)
+        t._requires_grad = True
+        t._tape = tape
+        t._gen = generation
+        t._node = node
+        t._op = op.code
+    return t
+
+
+def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
+    """Wrap a 0-d float result computed on Python floats; record it when needed. ``b`` is
+    the second tensor operand or None."""
+    if d is _F32:
+        _round32_buffer[0] = value
+        value = _round32_buffer[0]
+    elif type(value) is not float:
+        value = float(value)
+    t = object.__new__(Tensor)
+    _init(t, None, value, d, _SCALAR_SHAPE)
+    if not _state.grad_enabled or not (a._requires_grad or (b is not None and b._requires_grad)):
+        return t
+    tape = _state.tape
+    if tape.restart_ready or tape.maybe_restart or tape.n_entries >= tape.next_check:
+        tape.before_record()
+    generation = tape.generation
+    saves = op.saves
+    names = op.inputs
+    in0 = in1 = -1
+    # an operand's node is current when it is of this generation and, for a leaf or a
+    # constant (whose value was copied in), when its memory was not written since
+    if a._requires_grad or names[0] in saves:
+        in0 = a._node
+        if (in0 < 0 or a._tape is not tape or a._gen != generation
+                or (a._op < 0 and a._storage is not None
+                    and a._storage.version != a._node_version)):
+            in0 = node_of(tape, a)
+    if b is not None and (b._requires_grad or names[1] in saves):
+        in1 = b._node
+        if (in1 < 0 or b._tape is not tape or b._gen != generation
+                or (b._op < 0 and b._storage is not None
+                    and b._storage.version != b._node_version)):
+            in1 = node_of(tape, b)
+    t._node = tape.record_scalar(op.code, 0 if d is _F32 else 1, value, in0, in1, -1, c0, 0.0)
+    t._requires_grad = True
+    t._tape = tape
+    t._gen = generation
+    t._op = op.code
+    return t
+
+
+_SCALAR_OPS = {"add": "add_scalar", "sub": "sub_scalar", "mul": "mul_scalar",
+               "div": "div_scalar", "pow": "pow_scalar"}
+_REFLECTED_SCALAR_OPS = {"add": "add_scalar", "mul": "mul_scalar", "sub": "rsub_scalar",
+                         "pow": "rpow_scalar"}
+
+
+def arithmetic_methods(name: str):
+    """``Tensor.__op__`` and ``__rop__`` for ``+ - * / **``: a direct path for 0-d float
+    tensors (the per-op cost of scalar programs), :func:`_binary` for everything else."""
+    op = BY_NAME[name]
+    forward = SCALAR_FORWARD[op.code]
+    scalar_op = BY_NAME[_SCALAR_OPS[name]]
+    scalar_forward = SCALAR_FORWARD[scalar_op.code]
+    reflected_op = BY_NAME.get(_REFLECTED_SCALAR_OPS.get(name, ""))
+    reflected_forward = SCALAR_FORWARD[reflected_op.code] if reflected_op else None
+
+    def method(self, other):
+        if not self._shape and self.dtype.is_floating_point:
+            kind = type(other)
+            a = self._item if self._data is None else self._data.item()
+            try:
+                if kind is Tensor:
+                    if not other._shape and other.dtype is self.dtype:
+                        b = other._item if other._data is None else other._data.item()
+                        value = forward(a, b, 0.0, 0.0)
+                        if type(value) is not complex:
+                            return _finish_scalar(op, value, self.dtype, self, other, 0.0)
+                elif kind is float or kind is int:
+                    value = scalar_forward(a, other, 0.0)
+                    if type(value) is not complex:
+                        return _finish_scalar(scalar_op, value, self.dtype, self, None,
+                                              float(other))
+            except (ArithmeticError, ValueError):
+                pass
+        return _binary(name, self, other)
+
+    def reflected(self, other):
+        kind = type(other)
+        if (reflected_op is not None and (kind is float or kind is int) and not self._shape
+                and self.dtype.is_floating_point):
+            a = self._item if self._data is None else self._data.item()
+            try:
+                value = reflected_forward(a, other, 0.0)
+                if type(value) is not complex:
+                    return _finish_scalar(reflected_op, value, self.dtype, self, None,
+                                          float(other))
+            except (ArithmeticError, ValueError):
+                pass
+        return _binary(name, other, self)
+
+    return method, reflected
 
 
 def _pad3(nodes: list) -> list:
@@ -446,7 +589,18 @@ NUMPY_FORWARD = {
 
 # -- elementwise public API ----------------------------------------------------------------------
 def _unary(name: str):
+    definition = BY_NAME[name]
+    forward = SCALAR_FORWARD[definition.code]
+
     def op(input: Tensor) -> Tensor:
+        if type(input) is Tensor and not input._shape and input.dtype.is_floating_point:
+            x = input._item if input._data is None else input._data.item()
+            try:
+                value = forward(x, 0.0, 0.0)
+                if type(value) is not complex:
+                    return _finish_scalar(definition, value, input.dtype, input, None, 0.0)
+            except (ArithmeticError, ValueError):
+                pass
         return _elementwise(name, [_check_tensor(input, name)])
 
     op.__name__ = name
@@ -495,7 +649,10 @@ clip = clamp
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, numbers.Number) and not isinstance(v, Tensor)
+    kind = type(v)
+    if kind is float or kind is int:
+        return True
+    return kind is not Tensor and isinstance(v, numbers.Number)
 
 
 def _scalar_operand(t: Tensor, value, name: str):
@@ -507,6 +664,9 @@ def _scalar_operand(t: Tensor, value, name: str):
 
 
 def _binary(name: str, a, b) -> Tensor:
+    if type(a) is Tensor and type(b) is Tensor and a.dtype is b.dtype:
+        return _elementwise(name, [a, b], result=a.dtype if a.dtype.is_floating_point or
+                            name not in _FLOAT_RESULT else dt.get_default_dtype())
     a_num, b_num = _is_number(a), _is_number(b)
     if a_num and b_num:
         raise TypeError(f"{name}: at least one argument must be a Tensor")

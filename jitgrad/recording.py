@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from . import _dtype as dt
-from .kernels.layout import DTYPE_F32, DTYPE_F64, N_WIDTH
+from .kernels.layout import DTYPE_F32, DTYPE_F64
 from .ops.registry import ELEMENTWISE, OPS
 from .tape import _state
 
@@ -69,7 +69,7 @@ def register(tape, t) -> int:
     if t._node >= 0 and t._tape is not None:
         t._tape.release(t._node, t._gen)
     node = tape.new_node(code, t._shape, size, requires_grad, entry)
-    offset = tape.nodes[node * N_WIDTH]
+    offset = tape.used[code] - size
     arena = tape.arenas[code]
     if t._data is None:
         arena[offset] = t._item

@@ -1,10 +1,11 @@
 """The flat tape: one per thread, with grad mode.
 
-Every recorded op appends one row to the entry table, one row to the node table for its
-output, and writes its output's values into the value arena of its dtype. The arenas are
-flat NumPy buffers; a recorded tensor's data is a view into them, so the Numba sweeps reach
-every value by offset with no Python per node. Rows are appended to ``array.array`` buffers
-(cheap appends) and seen by the kernels as NumPy views of those buffers, made per sweep.
+Every recorded op appends one row to the entry table and one to the node table for its
+output, and writes its output's values into the value arena of its dtype. Rows are packed
+into ``bytearray`` buffers (one ``struct.pack`` per row: the cheapest append CPython has)
+and the Numba sweeps see them as NumPy views made per sweep (``tables()``), so a sweep
+reaches every entry and value by offset with no Python per node. The arenas are flat NumPy
+buffers; a recorded tensor's data is a view into them.
 
 Lifetimes: a tape has a generation number. When no live tensor refers to an entry that is
 still pending (not freed by a backward), the next recording starts a new generation: the
@@ -15,6 +16,7 @@ memory.
 """
 from __future__ import annotations
 
+import struct
 import sys
 import threading
 from array import array
@@ -22,13 +24,19 @@ from array import array
 import numpy as np
 
 from .kernels.layout import (
-    C_WIDTH, DTYPE_F32, DTYPE_F64, E_FREED, E_OUT, E_WIDTH, N_DTYPE, N_ENTRY, N_GRAD, N_OFFSET,
-    N_REFS, N_SIZE, N_VERSION, N_WIDTH,
+    DTYPE_F32, DTYPE_F64, E_FREED, E_META, E_OP, E_OUT, E_WIDTH, N_DTYPE, N_ENTRY, N_GRAD,
+    N_OFFSET, N_SIZE, N_WIDTH,
 )
 
 _ARENA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INITIAL_ARENA = 1 << 12
 _CHECK_EVERY = 1 << 14  # entries between liveness checks when no backward ran
+
+_ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
+_NODE = struct.Struct(f"<{N_WIDTH}q")
+_INT = struct.Struct("<q")
+_ENTRY_BYTES = _ENTRY.size
+_NODE_BYTES = _NODE.size
 
 
 class Tape:
@@ -36,9 +44,10 @@ class Tape:
 
     def __init__(self) -> None:
         self.generation = 0
-        self.entries = array("q")
-        self.consts = array("d")
-        self.nodes = array("q")
+        self.entries = bytearray()
+        self.nodes = bytearray()
+        self.versions = array("q")  # node -> bumped by in-place writes to its value
+        self.refs = array("q")      # node -> live tensors referring to it
         self.meta = array("q")
         self.shapes: list[tuple] = []  # node -> shape, for the create_graph sweep and grad_fn
         self.n_entries = 0
@@ -48,7 +57,8 @@ class Tape:
         self.spare_arenas: list[list[np.ndarray]] = [[], []]
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
-        self.maybe_restart = False
+        self.restart_ready = False  # a sweep found no live tensor on a pending entry
+        self.maybe_restart = False  # a sweep freed entries: check liveness before recording
         self.next_check = _CHECK_EVERY
 
     # -- values -------------------------------------------------------------------------
@@ -68,35 +78,87 @@ class Tape:
     def new_node(self, dtype_code: int, shape: tuple, size: int, requires_grad: bool,
                  entry: int) -> int:
         node = self.n_nodes
+        self.nodes += _NODE.pack(self.alloc(dtype_code, size), size, dtype_code,
+                                 1 if requires_grad else 0, entry)
+        self.versions.append(0)
+        self.refs.append(1)
         self.shapes.append(shape)
-        self.nodes.extend((self.alloc(dtype_code, size), size, dtype_code,
-                           1 if requires_grad else 0, entry, 0, 1))
         self.n_nodes = node + 1
         return node
 
+    def node_field(self, node: int, field: int) -> int:
+        return _INT.unpack_from(self.nodes, (node * N_WIDTH + field) * 8)[0]
+
+    def set_node_field(self, node: int, field: int, value: int) -> None:
+        _INT.pack_into(self.nodes, (node * N_WIDTH + field) * 8, value)
+
     def node_view(self, node: int) -> np.ndarray:
         """The node's value: a view into the current arena."""
-        row = node * N_WIDTH
-        offset = self.nodes[row + N_OFFSET]
-        arena = self.arenas[self.nodes[row + N_DTYPE]]
-        return arena[offset:offset + self.nodes[row + N_SIZE]].reshape(self.shapes[node])
+        offset, size, dtype_code, _, _ = _NODE.unpack_from(self.nodes, node * _NODE_BYTES)
+        return self.arenas[dtype_code][offset:offset + size].reshape(self.shapes[node])
 
     # -- entries ------------------------------------------------------------------------
     def record(self, code: int, out: int, in0: int, in1: int, in2: int, meta: int,
                c0: float = 0.0, c1: float = 0.0) -> int:
         entry = self.n_entries
-        nodes = self.nodes
-        self.entries.extend((
+        versions = self.versions
+        self.entries += _ENTRY.pack(
             code, out, in0, in1, in2, meta,
-            nodes[in0 * N_WIDTH + N_VERSION] if in0 >= 0 else 0,
-            nodes[in1 * N_WIDTH + N_VERSION] if in1 >= 0 else 0,
-            nodes[in2 * N_WIDTH + N_VERSION] if in2 >= 0 else 0,
-            0,
-        ))
-        self.consts.extend((c0, c1))
-        nodes[out * N_WIDTH + N_ENTRY] = entry
+            versions[in0] if in0 >= 0 else 0,
+            versions[in1] if in1 >= 0 else 0,
+            versions[in2] if in2 >= 0 else 0,
+            0, c0, c1)
+        self.set_node_field(out, N_ENTRY, entry)
         self.n_entries = entry + 1
         return entry
+
+    def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
+                      in2: int, c0: float, c1: float) -> int:
+        """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs."""
+        offset = self.used[dtype_code]
+        arena = self.arenas[dtype_code]
+        if offset >= arena.shape[0]:
+            offset = self.alloc(dtype_code, 1)
+            arena = self.arenas[dtype_code]
+        else:
+            self.used[dtype_code] = offset + 1
+        arena[offset] = value
+        node = self.n_nodes
+        entry = self.n_entries
+        versions = self.versions
+        self.nodes += _NODE.pack(offset, 1, dtype_code, 1, entry)
+        self.entries += _ENTRY.pack(
+            code, node, in0, in1, in2, -1,
+            versions[in0] if in0 >= 0 else 0,
+            versions[in1] if in1 >= 0 else 0,
+            versions[in2] if in2 >= 0 else 0,
+            0, c0, c1)
+        versions.append(0)
+        self.refs.append(1)
+        self.shapes.append(())
+        self.n_nodes = node + 1
+        self.n_entries = entry + 1
+        return node
+
+    def entry_fields(self, entry: int) -> tuple:
+        """The entry's row: (op, out, in0, in1, in2, meta, ver0, ver1, ver2, freed, c0, c1)."""
+        return _ENTRY.unpack_from(self.entries, entry * _ENTRY_BYTES)
+
+    def entry_field(self, entry: int, field: int) -> int:
+        return _INT.unpack_from(self.entries, (entry * E_WIDTH + field) * 8)[0]
+
+    def free_entry(self, entry: int) -> None:
+        _INT.pack_into(self.entries, (entry * E_WIDTH + E_FREED) * 8, 1)
+
+    def entry_op(self, entry: int) -> int:
+        return self.entry_field(entry, E_OP)
+
+    def entry_out(self, entry: int) -> int:
+        return self.entry_field(entry, E_OUT)
+
+    def entry_meta(self, entry: int, count: int) -> list:
+        offset = self.entry_field(entry, E_META)
+        return list(self.meta[offset:offset + count])
 
     def add_meta(self, values) -> int:
         offset = len(self.meta)
@@ -104,37 +166,52 @@ class Tape:
         return offset
 
     def bump_version(self, node: int) -> None:
-        self.nodes[node * N_WIDTH + N_VERSION] += 1
+        self.versions[node] += 1
 
-    def entry_freed(self, entry: int) -> bool:
-        return self.entries[entry * E_WIDTH + E_FREED] != 0
+    def node_requires_grad(self, node: int) -> bool:
+        return self.node_field(node, N_GRAD) != 0
+
+    def node_entry(self, node: int) -> int:
+        return self.node_field(node, N_ENTRY)
+
+    def node_dtype(self, node: int) -> int:
+        return self.node_field(node, N_DTYPE)
+
+    def node_location(self, node: int) -> tuple:
+        """(offset, size, dtype code) of the node's value."""
+        offset, size, dtype_code, _, _ = _NODE.unpack_from(self.nodes, node * _NODE_BYTES)
+        return offset, size, dtype_code
 
     # -- lifetimes ----------------------------------------------------------------------
     def before_record(self) -> None:
         """Called before an op is recorded: start a new generation when nothing alive
         refers to a pending entry."""
-        if (self.maybe_restart or self.n_entries >= self.next_check) and self.n_entries:
+        if self.restart_ready:
+            self._restart()
+        elif (self.maybe_restart or self.n_entries >= self.next_check) and self.n_entries:
             self.maybe_restart = False
-            if self._nothing_pending_alive():
+            if self._count_pending_alive() == 0:
                 self._restart()
             else:
                 self.next_check = 2 * self.n_entries
 
-    def _nothing_pending_alive(self) -> bool:
-        nodes = np.frombuffer(self.nodes, np.int64).reshape(-1, N_WIDTH)
-        entries = np.frombuffer(self.entries, np.int64).reshape(-1, E_WIDTH)
+    def _count_pending_alive(self) -> int:
+        from .kernels.sweep import count_pending_alive
+
+        entries, _, nodes, _, refs, _ = self.tables()
         try:
-            live = nodes[:, N_REFS] > 0
-            produced = nodes[:, N_ENTRY]
-            pending = (produced >= 0) & (entries[np.maximum(produced, 0), E_FREED] == 0)
-            return not bool(np.any(live & pending))
+            return count_pending_alive(entries, nodes, refs)
         finally:
-            del nodes, entries, live, produced, pending
+            del entries, nodes, refs
 
     def _restart(self) -> None:
         self.generation += 1
-        for buf in (self.entries, self.consts, self.nodes, self.meta):
-            del buf[:]
+        self.restart_ready = self.maybe_restart = False
+        self.entries = bytearray()
+        self.nodes = bytearray()
+        self.versions = array("q")
+        self.refs = array("q")
+        self.meta = array("q")
         self.shapes = []
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
@@ -163,33 +240,30 @@ class Tape:
     def release(self, node: int, generation: int) -> None:
         """A tensor referring to ``node`` died."""
         if generation == self.generation:
-            self.nodes[node * N_WIDTH + N_REFS] -= 1
+            self.refs[node] -= 1
 
     def add_ref(self, node: int) -> None:
-        self.nodes[node * N_WIDTH + N_REFS] += 1
+        self.refs[node] += 1
 
     def tables(self):
-        """NumPy views of the tables for a sweep. Drop them before the next append."""
-        return (np.frombuffer(self.entries, np.int64).reshape(-1, E_WIDTH),
-                np.frombuffer(self.consts, np.float64).reshape(-1, C_WIDTH),
-                np.frombuffer(self.nodes, np.int64).reshape(-1, N_WIDTH),
+        """NumPy views for a sweep: entries (int64 rows), the same rows as float64 (for the
+        constants), nodes, versions, live references, meta. Drop them before the next
+        append: a buffer with live views cannot grow."""
+        n_entries, n_nodes = self.n_entries, self.n_nodes
+        entries = np.frombuffer(self.entries, np.int64) if n_entries else _EMPTY_INT
+        consts = np.frombuffer(self.entries, np.float64) if n_entries else _EMPTY_FLOAT
+        nodes = np.frombuffer(self.nodes, np.int64) if n_nodes else _EMPTY_INT
+        return (entries.reshape(n_entries, E_WIDTH), consts.reshape(n_entries, E_WIDTH),
+                nodes.reshape(n_nodes, N_WIDTH),
+                np.frombuffer(self.versions, np.int64) if n_nodes else _EMPTY_INT,
+                np.frombuffer(self.refs, np.int64) if n_nodes else _EMPTY_INT,
                 np.frombuffer(self.meta, np.int64) if len(self.meta) else _EMPTY_META)
 
-    def node_requires_grad(self, node: int) -> bool:
-        return self.nodes[node * N_WIDTH + N_GRAD] != 0
 
-    def node_entry(self, node: int) -> int:
-        return self.nodes[node * N_WIDTH + N_ENTRY]
-
-    def entry_row(self, entry: int):
-        base = entry * E_WIDTH
-        return self.entries[base:base + E_WIDTH]
-
-    def entry_out(self, entry: int) -> int:
-        return self.entries[entry * E_WIDTH + E_OUT]
-
-
+_EMPTY_INT = np.zeros(0, np.int64)
+_EMPTY_FLOAT = np.zeros(0, np.float64)
 _EMPTY_META = np.zeros(1, np.int64)
+_ = (E_META, N_OFFSET, N_SIZE)
 
 
 class _ThreadState(threading.local):

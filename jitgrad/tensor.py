@@ -297,12 +297,11 @@ class Tensor:
         return (self[i] for i in range(self._shape[0]))
 
     def __del__(self) -> None:
-        node = self._node
-        if node >= 0:
-            try:
-                self._tape.release(node, self._gen)
-            except Exception:  # noqa: BLE001 - interpreter shutdown: the tape may be gone
-                pass
+        # the tape counts live tensors per node to know when it may start a new generation
+        if self._node >= 0:
+            tape = self._tape
+            if tape.generation == self._gen:
+                tape.refs[self._node] -= 1
 
 
 def _init(t: Tensor, data, item, d: dt.dtype, shape) -> None:
@@ -404,16 +403,19 @@ def _checked_other(function):
     return method
 
 
+for _name in ("add", "sub", "mul", "truediv", "pow"):
+    _forward, _backward = F.arithmetic_methods("div" if _name == "truediv" else _name)
+    setattr(Tensor, f"__{_name}__", _forward)
+    setattr(Tensor, f"__r{_name}__", _backward)
+
 for _name, _function in {
-    "__add__": F.add, "__sub__": F.sub, "__mul__": F.mul, "__truediv__": F.div,
-    "__pow__": F.pow, "__matmul__": F.matmul, "__eq__": F.eq, "__ne__": F.ne,
+    "__matmul__": F.matmul, "__eq__": F.eq, "__ne__": F.ne,
     "__lt__": F.lt, "__le__": F.le, "__gt__": F.gt, "__ge__": F.ge,
     "__and__": F.logical_and, "__or__": F.logical_or,
 }.items():
     setattr(Tensor, _name, _checked_other(_function))
 for _name, _function in {
-    "__radd__": F.add, "__rsub__": F.sub, "__rmul__": F.mul, "__rtruediv__": F.div,
-    "__rpow__": F.pow, "__rmatmul__": F.matmul,
+    "__rmatmul__": F.matmul,
 }.items():
     setattr(Tensor, _name, _checked_other(_reflected(_function)))
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _dtype as dt
-from ..kernels.layout import DTYPE_F32, ERR_FREED, N_DTYPE, N_ENTRY, N_OFFSET, N_SIZE, N_WIDTH
+from ..kernels.layout import E_OUT, ERR_FREED, N_DTYPE, N_ENTRY, N_OFFSET, N_SIZE
 from ..recording import FREED_GRAPH, node_of
 from ..tape import _state
-from ..tensor import Tensor
+from .._dtype import float32
+from ..tensor import Tensor, _bump_version, _init
 
 _FREED_MESSAGE = (
     "Trying to backward through the graph a second time (or directly access saved tensors "
@@ -69,6 +69,18 @@ def _root_node(tape, output: Tensor, index: int) -> int:
     return node_of(tape, output)
 
 
+_kernels = None
+
+
+def _sweep_kernels():
+    global _kernels
+    if _kernels is None:
+        from ..kernels.sweep import mark_reached, reverse_sweep
+
+        _kernels = (mark_reached, reverse_sweep)
+    return _kernels
+
+
 def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
     """Reverse sweep from ``outputs``. Returns {node: adjoint} for the nodes in ``targets``
     (all reached leaves and retained tensors when ``targets`` is None), as ndarrays, or
@@ -78,28 +90,25 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
     grads = _as_list(grad_outputs) or [None] * len(outputs)
     if len(grads) != len(outputs):
         raise RuntimeError(
-            f"grad can be implicitly created only for scalar outputs; got {len(grads)} "
-            f"gradients for {len(outputs)} outputs")
+            f"grad_outputs has {len(grads)} tensors but outputs has {len(outputs)}: pass one "
+            f"gradient (or None) per output")
     seeds = [_seed(o, g, i) for i, (o, g) in enumerate(zip(outputs, grads))]
     roots = np.array([_root_node(tape, o, i) for i, o in enumerate(outputs)], np.int64)
     if retain_graph is None:
         retain_graph = create_graph
-    from ..kernels.sweep import accumulate, mark_reached
-
+    mark_reached, reverse_sweep = _sweep_kernels()
     kinds, saves = _op_tables()
     reached = np.zeros(tape.n_nodes, np.uint8)
-    entries, consts, nodes, meta = tape.tables()
+    entries, consts, nodes, versions, refs, meta = tape.tables()
     try:
-        status, entry = mark_reached(entries, nodes, roots, tape.n_entries, reached, saves)
-        if status == 0:
-            # a reached value from an older graph that a backward already went through
-            freed = np.flatnonzero(reached.astype(bool) & (nodes[:, N_ENTRY] == FREED_GRAPH))
-            if freed.size:
-                status = ERR_FREED
-        if status != 0:
-            _raise_sweep_error(tape, status, entry)
         if create_graph:
-            del entries, consts, nodes, meta
+            status, entry = mark_reached(entries, nodes, versions, roots, tape.n_entries,
+                                         reached, saves)
+            if status == 0 and nodes[roots, N_ENTRY].min() == FREED_GRAPH:
+                status = ERR_FREED
+            if status != 0:
+                _raise_sweep_error(tape, status, entry)
+            entries = consts = nodes = versions = refs = meta = None
             from .rules import differentiable_sweep
 
             adjoints = differentiable_sweep(tape, reached, roots, seeds, outputs)
@@ -107,27 +116,31 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
                 _free_reached(tape, reached)
             return _collect(tape, reached, adjoints, targets, as_tensors=True)
         adj = [np.zeros(tape.used[0], np.float32), np.zeros(tape.used[1], np.float64)]
-        for root, seed, output in zip(roots, seeds, outputs):
-            row = root * N_WIDTH
-            offset, size = nodes[root, N_OFFSET], nodes[root, N_SIZE]
-            target = adj[nodes[root, N_DTYPE]]
-            target[offset:offset + size] += 1.0 if seed is None else seed._value().reshape(-1)
-            del row
-        accumulate(entries, consts, nodes, meta, tape.arenas[0], tape.arenas[1], adj[0], adj[1],
-                   tape.n_entries, reached, kinds, bool(retain_graph))
+        for root, seed in zip(roots, seeds):
+            offset, size, dtype_code = tape.node_location(root)
+            if seed is None:
+                adj[dtype_code][offset] += 1.0
+            else:
+                adj[dtype_code][offset:offset + size] += seed._value().reshape(-1)
+        status, entry, pending = reverse_sweep(
+            entries, consts, nodes, versions, refs, meta, tape.arenas[0], tape.arenas[1],
+            adj[0], adj[1], roots, tape.n_entries, reached, kinds, saves, bool(retain_graph))
     finally:
-        entries = consts = nodes = meta = None
+        entries = consts = nodes = versions = refs = meta = None
+    if status != 0:
+        _raise_sweep_error(tape, status, entry)
     if not retain_graph:
-        tape.maybe_restart = True
+        if pending == 0:
+            tape.restart_ready = True
+        else:
+            tape.maybe_restart = True
     return _collect(tape, reached, adj, targets, as_tensors=False)
 
 
 def _free_reached(tape, reached) -> None:
-    from ..kernels.layout import E_FREED, E_OUT, E_WIDTH
-
     for e in range(tape.n_entries):
-        if reached[tape.entries[e * E_WIDTH + E_OUT]]:
-            tape.entries[e * E_WIDTH + E_FREED] = 1
+        if reached[tape.entry_field(e, E_OUT)]:
+            tape.free_entry(e)
     tape.maybe_restart = True
 
 
@@ -136,7 +149,7 @@ def _raise_sweep_error(tape, status: int, entry: int):
 
     if status == ERR_FREED:
         raise RuntimeError(_FREED_MESSAGE)
-    op = OPS[tape.entries[entry * 10]]
+    op = OPS[tape.entry_op(entry)]
     raise RuntimeError(
         f"one of the variables needed for gradient computation has been modified by an "
         f"inplace operation: an input saved by {op.grad_fn} ({op.name}) changed after it was "
@@ -145,20 +158,24 @@ def _raise_sweep_error(tape, status: int, entry: int):
 
 
 def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
-    """{node: adjoint} for the requested nodes that the sweep reached."""
+    """{node: adjoint} for the requested nodes that the sweep reached: Tensors for
+    ``create_graph``, else ndarrays (Python floats for 0-d values)."""
     wanted = targets if targets is not None else list(tape.leaves) + list(tape.retained)
     result = {}
+    n_nodes = reached.shape[0]
     for node in wanted:
-        if node < 0 or node >= reached.shape[0] or not reached[node]:
+        if node < 0 or node >= n_nodes or not reached[node]:
             continue
         if as_tensors:
             if node in adjoints:
                 result[node] = adjoints[node]
             continue
-        row = node * N_WIDTH
-        offset, size = tape.nodes[row + N_OFFSET], tape.nodes[row + N_SIZE]
-        buffer = adjoints[tape.nodes[row + N_DTYPE]]
-        result[node] = buffer[offset:offset + size].reshape(tape.shapes[node]).copy()
+        offset, size, dtype_code = tape.node_location(node)
+        shape = tape.shapes[node]
+        if not shape:
+            result[node] = adjoints[dtype_code][offset].item()
+        else:
+            result[node] = adjoints[dtype_code][offset:offset + size].reshape(shape).copy()
     return result
 
 
@@ -197,16 +214,29 @@ def _accumulate_grad(owner: Tensor, adjoint, create_graph: bool) -> None:
             adjoint = adjoint.to(owner.dtype)
         owner._grad = adjoint if owner._grad is None else owner._grad + adjoint
         return
-    value = adjoint.astype(owner.dtype.numpy, copy=False)
     current = owner._grad
     if current is None:
-        owner._grad = Tensor._wrap(np.asarray(value, order="C"), owner.dtype)
+        owner._grad = _gradient_tensor(adjoint, owner.dtype)
     elif current._requires_grad:
-        owner._grad = current + Tensor._wrap(value, owner.dtype)
+        owner._grad = current + _gradient_tensor(adjoint, owner.dtype)
+    elif current._data is None:
+        grad = _gradient_tensor(current._item + adjoint, owner.dtype)
+        current._item = grad._item
     else:
         data = current._value()
-        data += value
-        current._item = None
+        data += adjoint
+        _bump_version(current)
+
+
+def _gradient_tensor(value, d) -> Tensor:
+    """A fresh gradient tensor: a 0-d scalar kept as a Python float, else an array."""
+    if isinstance(value, float):
+        if d is float32:
+            value = float(np.float32(value))
+        t = object.__new__(Tensor)
+        _init(t, None, value, d, ())
+        return t
+    return Tensor._wrap(value.astype(d.numpy, copy=False), d)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bool = False,
@@ -250,5 +280,3 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bo
     del single
     return tuple(result)
 
-
-_ = (dt, DTYPE_F32)

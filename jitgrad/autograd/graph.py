@@ -6,7 +6,7 @@ require grad), and ``AccumulateGrad.variable`` is the leaf.
 """
 from __future__ import annotations
 
-from ..kernels.layout import E_IN0, E_OUT, E_WIDTH, N_ENTRY, N_GRAD, N_WIDTH
+from ..kernels.layout import E_IN0, N_ENTRY
 from ..ops.registry import OPS, PLACE
 
 
@@ -32,20 +32,18 @@ class Node:
         entries = [self._entry]
         out = tape.entry_out(self._entry)
         # concatenation records one entry per part, all writing the same output
-        if OPS[tape.entries[self._entry * E_WIDTH]].kind == PLACE:
+        op = OPS[tape.entry_op(self._entry)]
+        if op.kind == PLACE:
             e = self._entry - 1
             while e >= 0 and tape.entry_out(e) == out:
                 entries.insert(0, e)
                 e -= 1
         result = []
         for entry in entries:
-            arity = OPS[tape.entries[entry * E_WIDTH]].arity
-            base = entry * E_WIDTH + E_IN0
-            for k in range(arity):
-                node = tape.entries[base + k]
-                result.append((_function_of_node(tape, node), 0))
-        if OPS[tape.entries[self._entry * E_WIDTH]].inputs == ("x",) and \
-                OPS[tape.entries[self._entry * E_WIDTH]].name.endswith("_scalar"):
+            fields = tape.entry_fields(entry)
+            for k in range(op.arity):
+                result.append((_function_of_node(tape, fields[E_IN0 + k]), 0))
+        if op.name.endswith("_scalar"):
             result.append((None, 0))  # torch lists the Python scalar operand too
         return tuple(result)
 
@@ -89,11 +87,11 @@ def _class_for(name: str) -> type:
 
 
 def _function_of_node(tape, node: int):
-    if node < 0 or not tape.nodes[node * N_WIDTH + N_GRAD]:
+    if node < 0 or not tape.node_requires_grad(node):
         return None
-    entry = tape.nodes[node * N_WIDTH + N_ENTRY]
+    entry = tape.node_entry(node)
     if entry >= 0:
-        op = OPS[tape.entries[entry * E_WIDTH]]
+        op = OPS[tape.entry_op(entry)]
         return _class_for(op.grad_fn)(tape, entry, tape.generation)
     leaf = tape.leaves.get(node)
     return AccumulateGrad(tape, -1, tape.generation, leaf) if leaf is not None else None
@@ -104,8 +102,6 @@ def node_for_tensor(t):
     tape = t._tape
     name = OPS[t._op].grad_fn
     if tape is not None and t._gen == tape.generation and t._node >= 0:
-        return _class_for(name)(tape, tape.nodes[t._node * N_WIDTH + N_ENTRY], t._gen)
+        return _class_for(name)(tape, tape.node_field(t._node, N_ENTRY), t._gen)
     return _class_for(name)(None, -1, t._gen)
 
-
-_ = E_OUT

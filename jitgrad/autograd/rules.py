@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functions as F
-from ..kernels.layout import (
-    C_WIDTH, E_IN0, E_META, E_OP, E_OUT, E_WIDTH, N_DTYPE, N_ENTRY, N_GRAD, N_WIDTH,
-)
+from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT
 from ..ops.registry import (
     BY_NAME, CAST, ELEMENTWISE, GATHER, MATMUL, OPS, PLACE, REDUCE, RESTRIDE, SCATTER,
 )
@@ -63,14 +61,13 @@ def _node_tensor(tape, node: int) -> Tensor:
     leaf = tape.leaves.get(node)
     if leaf is not None:
         return leaf
-    row = node * N_WIDTH
-    d = F.dt.float32 if tape.nodes[row + N_DTYPE] == 0 else F.dt.float64
+    d = F.dt.float32 if tape.node_dtype(node) == 0 else F.dt.float64
     t = object.__new__(Tensor)
     _init(t, tape.node_view(node), None, d, tape.shapes[node])
-    if tape.nodes[row + N_GRAD]:
-        entry = tape.nodes[row + N_ENTRY]
+    if tape.node_requires_grad(node):
+        entry = tape.node_entry(node)
         t._requires_grad = True
-        t._op = tape.entries[entry * E_WIDTH + E_OP] if entry >= 0 else -1
+        t._op = tape.entry_op(entry) if entry >= 0 else -1
     t._tape, t._gen, t._node = tape, tape.generation, node
     tape.add_ref(node)
     return t
@@ -95,13 +92,13 @@ def differentiable_sweep(tape, reached, roots, seeds, outputs) -> dict:
         adjoints[root] = g if root not in adjoints else adjoints[root] + g
     n_entries = tape.n_entries
     for e in range(n_entries - 1, -1, -1):
-        row = tape.entries[e * E_WIDTH:(e + 1) * E_WIDTH]
+        row = tape.entry_fields(e)
         out = row[E_OUT]
         if not reached[out] or out not in adjoints:
             continue
         op = OPS[row[E_OP]]
         g = adjoints[out]
-        c0, c1 = tape.consts[e * C_WIDTH], tape.consts[e * C_WIDTH + 1]
+        c0, c1 = row[E_C0], row[E_C1]
         inputs = [row[E_IN0 + k] for k in range(op.arity)]
         for k, contribution in _vjp(tape, op, row, inputs, out, g, c0, c1):
             node = inputs[k]
@@ -111,7 +108,7 @@ def differentiable_sweep(tape, reached, roots, seeds, outputs) -> dict:
 
 
 def _wants(tape, node: int) -> bool:
-    return node >= 0 and tape.nodes[node * N_WIDTH + N_GRAD] != 0
+    return node >= 0 and tape.node_requires_grad(node)
 
 
 def _meta(tape, row, count: int) -> list:
@@ -172,7 +169,7 @@ def _vjp(tape, op, row, inputs, out, g, c0, c1):
         else:
             yield 0, _take(g, index, x_shape)
     elif kind == CAST:
-        yield 0, F.to_dtype(g, F.dt.float32 if tape.nodes[inputs[0] * N_WIDTH + N_DTYPE] == 0
+        yield 0, F.to_dtype(g, F.dt.float32 if tape.node_dtype(inputs[0]) == 0
                             else F.dt.float64)
 
 

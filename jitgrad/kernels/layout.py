@@ -6,33 +6,31 @@ The tape keeps three tables as flat int64/float64 buffers, one row per entry or 
 * entry constants (float64): the op's scalar attributes,
 * nodes (int64): where each value lives and whether it needs a gradient.
 """
-# entry table
+# entry table: one row of int64 per entry; the two constants are float64 bit patterns
+# in the same row, read through a float64 view of the buffer
 E_OP = 0        # opcode (index into the op registry)
 E_OUT = 1       # output node
 E_IN0 = 2       # input nodes, -1 when absent (a Python scalar, or a constant not read)
 E_IN1 = 3
 E_IN2 = 4
-E_META = 5      # offset of the op's integer attributes in the meta buffer
+E_META = 5      # offset of the op's integer attributes in the meta buffer, -1 if none
 E_VER0 = 6      # version of each input node when it was recorded
 E_VER1 = 7
 E_VER2 = 8
 E_FREED = 9     # 1 once a backward without retain_graph went through the entry
-E_WIDTH = 10
+E_C0 = 10       # float attributes (a scalar operand, clamp bounds, a reduction's count)
+E_C1 = 11
+E_WIDTH = 12
 
-# entry constants
-C0 = 0
-C1 = 1
-C_WIDTH = 2
-
-# node table
+# node table: one row of int64 per node (versions and live references are kept in
+# separate int64 buffers: they change after the row is written)
 N_OFFSET = 0    # offset of the value (and of its adjoint) in the arena of its dtype
 N_SIZE = 1      # number of elements
 N_DTYPE = 2     # DTYPE_F32 or DTYPE_F64
 N_GRAD = 3      # 1 if the node requires grad
-N_ENTRY = 4     # entry that produced it, -1 for leaves and constants
-N_VERSION = 5   # bumped by in-place writes to the value
-N_REFS = 6      # live tensors that refer to the node
-N_WIDTH = 7
+N_ENTRY = 4     # entry that produced it; -1 for leaves and constants, -2 for a value whose
+                # graph was freed before it was registered (a non-leaf of an older generation)
+N_WIDTH = 5
 
 DTYPE_F32 = 0
 DTYPE_F64 = 1

@@ -13,8 +13,8 @@ from numba import njit
 from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, REDUCE, RESTRIDE, SCATTER
 from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
 from .layout import (
-    C0, C1, DTYPE_F32, E_FREED, E_IN0, E_IN1, E_IN2, E_META, E_OP, E_OUT, E_VER0, ERR_FREED,
-    ERR_VERSION, N_DTYPE, N_GRAD, N_OFFSET, N_SIZE, N_VERSION, OK,
+    DTYPE_F32, E_C0, E_C1, E_FREED, E_IN0, E_IN1, E_IN2, E_META, E_OP, E_OUT, E_VER0,
+    ERR_FREED, ERR_VERSION, N_DTYPE, N_ENTRY, N_GRAD, N_OFFSET, N_SIZE, OK,
 )
 
 
@@ -66,15 +66,26 @@ def indexed_add(dst, dst_base, src, src_base, meta, mo, indexed_is_dst):
 
 
 @njit(cache=True)
-def mark_reached(entries, nodes, roots, n_entries, reached, saves_mask):
+def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask):
     """Mark every node the roots' gradient flows to; check the entries on the way.
-    Returns (status, entry): OK, ERR_FREED or ERR_VERSION and the entry at fault."""
+    Returns (status, entry): OK and the lowest entry of the graph (sweeps stop there), or
+    ERR_FREED / ERR_VERSION and the entry at fault."""
+    outstanding = 0  # reached nodes whose producing entry is still below the cursor
+    top = -1
     for r in roots:
-        reached[r] = 1
-    for e in range(n_entries - 1, -1, -1):
+        if not reached[r]:
+            reached[r] = 1
+            if nodes[r, N_ENTRY] >= 0:
+                outstanding += 1
+                top = max(top, nodes[r, N_ENTRY])
+    lowest = n_entries
+    for e in range(min(top, n_entries - 1), -1, -1):
+        if outstanding == 0:
+            break
         out = entries[e, E_OUT]
         if not reached[out]:
             continue
+        lowest = e
         if entries[e, E_FREED]:
             return ERR_FREED, e
         mask = saves_mask[entries[e, E_OP]]
@@ -82,13 +93,21 @@ def mark_reached(entries, nodes, roots, n_entries, reached, saves_mask):
             node = entries[e, E_IN0 + k]
             if node < 0:
                 continue
-            if (mask >> k) & 1 and nodes[node, N_VERSION] != entries[e, E_VER0 + k]:
+            if (mask >> k) & 1 and versions[node] != entries[e, E_VER0 + k]:
                 return ERR_VERSION, e
             if nodes[node, N_GRAD]:
-                reached[node] = 1
-        if (mask >> 3) & 1 and nodes[out, N_VERSION] != 0:
+                if nodes[node, N_ENTRY] == -2:
+                    return ERR_FREED, e  # a value whose own graph an earlier backward freed
+                if not reached[node]:
+                    reached[node] = 1
+                    if nodes[node, N_ENTRY] >= 0:
+                        outstanding += 1
+        if (mask >> 3) & 1 and versions[out] != 0:
             return ERR_VERSION, e
-    return OK, -1
+        # the last entry writing this output (concatenation writes it from several)
+        if e == 0 or entries[e - 1, E_OUT] != out:
+            outstanding -= 1
+    return OK, lowest
 
 
 @njit(cache=True)
@@ -107,11 +126,11 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
     w2 = in2 >= 0 and nodes[in2, N_GRAD] != 0
     if kind == ELEMENTWISE:
         reverse_elementwise(code, vals, adj, o0, o1, o2, oy, nodes[out, N_SIZE], w0, w1, w2,
-                            consts[e, C0], consts[e, C1], meta, mo)
+                            consts[e, E_C0], consts[e, E_C1], meta, mo)
     elif not w0 and not w1:
         return
     elif kind == REDUCE:
-        reverse_reduce(code, vals, adj, o0, oy, nodes[in0, N_SIZE], consts[e, C0], meta, mo)
+        reverse_reduce(code, vals, adj, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo)
     elif kind == MATMUL:
         reverse_matmul(code, vals, adj, o0, o1, oy, w0, w1, meta, mo)
     elif kind == RESTRIDE:
@@ -125,11 +144,12 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
 
 
 @njit(cache=True)
-def accumulate(entries, consts, nodes, meta, vals32, vals64, adj32, adj64, n_entries,
-               reached, kinds, retain):
+def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
+               n_entries, reached, kinds, retain):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
-    same offsets as values; the caller seeds the roots' adjoints."""
-    for e in range(n_entries - 1, -1, -1):
+    same offsets as values; the caller seeds the roots' adjoints. Returns how many live
+    tensors still refer to a pending entry (0: the next recording can restart the tape)."""
+    for e in range(n_entries - 1, lowest - 1, -1):
         out = entries[e, E_OUT]
         if not reached[out]:
             continue
@@ -153,3 +173,34 @@ def accumulate(entries, consts, nodes, meta, vals32, vals64, adj32, adj64, n_ent
             _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals64, adj64)
         if not retain:
             entries[e, E_FREED] = 1
+    return count_pending_alive(entries, nodes, refs)
+
+
+@njit(cache=True)
+def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, adj32, adj64,
+                  roots, n_entries, reached, kinds, saves_mask, retain):
+    """Check, then accumulate: one kernel call per backward. Returns (status, entry,
+    pending): the error and the entry at fault (nothing written), and on success how many
+    live tensors still refer to a pending entry."""
+    for r in roots:
+        if nodes[r, N_ENTRY] == -2:
+            return ERR_FREED, -1, 0
+    status, entry = mark_reached(entries, nodes, versions, roots, n_entries, reached,
+                                 saves_mask)
+    if status != OK:
+        return status, entry, 0
+    pending = accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
+                         entry, n_entries, reached, kinds, retain)
+    return OK, -1, pending
+
+
+@njit(cache=True)
+def count_pending_alive(entries, nodes, refs):
+    """Live tensors referring to the output of an entry no backward has freed."""
+    count = 0
+    for node in range(nodes.shape[0]):
+        if refs[node] > 0:
+            entry = nodes[node, N_ENTRY]
+            if entry >= 0 and entries[entry, E_FREED] == 0:
+                count += 1
+    return count

@@ -1,5 +1,8 @@
-"""Optimizers."""
+"""Optimizers: ``SGD``, ``Adam``, ``AdamW`` on the ``Optimizer`` base, torch's API. Each
+step updates all the parameters of a group in one Numba kernel call (``_kernels``, imported
+on the first step so that ``import jitgrad`` does not load Numba)."""
+from .adam import Adam, AdamW
 from .optimizer import Optimizer
 from .sgd import SGD
 
-__all__ = ["SGD", "Optimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]

@@ -1,0 +1,136 @@
+"""Numba kernels of the optimizers: one call updates every parameter of a group.
+
+The parameters of a group have different shapes, so no single array holds them. A kernel
+receives instead a table of data addresses (one row per kind of buffer: parameter,
+gradient, state...), one column per parameter, and their sizes; it views each buffer as a
+1-D array of the group's dtype (``like`` says which) and runs the per-parameter update on
+it. Building such a table costs well under a microsecond per buffer, where a Numba typed
+list of the same arrays costs several microseconds per element to build, and copying the
+parameters into one flat buffer and back costs a copy of the model per step.
+
+The per-parameter updates (``sgd_update``, ``adam_update``) are the only place where the
+optimizers' arithmetic is written. They follow torch's single-tensor CPU code operation by
+operation (``grad.add(param, alpha=wd)`` is ``g + wd * p``, ``lerp`` takes the same
+branch, ``addcdiv`` multiplies by the scalar before dividing), so trajectories agree with
+torch's to rounding. For tiny groups the optimizer calls their pure-Python versions
+(``.py_func``) directly: for a handful of scalars that is cheaper than a dispatch.
+
+Addresses are only valid while the arrays are alive: the caller keeps them referenced for
+the duration of the call.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The integer ``address`` as a pointer to elements of ``like``'s dtype."""
+    pointer_type = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, like), codegen
+
+
+@njit(cache=True)
+def _view(address, size, like):
+    return numba.carray(_pointer(address, like), size)
+
+
+@njit(cache=True)
+def sgd_update(param, grad, momentum_buffer, first, lr, momentum, dampening, weight_decay,
+               nesterov, maximize):
+    """One SGD step of one parameter (1-D views). ``first``: the momentum buffer is new and
+    starts as the gradient, as in torch."""
+    for j in range(param.size):
+        g = -grad[j] if maximize else grad[j]
+        if weight_decay != 0.0:
+            g = g + weight_decay * param[j]
+        if momentum != 0.0:
+            if first:
+                buf = g
+            else:
+                buf = momentum_buffer[j] * momentum + (1.0 - dampening) * g
+            momentum_buffer[j] = buf
+            if nesterov:
+                g = g + momentum * buf
+            else:
+                g = buf
+        param[j] = param[j] + (-lr) * g
+
+
+@njit(cache=True)
+def sgd_group(addresses, sizes, first, like, lr, momentum, dampening, weight_decay,
+              nesterov, maximize):
+    """``sgd_update`` for every parameter of a group; ``addresses`` rows: parameter,
+    gradient, momentum buffer (any valid address when momentum is 0: it is not read)."""
+    for i in range(sizes.shape[0]):
+        n = sizes[i]
+        sgd_update(_view(addresses[0, i], n, like), _view(addresses[1, i], n, like),
+                   _view(addresses[2, i], n, like), first[i], lr, momentum, dampening,
+                   weight_decay, nesterov, maximize)
+
+
+@njit(cache=True)
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
+                eps, weight_decay, amsgrad, maximize, decoupled):
+    """One Adam (``decoupled``: AdamW) step of one parameter (1-D views); ``step`` is the
+    count after this step. ``max_exp_avg_sq`` is read only with ``amsgrad``."""
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = math.sqrt(bias_correction2)
+    weight = 1.0 - beta1
+    decay = 1.0 - lr * weight_decay
+    for j in range(param.size):
+        g = -grad[j] if maximize else grad[j]
+        p = param[j]
+        if weight_decay != 0.0:
+            if decoupled:
+                p = p * decay
+            else:
+                g = g + weight_decay * p
+        m = exp_avg[j]
+        # torch's lerp, branch included: both forms round differently
+        if weight < 0.5:
+            m = m + weight * (g - m)
+        else:
+            m = g - (g - m) * (1.0 - weight)
+        exp_avg[j] = m
+        v = exp_avg_sq[j] * beta2 + (1.0 - beta2) * g * g
+        exp_avg_sq[j] = v
+        if amsgrad:
+            v = max(max_exp_avg_sq[j], v)
+            max_exp_avg_sq[j] = v
+        denom = math.sqrt(v) / bias_correction2_sqrt + eps
+        param[j] = p + (-step_size) * m / denom
+
+
+@njit(cache=True)
+def adam_group(addresses, sizes, steps, like, lr, beta1, beta2, eps, weight_decay, amsgrad,
+               maximize, decoupled):
+    """``adam_update`` for every parameter of a group; ``addresses`` rows: parameter,
+    gradient, exp_avg, exp_avg_sq, max_exp_avg_sq (any valid address without amsgrad)."""
+    for i in range(sizes.shape[0]):
+        n = sizes[i]
+        adam_update(_view(addresses[0, i], n, like), _view(addresses[1, i], n, like),
+                    _view(addresses[2, i], n, like), _view(addresses[3, i], n, like),
+                    _view(addresses[4, i], n, like), steps[i], lr, beta1, beta2, eps,
+                    weight_decay, amsgrad, maximize, decoupled)
+
+
+def python_version(kernel):
+    """The pure-Python function behind a kernel (itself when Numba's JIT is disabled)."""
+    return getattr(kernel, "py_func", kernel)
+
+
+# the dtypes the kernels are compiled for, each with the zero-size array that selects it
+LIKE = {np.dtype(np.float32): np.empty(0, np.float32),
+        np.dtype(np.float64): np.empty(0, np.float64)}
