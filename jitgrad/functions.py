@@ -286,7 +286,6 @@ def _new_output_node(tape, d: dt.dtype, shape: tuple) -> tuple[int, np.ndarray]:
     for s in shape:
         size *= s
     code = dtype_code(d)
-    tape.before_record()
     node = tape.new_node(code, shape, size, True, -1)
     offset = tape.used[code] - size
     return node, tape.arenas[code][offset:offset + size].reshape(shape)
@@ -340,6 +339,7 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, value, None, result, shape, -1, -1)
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     node, slot = _new_output_node(tape, result, shape)
     ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
     with np.errstate(all="ignore"):
@@ -860,6 +860,7 @@ def to_dtype(t: Tensor, d) -> Tensor:
         return t
     if _recording(t) and d.is_floating_point:
         tape = _state.tape
+        tape.before_record()  # may start a new generation: before any node id is taken
         src = node_of(tape, t)
         node, slot = _new_output_node(tape, d, tuple(t.shape))
         slot[...] = t._value()
@@ -920,6 +921,7 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     node, slot = _new_output_node(tape, result, out_shape)
     slot[...] = value.reshape(out_shape)
     src = node_of(tape, t)
@@ -1082,6 +1084,7 @@ def _restride(name: str, t: Tensor, view: np.ndarray) -> Tensor:
     itemsize = base.itemsize
     offset = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0])
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
     node, slot = _new_output_node(tape, t.dtype, view.shape)
     slot[...] = view
@@ -1250,6 +1253,7 @@ def _gather(name: str, t: Tensor, flat_index: np.ndarray, shape: tuple, _unused)
             return _output(None, None, values.item(), t.dtype, (), -1, -1)
         return _output(None, np.asarray(values, order="C"), None, t.dtype, shape, -1, -1)
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
     node, slot = _new_output_node(tape, t.dtype, shape)
     slot[...] = values
@@ -1269,6 +1273,7 @@ def _place_parts(name: str, parts: list, out_value: np.ndarray, regions: list) -
     if not _recording(*parts):
         return Tensor._wrap(np.asarray(out_value, order="C"), result)
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     node, slot = _new_output_node(tape, result, out_value.shape)
     slot[...] = out_value
     code = BY_NAME[name].code
@@ -1351,6 +1356,7 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     node, slot = _new_output_node(tape, result, out_shape)
     np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
     ins = [node_of(tape, a), node_of(tape, b)]

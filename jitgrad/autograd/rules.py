@@ -189,6 +189,7 @@ def _linear_op(name: str, source: Tensor, out_shape: tuple, meta: list, forward)
     if not F._recording(source):
         return Tensor._wrap(value, source.dtype)
     tape = F._state.tape
+    tape.before_record()
     src = F.node_of(tape, source)
     node, slot = F._new_output_node(tape, source.dtype, out_shape)
     slot[...] = value

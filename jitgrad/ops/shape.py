@@ -5,7 +5,6 @@ from .registry import CAST, GATHER, PLACE, RESTRIDE, SCATTER, linear
 
 for _name, _grad_fn in (
     ("view", "ViewBackward0"),
-    ("reshape_alias", "UnsafeViewBackward0"),
     ("slice", "SliceBackward0"),
     ("select", "SelectBackward0"),
     ("t", "TBackward0"),
