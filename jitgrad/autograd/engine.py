@@ -276,7 +276,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bo
         elif isinstance(adjoint, Tensor):
             result.append(adjoint if adjoint.dtype is t.dtype else adjoint.to(t.dtype))
         else:
-            result.append(Tensor._wrap(adjoint.astype(t.dtype.numpy, copy=False), t.dtype))
+            result.append(_gradient_tensor(adjoint, t.dtype))
     del single
     return tuple(result)
 

@@ -2,13 +2,13 @@
 registry (jitgrad/ops). Do not edit: change the declaration and regenerate."""
 # fmt: off
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from .expressions import cos, exp, in_range, log, matmul, mT, positive, sign, sin, sqrt, tanh, where  # noqa: F401, E501
 
 
 
-@njit(cache=True)
+@kernel
 def reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """NegBackward0: d/d(x) = -1.0"""
     for i in range(n):
@@ -17,7 +17,7 @@ def reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (-1.0)
 
 
-@njit(cache=True)
+@kernel
 def reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ExpBackward0: d/d(x) = y"""
     for i in range(n):
@@ -27,7 +27,7 @@ def reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (y)
 
 
-@njit(cache=True)
+@kernel
 def reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """LogBackward0: d/d(x) = 1.0 / x"""
     for i in range(n):
@@ -37,7 +37,7 @@ def reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (1.0 / x)
 
 
-@njit(cache=True)
+@kernel
 def reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SqrtBackward0: d/d(x) = 0.5 / y"""
     for i in range(n):
@@ -47,7 +47,7 @@ def reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (0.5 / y)
 
 
-@njit(cache=True)
+@kernel
 def reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SinBackward0: d/d(x) = cos(x)"""
     for i in range(n):
@@ -57,7 +57,7 @@ def reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (cos(x))
 
 
-@njit(cache=True)
+@kernel
 def reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """CosBackward0: d/d(x) = -sin(x)"""
     for i in range(n):
@@ -67,7 +67,7 @@ def reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (-sin(x))
 
 
-@njit(cache=True)
+@kernel
 def reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """TanBackward0: d/d(x) = 1.0 + y * y"""
     for i in range(n):
@@ -77,7 +77,7 @@ def reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (1.0 + y * y)
 
 
-@njit(cache=True)
+@kernel
 def reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """TanhBackward0: d/d(x) = 1.0 - y * y"""
     for i in range(n):
@@ -87,7 +87,7 @@ def reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (1.0 - y * y)
 
 
-@njit(cache=True)
+@kernel
 def reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SigmoidBackward0: d/d(x) = y * (1.0 - y)"""
     for i in range(n):
@@ -97,7 +97,7 @@ def reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (y * (1.0 - y))
 
 
-@njit(cache=True)
+@kernel
 def reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ReluBackward0: d/d(x) = positive(x)"""
     for i in range(n):
@@ -107,7 +107,7 @@ def reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (positive(x))
 
 
-@njit(cache=True)
+@kernel
 def reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """AbsBackward0: d/d(x) = sign(x)"""
     for i in range(n):
@@ -117,7 +117,7 @@ def reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (sign(x))
 
 
-@njit(cache=True)
+@kernel
 def reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """Log1PBackward0: d/d(x) = 1.0 / (1.0 + x)"""
     for i in range(n):
@@ -127,7 +127,7 @@ def reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (1.0 / (1.0 + x))
 
 
-@njit(cache=True)
+@kernel
 def reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """Expm1Backward0: d/d(x) = y + 1.0"""
     for i in range(n):
@@ -137,7 +137,7 @@ def reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (y + 1.0)
 
 
-@njit(cache=True)
+@kernel
 def reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ReciprocalBackward0: d/d(x) = -(y * y)"""
     for i in range(n):
@@ -147,7 +147,7 @@ def reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
             adj[o0 + i] += g * (-(y * y))
 
 
-@njit(cache=True)
+@kernel
 def reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """CloneBackward0: d/d(x) = 1.0"""
     for i in range(n):
@@ -156,7 +156,7 @@ def reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (1.0)
 
 
-@njit(cache=True)
+@kernel
 def reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ClampBackward1: d/d(x) = in_range(x, c0, c1)"""
     for i in range(n):
@@ -166,7 +166,7 @@ def reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             adj[o0 + i] += g * (in_range(x, c0, c1))
 
 
-@njit(cache=True)
+@kernel
 def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(x) = c0"""
     for i in range(n):
@@ -175,7 +175,7 @@ def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
             adj[o0 + i] += g * (c0)
 
 
-@njit(cache=True)
+@kernel
 def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """DivBackward0: d/d(x) = 1.0 / c0"""
     for i in range(n):
@@ -184,7 +184,7 @@ def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
             adj[o0 + i] += g * (1.0 / c0)
 
 
-@njit(cache=True)
+@kernel
 def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward0: d/d(x) = where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))"""
     for i in range(n):
@@ -194,7 +194,7 @@ def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
             adj[o0 + i] += g * (where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0)))
 
 
-@njit(cache=True)
+@kernel
 def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward2: d/d(x) = y * log(c0)"""
     for i in range(n):
@@ -204,7 +204,7 @@ def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, 
             adj[o0 + i] += g * (y * log(c0))
 
 
-@njit(cache=True)
+@kernel
 def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """AddBackward0: d/d(a, b) = 1.0, 1.0"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -240,7 +240,7 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SubBackward0: d/d(a, b) = 1.0, -1.0"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -276,7 +276,7 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(a, b) = b, a"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -316,7 +316,7 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """DivBackward0: d/d(a, b) = 1.0 / b, -a / (b * b)"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -358,7 +358,7 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward1: d/d(a, b) = where(b == 0.0, 0.0, b * a ** (b - 1.0)), where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -404,7 +404,7 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MaximumBackward0: d/d(a, b) = (a > b) + 0.5 * (a == b), (b > a) + 0.5 * (a == b)"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -448,7 +448,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MinimumBackward0: d/d(a, b) = (a < b) + 0.5 * (a == b), (b < a) + 0.5 * (a == b)"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -492,7 +492,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/d(a, b, cond) = cond, 1.0 - cond, None"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -535,7 +535,7 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo):
     """DotBackward0: a += matmul(g, mT(b)), b += matmul(mT(a), g), per batch"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
@@ -557,7 +557,7 @@ def reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo):
             adj_b[kb] += matmul(mT(a), g)
 
 
-@njit(cache=True)
+@kernel
 def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
     """SumBackward0: d/dx = 1.0"""
     n = c0  # elements reduced into each output
@@ -586,7 +586,7 @@ def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
     """MeanBackward0: d/dx = 1.0 / n"""
     n = c0  # elements reduced into each output
@@ -615,7 +615,7 @@ def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
     """ProdBackward0: d/dx = y / x"""
     n = c0  # elements reduced into each output
@@ -648,7 +648,7 @@ def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
     """LogsumexpBackward0: d/dx = exp(x - y)"""
     n = c0  # elements reduced into each output
@@ -681,7 +681,7 @@ def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo):
     """LinalgVectorNormBackward0: d/dx = where(y == 0.0, 0.0, x / y)"""
     n = c0  # elements reduced into each output
@@ -714,7 +714,7 @@ def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     if code == 0:  # neg
         reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
@@ -780,7 +780,7 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, 
         reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
 
 
-@njit(cache=True)
+@kernel
 def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo):
     if code == 36:  # sum
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo)
@@ -800,7 +800,7 @@ def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo):
         reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo)
 
 
-@njit(cache=True)
+@kernel
 def reverse_matmul(code, vals, adj, oa, ob, oy, w0, w1, meta, mo):
     if code == 31:  # dot
         reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)

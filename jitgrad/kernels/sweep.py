@@ -8,7 +8,7 @@ elementwise, reduction and matmul kinds, and the strided/indexed transposes belo
 linear kinds.
 """
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, REDUCE, RESTRIDE, SCATTER
 from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
@@ -18,7 +18,7 @@ from .layout import (
 )
 
 
-@njit(cache=True)
+@kernel
 def strided_add(dst, dst_base, src, src_base, meta, mo, strided_is_dst):
     """For every multi-index i of ``shape``: dst[p] += src[q], where the strided side is
     addressed ``offset + i . strides`` and the other side is contiguous.
@@ -51,7 +51,7 @@ def strided_add(dst, dst_base, src, src_base, meta, mo, strided_is_dst):
             d -= 1
 
 
-@njit(cache=True)
+@kernel
 def indexed_add(dst, dst_base, src, src_base, meta, mo, indexed_is_dst):
     """dst[index[i]] += src[i] (a scatter-add) or dst[i] += src[index[i]] (a gather-add).
 
@@ -65,7 +65,7 @@ def indexed_add(dst, dst_base, src, src_base, meta, mo, indexed_is_dst):
             dst[dst_base + i] += src[src_base + j]
 
 
-@njit(cache=True)
+@kernel
 def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask):
     """Mark every node the roots' gradient flows to; check the entries on the way.
     Returns (status, entry): OK and the lowest entry of the graph (sweeps stop there), or
@@ -110,7 +110,7 @@ def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask
     return OK, lowest
 
 
-@njit(cache=True)
+@kernel
 def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
     out = entries[e, E_OUT]
     in0 = entries[e, E_IN0]
@@ -143,7 +143,7 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
         indexed_add(adj, o0, adj, oy, meta, mo, False)
 
 
-@njit(cache=True)
+@kernel
 def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
                n_entries, reached, kinds, retain):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
@@ -176,7 +176,7 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
     return count_pending_alive(entries, nodes, refs)
 
 
-@njit(cache=True)
+@kernel
 def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, adj32, adj64,
                   roots, n_entries, reached, kinds, saves_mask, retain):
     """Check, then accumulate: one kernel call per backward. Returns (status, entry,
@@ -194,7 +194,7 @@ def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, 
     return OK, -1, pending
 
 
-@njit(cache=True)
+@kernel
 def count_pending_alive(entries, nodes, refs):
     """Live tensors referring to the output of an entry no backward has freed."""
     count = 0

@@ -1,0 +1,257 @@
+"""The tutorial's autograd API: requires_grad, backward, .grad, no_grad, grad_fn,
+retain_graph, create_graph, autograd.grad, and a training loop."""
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import jitgrad as torch
+
+
+def _repr(obj) -> str:
+    return re.sub(r" at 0x[0-9a-fA-F]+", " at 0x", repr(obj))
+
+
+def test_requires_grad_and_leaf_flags():
+    x = torch.ones(2, 2, requires_grad=True)
+    assert repr(x) == "tensor([[1., 1.],\n        [1., 1.]], requires_grad=True)"
+    assert x.is_leaf and x.grad_fn is None
+    y = x * 2
+    assert y.requires_grad and not y.is_leaf
+    assert type(y.grad_fn).__name__ == "MulBackward0"
+    a = torch.randn(2, 2)
+    assert a.requires_grad_() is a and a.requires_grad
+
+
+def test_scalar_backward_tutorial_values():
+    x = torch.ones(2, 2, requires_grad=True)
+    out = ((x + 2) * (x + 2) * 3).mean()
+    assert repr(out) == "tensor(27., grad_fn=<MeanBackward0>)"
+    out.backward()
+    assert repr(x.grad) == "tensor([[4.5000, 4.5000],\n        [4.5000, 4.5000]])"
+
+
+def test_backward_with_gradient_argument():
+    x = torch.randn(3, requires_grad=True)
+    (x * 2).backward(torch.tensor([0.1, 1.0, 0.001]))
+    assert repr(x.grad) == "tensor([0.2000, 2.0000, 0.0020])"
+
+
+def test_grad_accumulates_and_zeroes():
+    x = torch.ones(2, requires_grad=True)
+    for _ in range(3):
+        (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 6.0])
+    x.grad.zero_()
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0])
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 3.0])
+
+
+def test_non_leaf_grad_is_none_unless_retained():
+    x = torch.ones(3, requires_grad=True)
+    y = x * 2
+    z = y * y
+    y.retain_grad()
+    z.sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), [4.0, 4.0, 4.0])
+    w = x * 3
+    (w * 2).sum().backward()
+    assert w.grad is None
+
+
+def test_no_grad_context_and_decorators():
+    x = torch.ones(1, requires_grad=True)
+    with torch.no_grad():
+        assert not (x * 2).requires_grad
+        with torch.enable_grad():
+            assert (x * 2).requires_grad
+    assert (x * 2).requires_grad
+
+    @torch.no_grad()
+    def f(t):
+        return t * 2
+
+    @torch.no_grad
+    def g(t):
+        return t * 2
+
+    assert not f(x).requires_grad and not g(x).requires_grad
+    with torch.set_grad_enabled(False):
+        assert not (x * 2).requires_grad
+    assert torch.is_grad_enabled()
+
+
+def test_grad_mode_is_thread_local():
+    seen = []
+
+    def worker():
+        seen.append(torch.is_grad_enabled())
+
+    with torch.no_grad():
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    assert seen == [True]
+
+
+def test_detach_shares_data_and_leaves_graph():
+    x = torch.ones(2, requires_grad=True)
+    y = x * 2
+    z = y.detach()
+    assert not z.requires_grad and z.grad_fn is None
+    z.zero_()
+    np.testing.assert_allclose(y.detach().numpy(), [0.0, 0.0])
+
+
+def test_grad_fn_next_functions_and_accumulate_grad():
+    x = torch.tensor([2.0, 3.0])
+    w = torch.tensor([0.5, 0.1], requires_grad=True)
+    b = torch.tensor(0.1, requires_grad=True)
+    y = torch.dot(w, x) + b
+    assert _repr(y.grad_fn) == "<AddBackward0 object at 0x>"
+    names = [type(f).__name__ if f is not None else None for f, _ in y.grad_fn.next_functions]
+    assert names == ["DotBackward0", "AccumulateGrad"]
+    dot = y.grad_fn.next_functions[0][0]
+    assert dot.next_functions[0][0].variable is w
+    assert dot.next_functions[1][0] is None
+    assert y.grad_fn.next_functions[1][0].variable is b
+    assert (x + 2 * w).grad_fn.next_functions[1][0].next_functions[0][0].variable is w
+
+
+def test_retain_graph_allows_second_backward():
+    x = torch.tensor([2.0], requires_grad=True)
+    y = x * x
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), [8.0])
+
+
+def test_autograd_grad_higher_orders():
+    x = torch.tensor([2.0], requires_grad=True)
+    (g1,) = torch.autograd.grad(x ** 4, x, create_graph=True)
+    assert repr(g1) == "tensor([32.], grad_fn=<MulBackward0>)"
+    (g2,) = torch.autograd.grad(g1, x, create_graph=True)
+    (g3,) = torch.autograd.grad(g2, x, create_graph=True)
+    (g4,) = torch.autograd.grad(g3, x)
+    assert [g1.item(), g2.item(), g3.item(), g4.item()] == [32.0, 48.0, 48.0, 24.0]
+    assert x.grad is None
+
+
+def test_backward_create_graph_then_grad_of_grad():
+    x = torch.tensor(3.0, requires_grad=True)
+    y = torch.sin(x) * x
+    y.backward(create_graph=True)
+    g = x.grad
+    assert g.requires_grad
+    (h,) = torch.autograd.grad(g, x)
+    expected = 2 * np.cos(3.0) - 3.0 * np.sin(3.0)
+    assert h.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_backward_inputs_limits_accumulation():
+    a = torch.tensor(1.0, requires_grad=True)
+    b = torch.tensor(2.0, requires_grad=True)
+    (a * b).backward(inputs=[a])
+    assert a.grad.item() == 2.0 and b.grad is None
+
+
+def test_autograd_grad_several_outputs_and_grad_outputs():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y1, y2 = x * 2, x * x
+    (g,) = torch.autograd.grad([y1, y2], [x], grad_outputs=[torch.ones(2), torch.ones(2)])
+    np.testing.assert_allclose(g.numpy(), [4.0, 6.0])
+
+
+def test_autograd_grad_allow_unused():
+    x = torch.tensor(1.0, requires_grad=True)
+    z = torch.tensor(1.0, requires_grad=True)
+    gx, gz = torch.autograd.grad(x * 3, [x, z], allow_unused=True)
+    assert gx.item() == 3.0 and gz is None
+
+
+def test_training_loop_with_sgd_and_zero_grad():
+    x = torch.tensor(3.0)
+    w = torch.tensor(4.0, requires_grad=True)
+    b = torch.tensor(5.0, requires_grad=True)
+    y_true = torch.tensor(18.0)
+    opt = torch.optim.SGD([w, b], lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = (w * x + b - y_true) ** 2
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1e-8
+    assert w.is_leaf and w.requires_grad
+
+
+def test_tutorial_linear_regression_prints():
+    x = torch.tensor(3.0)
+    w = torch.tensor(4.0, requires_grad=True)
+    b = torch.tensor(5.0, requires_grad=True)
+    y_pred = w * x + b
+    assert f"{y_pred}" == "17.0"
+    loss = (y_pred - torch.tensor(18.0)) ** 2
+    assert repr(loss) == "tensor(1., grad_fn=<PowBackward0>)"
+    loss.backward()
+    assert repr(w.grad) == "tensor(-6.)" and f"{b.grad}" == "-2.0"
+
+
+def test_mixed_dtype_graph():
+    a = torch.tensor([1.0, 2.0], dtype=torch.float32, requires_grad=True)
+    b = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
+    y = (a * b).sum()
+    assert y.dtype is torch.float64
+    y.backward()
+    assert a.grad.dtype is torch.float32 and b.grad.dtype is torch.float64
+    np.testing.assert_allclose(a.grad.numpy(), [3.0, 4.0])
+    np.testing.assert_allclose(b.grad.numpy(), [1.0, 2.0])
+
+
+def test_in_place_on_non_leaf_is_recorded():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    y.add_(1)
+    assert type(y.grad_fn).__name__ == "AddBackward0"
+    y.mul_(3)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 6.0])
+    np.testing.assert_allclose(y.detach().numpy(), [9.0, 15.0])
+
+
+def test_softmax_and_losses_compose():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, requires_grad=True)
+    target = torch.tensor([0, 2, 1, 2])
+    loss = -torch.log_softmax(logits, dim=1)[torch.arange(4), target].mean()
+    loss.backward()
+    p = torch.softmax(logits, 1).detach().numpy()
+    onehot = np.eye(3)[[0, 2, 1, 2]]
+    np.testing.assert_allclose(logits.grad.numpy(), (p - onehot) / 4, rtol=1e-5, atol=1e-6)
+
+
+def test_max_along_dim_returns_values_and_indices():
+    x = torch.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]], requires_grad=True)
+    values, indices = x.max(dim=1)
+    assert indices.tolist() == [1, 0]
+    values.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [[0, 1, 0], [1, 0, 0]])
+
+
+def test_no_python_per_entry_in_backward(monkeypatch):
+    """A backward is one kernel call: the create_graph (Python) rules never run."""
+    from jitgrad.autograd import rules
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the Python sweep ran")
+
+    monkeypatch.setattr(rules, "differentiable_sweep", fail)
+    x = torch.tensor(0.5, requires_grad=True)
+    y = x
+    for _ in range(100):
+        y = torch.sin(y) * 0.9 + y * 0.1
+    y.backward()
+    assert x.grad is not None
