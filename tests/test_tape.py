@@ -1,0 +1,187 @@
+"""The flat tape: one entry per op, lifetimes that follow liveness, generated kernels that
+match the registry, kernels that also run as plain Python."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jitgrad as torch
+from jitgrad.tape import current_tape
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_each_recorded_op_adds_one_entry():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    tape = current_tape()
+    before = tape.n_entries
+    z = torch.sin(y)
+    assert tape.n_entries == before + 1
+    w = z + y
+    assert tape.n_entries == before + 2
+    with torch.no_grad():
+        w * 3
+    assert tape.n_entries == before + 2
+    del w
+
+
+def test_training_loop_runs_in_constant_memory():
+    x = torch.tensor(3.0)
+    w = torch.tensor(4.0, requires_grad=True)
+    b = torch.tensor(5.0, requires_grad=True)
+    optimizer = torch.optim.SGD([w, b], lr=0.001)
+    tape = current_tape()
+    sizes = []
+    for step in range(20000):
+        optimizer.zero_grad()
+        loss = (w * x + b - 18.0) ** 2  # the previous step's loss is still alive here
+        loss.backward()
+        optimizer.step()
+        if step % 5000 == 4999:
+            sizes.append((tape.n_entries, tape.n_nodes, len(tape.entries),
+                          tape.arenas[0].shape[0], tape.arenas[1].shape[0]))
+    assert sizes[0] == sizes[-1]
+    assert sizes[-1][0] < 10
+
+
+def test_array_training_loop_reuses_arenas():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4, requires_grad=True)
+    data = torch.randn(16, 8)
+    tape = current_tape()
+    for step in range(300):
+        loss = torch.tanh(data @ weight).pow(2).mean()
+        loss.backward()
+        with torch.no_grad():
+            weight -= 0.1 * weight.grad
+        weight.grad = None
+        if step == 10:
+            arenas = [id(a) for a in tape.arenas] + [id(a) for s in tape.spare_arenas for a in s]
+    now = [id(a) for a in tape.arenas] + [id(a) for s in tape.spare_arenas for a in s]
+    assert set(now) <= set(arenas)  # no fresh buffers after warm-up
+
+
+def test_forgotten_no_grad_inference_does_not_grow():
+    w = torch.tensor(2.0, requires_grad=True)
+    tape = current_tape()
+    for _ in range(100000):
+        _ = torch.sin(w) * 2.0  # results die at once
+    assert tape.n_entries < 40000
+
+
+def test_kept_result_does_not_pin_old_steps():
+    w = torch.tensor(1.0, requires_grad=True)
+    kept = []
+    for _ in range(100):
+        loss = (w * 3.0) ** 2
+        loss.backward()
+        kept.append(loss)  # alive, but its graph is freed
+    assert current_tape().n_entries <= 2
+    assert kept[0].item() == 9.0
+    assert kept[-1].grad_fn is not None  # grad_fn still names the op
+
+
+def test_pending_graph_survives_other_work():
+    a = torch.tensor(2.0, requires_grad=True)
+    pending = a * a
+    for _ in range(3):
+        b = torch.tensor(1.0, requires_grad=True)
+        (b * 5).backward()
+    pending.backward()
+    assert a.grad.item() == 4.0
+
+
+def test_old_tensor_data_survives_new_generations():
+    x = torch.ones(1000, requires_grad=True)
+    kept = (x * 3).sum()
+    kept.backward()
+    values = x * 7  # new generation
+    values.sum().backward()
+    assert kept.item() == 3000.0
+    assert float(values.detach()[0]) == 7.0
+
+
+def test_version_counter():
+    x = torch.ones(3)
+    assert x._version == 0
+    x.add_(1)
+    x.mul_(2)
+    assert x._version == 2
+    y = x.detach()
+    y.zero_()
+    assert x._version == 3 and x.sum().item() == 0.0
+
+
+def test_generated_kernels_match_the_registry():
+    result = subprocess.run([sys.executable, "-m", "jitgrad.kernels.generate", "--check"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_compiles_nothing():
+    code = "import sys, jitgrad; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_kernel_is_cached_and_compiled_one_way():
+    """Kernels are made with jitgrad.kernels.jit (cache=True, NumPy error model), never
+    with parallel=True or object mode."""
+    offenders = []
+    for path in (ROOT / "jitgrad").rglob("*.py"):
+        text = path.read_text()
+        if path.name == "jit.py":
+            continue
+        for bad in ("@njit", "@jit(", "@numba.njit", "parallel=True", "forceobj"):
+            if bad in text:
+                offenders.append(f"{path.relative_to(ROOT)}: {bad}")
+    assert not offenders, offenders
+
+
+_PYTHON_KERNELS = """
+import numpy as np, jitgrad as torch
+torch.manual_seed(0)
+a = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+y = (torch.sin(a) * b + a[1:, ::2].sum() + (a @ b).max() + torch.cat([a, a], 0).norm()
+     + torch.logsumexp(a, 1).mean() + a.T[0].prod()).sum()
+y.backward()
+print(repr(np.concatenate([a.grad.numpy().ravel(), b.grad.numpy()]).tolist()))
+"""
+
+
+def test_kernels_run_as_plain_python():
+    """NUMBA_DISABLE_JIT=1 runs the same kernel code as Python (tracebacks, coverage)."""
+    jitted = subprocess.run([sys.executable, "-c", _PYTHON_KERNELS], capture_output=True,
+                            text=True, check=True).stdout
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    plain = subprocess.run([sys.executable, "-c", _PYTHON_KERNELS], capture_output=True,
+                           text=True, env=env)
+    assert plain.returncode == 0, plain.stderr
+    np.testing.assert_allclose(eval(plain.stdout), eval(jitted), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_threads_have_their_own_tape(n):
+    import threading
+
+    results = []
+
+    def work(k):
+        x = torch.tensor(float(k), requires_grad=True)
+        (x * x).backward()
+        results.append((k, x.grad.item()))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [(k, 2.0 * k) for k in range(n)]
