@@ -281,7 +281,8 @@ def _output(tape, value, item, d: dt.dtype, shape, node: int, op_code: int) -> T
 
 
 def _new_output_node(tape, d: dt.dtype, shape: tuple) -> tuple[int, np.ndarray]:
-    """Allocate the output node of an op about to be recorded; returns it and its slot."""
+    """Allocate the output node of an op about to be recorded; returns it and its slot.
+    Call it after the inputs' nodes are known: a later allocation may move the arena."""
     size = 1
     for s in shape:
         size *= s
@@ -340,8 +341,9 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         return _output(None, value, None, result, shape, -1, -1)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
-    node, slot = _new_output_node(tape, result, shape)
+    # inputs first: registering one may grow an arena, which would orphan an earlier slot
     ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
+    node, slot = _new_output_node(tape, result, shape)
     with np.errstate(all="ignore"):
         NUMPY_FORWARD[name](*arrays, c0, c1, slot)
     meta = -1 if len(inputs) == 1 else tape.add_meta(broadcast_meta(shape, shapes))
@@ -922,9 +924,9 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
         return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
+    src = node_of(tape, t)
     node, slot = _new_output_node(tape, result, out_shape)
     slot[...] = value.reshape(out_shape)
-    src = node_of(tape, t)
     if len(keep_shape) == 0 or all(s == 1 for s in keep_shape):
         meta = tape.add_meta([0])
     else:
@@ -1274,12 +1276,13 @@ def _place_parts(name: str, parts: list, out_value: np.ndarray, regions: list) -
         return Tensor._wrap(np.asarray(out_value, order="C"), result)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
+    sources = [node_of(tape, _cast_input(part, result)) if part._requires_grad else -1
+               for part in parts]
     node, slot = _new_output_node(tape, result, out_value.shape)
     slot[...] = out_value
     code = BY_NAME[name].code
-    for part, region in zip(parts, regions):
-        if part._requires_grad:
-            src = node_of(tape, _cast_input(part, result))
+    for src, region in zip(sources, regions):
+        if src >= 0:
             tape.record(code, node, src, -1, -1, tape.add_meta(region))
     return _output(tape, slot, None, result, out_value.shape, node, code)
 
@@ -1357,9 +1360,9 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
         return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
+    ins = [node_of(tape, a), node_of(tape, b)]
     node, slot = _new_output_node(tape, result, out_shape)
     np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
-    ins = [node_of(tape, a), node_of(tape, b)]
     meta = tape.add_meta([batch, a3.shape[0], b3.shape[0], rows, inner, cols])
     code = BY_NAME[name].code
     tape.record(code, node, ins[0], ins[1], -1, meta)

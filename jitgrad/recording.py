@@ -73,6 +73,8 @@ def register(tape, t) -> int:
     arena = tape.arenas[code]
     if t._data is None:
         arena[offset] = t._item
+    elif size == 1:
+        arena[offset] = t._data.reshape(-1)[0]
     else:
         arena[offset:offset + size] = t._data.reshape(-1)
     t._tape = tape

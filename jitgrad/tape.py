@@ -30,7 +30,10 @@ from .kernels.layout import (
 
 _ARENA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INITIAL_ARENA = 1 << 12
-_CHECK_EVERY = 1 << 14  # entries between liveness checks when no backward ran
+_CHECK_EVERY = 1 << 14  # entries between liveness checks
+# a tape whose entries are all freed restarts once it is this large (entries, values)
+_RESTART_ENTRIES = 1 << 12
+_RESTART_VALUES = 1 << 15
 
 _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
@@ -194,6 +197,17 @@ class Tape:
                 self._restart()
             else:
                 self.next_check = 2 * self.n_entries
+
+    def after_backward(self, pending: int) -> None:
+        """A backward without retain_graph freed its graph; ``pending``: live tensors still
+        on unfreed entries. Small tapes keep growing (a restart costs more than the rows it
+        saves); large ones restart at the next recording when nothing pending is alive."""
+        if self.n_entries <= _RESTART_ENTRIES and self.used[0] + self.used[1] <= _RESTART_VALUES:
+            return
+        if pending:
+            self.maybe_restart = True
+        else:
+            self.restart_ready = True
 
     def _count_pending_alive(self) -> int:
         from .kernels.sweep import count_pending_alive

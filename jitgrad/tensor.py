@@ -342,20 +342,24 @@ def _alias(t: Tensor, requires_grad: bool) -> Tensor:
 
 
 def _bump_version(t: Tensor) -> None:
-    """After an in-place write to ``t``'s memory: bump the version seen by saved values, and
-    keep the arena copy of the value in step with the memory."""
+    """After an in-place write to ``t``'s memory: bump the version that saved values are
+    checked against. A recorded output's memory is its node's arena slot, or a copy of it
+    (a 0-d result, an arena that grew since): keep that slot in step with the memory, since
+    later ops keep using the node. A leaf's or constant's node was a copy: the next op
+    registers a new one."""
     storage = _storage_of(t)
     storage.version += 1
     tape = storage.tape
     if tape is not None and storage.generation == tape.generation and storage.node >= 0:
-        tape.bump_version(storage.node)
-        slot = tape.node_view(storage.node)
-        data = t._value()
-        if slot.size == data.size and not np.may_share_memory(slot, data):
-            slot[...] = data.reshape(slot.shape)
+        tape.versions[storage.node] += 1
+        if t._op >= 0:
+            slot = tape.node_view(storage.node)
+            data = t._value()
+            if slot.size == data.size and not np.may_share_memory(slot, data):
+                slot[...] = data.reshape(slot.shape)
     own = t._tape
     if own is not None and t._node >= 0 and t._gen == own.generation and t._node != storage.node:
-        own.bump_version(t._node)
+        own.versions[t._node] += 1
 
 
 def _grad_fn_name(code: int) -> str:

@@ -46,8 +46,9 @@ def test_training_loop_runs_in_constant_memory():
         if step % 5000 == 4999:
             sizes.append((tape.n_entries, tape.n_nodes, len(tape.entries),
                           tape.arenas[0].shape[0], tape.arenas[1].shape[0]))
-    assert sizes[0] == sizes[-1]
-    assert sizes[-1][0] < 10
+    # bounded by the restart threshold, and no buffer grew after the first samples
+    assert max(s[0] for s in sizes) <= 4200
+    assert len({s[3:] for s in sizes}) == 1
 
 
 def test_array_training_loop_reuses_arenas():
@@ -55,16 +56,19 @@ def test_array_training_loop_reuses_arenas():
     weight = torch.randn(8, 4, requires_grad=True)
     data = torch.randn(16, 8)
     tape = current_tape()
-    for step in range(300):
+
+    def buffers():
+        return {id(a) for a in tape.arenas} | {id(a) for s in tape.spare_arenas for a in s}
+
+    for step in range(3000):
         loss = torch.tanh(data @ weight).pow(2).mean()
         loss.backward()
         with torch.no_grad():
             weight -= 0.1 * weight.grad
         weight.grad = None
-        if step == 10:
-            arenas = [id(a) for a in tape.arenas] + [id(a) for s in tape.spare_arenas for a in s]
-    now = [id(a) for a in tape.arenas] + [id(a) for s in tape.spare_arenas for a in s]
-    assert set(now) <= set(arenas)  # no fresh buffers after warm-up
+        if step == 1500:
+            warm = buffers()
+    assert buffers() <= warm  # generations swap between spare arenas: no fresh buffers
 
 
 def test_forgotten_no_grad_inference_does_not_grow():
@@ -78,11 +82,11 @@ def test_forgotten_no_grad_inference_does_not_grow():
 def test_kept_result_does_not_pin_old_steps():
     w = torch.tensor(1.0, requires_grad=True)
     kept = []
-    for _ in range(100):
+    for _ in range(3000):
         loss = (w * 3.0) ** 2
         loss.backward()
         kept.append(loss)  # alive, but its graph is freed
-    assert current_tape().n_entries <= 2
+    assert current_tape().n_entries <= 4200
     assert kept[0].item() == 9.0
     assert kept[-1].grad_fn is not None  # grad_fn still names the op
 

@@ -8,6 +8,8 @@ so the gradient is itself on the tape and can be differentiated again.
 """
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from ..kernels.layout import E_OUT, ERR_FREED, N_DTYPE, N_ENTRY, N_OFFSET, N_SIZE
@@ -102,8 +104,8 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
     entries, consts, nodes, versions, refs, meta = tape.tables()
     try:
         if create_graph:
-            status, entry = mark_reached(entries, nodes, versions, roots, tape.n_entries,
-                                         reached, saves)
+            status, entry, _ = mark_reached(entries, nodes, versions, roots, tape.n_entries,
+                                            reached, saves, np.empty(tape.n_nodes, np.int64))
             if status == 0 and nodes[roots, N_ENTRY].min() == FREED_GRAPH:
                 status = ERR_FREED
             if status != 0:
@@ -122,18 +124,19 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
                 adj[dtype_code][offset] += 1.0
             else:
                 adj[dtype_code][offset:offset + size] += seed._value().reshape(-1)
-        status, entry, pending = reverse_sweep(
+        leaves = np.empty(tape.n_nodes, np.int64)
+        status, entry, pending, n_leaves = reverse_sweep(
             entries, consts, nodes, versions, refs, meta, tape.arenas[0], tape.arenas[1],
-            adj[0], adj[1], roots, tape.n_entries, reached, kinds, saves, bool(retain_graph))
+            adj[0], adj[1], roots, tape.n_entries, reached, kinds, saves, bool(retain_graph),
+            leaves)
     finally:
         entries = consts = nodes = versions = refs = meta = None
     if status != 0:
         _raise_sweep_error(tape, status, entry)
     if not retain_graph:
-        if pending == 0:
-            tape.restart_ready = True
-        else:
-            tape.maybe_restart = True
+        tape.after_backward(pending)
+    if targets is None:
+        targets = leaves[:n_leaves].tolist() + [n for n in tape.retained if reached[n]]
     return _collect(tape, reached, adj, targets, as_tensors=False)
 
 
@@ -160,7 +163,7 @@ def _raise_sweep_error(tape, status: int, entry: int):
 def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
     """{node: adjoint} for the requested nodes that the sweep reached: Tensors for
     ``create_graph``, else ndarrays (Python floats for 0-d values)."""
-    wanted = targets if targets is not None else list(tape.leaves) + list(tape.retained)
+    wanted = targets if targets is not None else [*tape.leaves, *tape.retained]
     result = {}
     n_nodes = reached.shape[0]
     for node in wanted:
@@ -191,21 +194,19 @@ def backward_many(tensors, grad_tensors=None, retain_graph=None, create_graph: b
     ``inputs`` only) and of tensors that called ``retain_grad()``."""
     tape = _state.tape
     input_list = _as_list(inputs)
-    targets = None
     if input_list:
         targets = [node_of(tape, t) for t in input_list]
-    # leaves and retained tensors by node; a leaf may own several nodes in one generation
-    sinks = {}
-    sinks.update(tape.retained)
-    sinks.update(tape.leaves)
-    if input_list:
-        sinks = {n: t for n, t in zip(targets, input_list)}
+        sinks = dict(zip(targets, input_list))
+    else:
+        targets = None
+        # a leaf may own several nodes in one generation (registered again after an
+        # in-place write): each one's adjoint is added to its .grad
+        sinks = {**tape.retained, **tape.leaves}
     adjoints = run(tensors, grad_tensors, retain_graph, create_graph, targets)
     for node, adjoint in adjoints.items():
         owner = sinks.get(node)
-        if owner is None:
-            continue
-        _accumulate_grad(owner, adjoint, create_graph)
+        if owner is not None:
+            _accumulate_grad(owner, adjoint, create_graph)
 
 
 def _accumulate_grad(owner: Tensor, adjoint, create_graph: bool) -> None:
@@ -228,15 +229,21 @@ def _accumulate_grad(owner: Tensor, adjoint, create_graph: bool) -> None:
         _bump_version(current)
 
 
+_round32 = array("f", [0.0])
+
+
 def _gradient_tensor(value, d) -> Tensor:
     """A fresh gradient tensor: a 0-d scalar kept as a Python float, else an array."""
+    t = object.__new__(Tensor)
     if isinstance(value, float):
         if d is float32:
-            value = float(np.float32(value))
-        t = object.__new__(Tensor)
+            _round32[0] = value
+            value = _round32[0]
         _init(t, None, value, d, ())
-        return t
-    return Tensor._wrap(value.astype(d.numpy, copy=False), d)
+    else:
+        value = value.astype(d.numpy, copy=False)
+        _init(t, value, None, d, value.shape)
+    return t
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bool = False,

@@ -66,18 +66,23 @@ def indexed_add(dst, dst_base, src, src_base, meta, mo, indexed_is_dst):
 
 
 @kernel
-def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask):
-    """Mark every node the roots' gradient flows to; check the entries on the way.
-    Returns (status, entry): OK and the lowest entry of the graph (sweeps stop there), or
-    ERR_FREED / ERR_VERSION and the entry at fault."""
+def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask, leaves):
+    """Mark every node the roots' gradient flows to; check the entries on the way; list
+    the reached leaves (nodes with no entry that require grad) in ``leaves``.
+    Returns (status, entry, n_leaves): OK and the lowest entry of the graph (sweeps stop
+    there), or ERR_FREED / ERR_VERSION and the entry at fault."""
     outstanding = 0  # reached nodes whose producing entry is still below the cursor
     top = -1
+    n_leaves = 0
     for r in roots:
         if not reached[r]:
             reached[r] = 1
             if nodes[r, N_ENTRY] >= 0:
                 outstanding += 1
                 top = max(top, nodes[r, N_ENTRY])
+            elif nodes[r, N_ENTRY] == -1 and nodes[r, N_GRAD]:
+                leaves[n_leaves] = r
+                n_leaves += 1
     lowest = n_entries
     for e in range(min(top, n_entries - 1), -1, -1):
         if outstanding == 0:
@@ -87,27 +92,31 @@ def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask
             continue
         lowest = e
         if entries[e, E_FREED]:
-            return ERR_FREED, e
+            return ERR_FREED, e, 0
         mask = saves_mask[entries[e, E_OP]]
         for k in range(3):
             node = entries[e, E_IN0 + k]
             if node < 0:
                 continue
             if (mask >> k) & 1 and versions[node] != entries[e, E_VER0 + k]:
-                return ERR_VERSION, e
+                return ERR_VERSION, e, 0
             if nodes[node, N_GRAD]:
-                if nodes[node, N_ENTRY] == -2:
-                    return ERR_FREED, e  # a value whose own graph an earlier backward freed
+                producer = nodes[node, N_ENTRY]
+                if producer == -2:
+                    return ERR_FREED, e, 0  # a value whose own graph a backward freed
                 if not reached[node]:
                     reached[node] = 1
-                    if nodes[node, N_ENTRY] >= 0:
+                    if producer >= 0:
                         outstanding += 1
+                    else:
+                        leaves[n_leaves] = node
+                        n_leaves += 1
         if (mask >> 3) & 1 and versions[out] != 0:
-            return ERR_VERSION, e
+            return ERR_VERSION, e, 0
         # the last entry writing this output (concatenation writes it from several)
         if e == 0 or entries[e - 1, E_OUT] != out:
             outstanding -= 1
-    return OK, lowest
+    return OK, lowest, n_leaves
 
 
 @kernel
@@ -178,20 +187,21 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
 
 @kernel
 def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, adj32, adj64,
-                  roots, n_entries, reached, kinds, saves_mask, retain):
+                  roots, n_entries, reached, kinds, saves_mask, retain, leaves):
     """Check, then accumulate: one kernel call per backward. Returns (status, entry,
-    pending): the error and the entry at fault (nothing written), and on success how many
-    live tensors still refer to a pending entry."""
+    pending, n_leaves): the error and the entry at fault (nothing written); on success how
+    many live tensors still refer to a pending entry and how many leaves were reached
+    (listed in ``leaves``)."""
     for r in roots:
         if nodes[r, N_ENTRY] == -2:
-            return ERR_FREED, -1, 0
-    status, entry = mark_reached(entries, nodes, versions, roots, n_entries, reached,
-                                 saves_mask)
+            return ERR_FREED, -1, 0, 0
+    status, entry, n_leaves = mark_reached(entries, nodes, versions, roots, n_entries,
+                                           reached, saves_mask, leaves)
     if status != OK:
-        return status, entry, 0
+        return status, entry, 0, 0
     pending = accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                          entry, n_entries, reached, kinds, retain)
-    return OK, -1, pending
+    return OK, -1, pending, n_leaves
 
 
 @kernel

@@ -1,0 +1,507 @@
+"""Forward-mode AD, as ``torch.autograd.forward_ad``: dual tensors, levels, tangents.
+
+A dual tensor is an ordinary recorded tensor: ``make_dual`` records an alias of the primal
+on the tape and remembers the tangent as the seed of that node at the current level. Ops on
+dual tensors are recorded as usual (so the primal values exist on the tape), and a tangent
+is computed when it is asked for (``unpack_dual``) by sweeping the entries recorded since
+the level began:
+
+* **numerically**, by the Numba tangent sweep (:mod:`jitgrad.kernels.tangent`) when nothing
+  needs to differentiate the tangent again (the common case, and what ``jvp`` uses);
+* **differentiably**, by evaluating the same tangent rules with jitgrad ops, so the tangent
+  is itself recorded on the tape, when the level is nested inside another level (or inside
+  a ``jitgrad.func`` transform, or a seed requires grad). The enclosing level's sweep then
+  goes through those recorded tangents: forward-over-forward gives second derivatives.
+
+Levels are tagged: each level seeds only its own duals, so perturbations of different
+levels never mix (the perturbation confusion ForwardDiff's tags exist to prevent).
+
+>>> import jitgrad as torch
+>>> import jitgrad.autograd.forward_ad as fwAD
+>>> x = torch.tensor([1.0, 2.0])
+>>> with fwAD.dual_level():
+...     y = fwAD.make_dual(x, torch.tensor([1.0, 0.0])) ** 2
+...     fwAD.unpack_dual(y).tangent
+tensor([2., 0.])
+"""
+from __future__ import annotations
+
+import threading
+from collections import namedtuple
+
+import numpy as np
+
+from .. import functions as F
+from .._dtype import float32
+from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT
+from ..ops.registry import (
+    BY_NAME, CAST, ELEMENTWISE, GATHER, MATMUL, OPS, PLACE, PYTHON, REDUCE, RESTRIDE, SCATTER,
+)
+from ..recording import node_of
+from ..tape import _state
+from ..tensor import Tensor
+from . import rules
+
+__all__ = ["UnpackedDualTensor", "dual_level", "enter_dual_level", "exit_dual_level",
+           "make_dual", "unpack_dual"]
+
+UnpackedDualTensor = namedtuple("UnpackedDualTensor", ["primal", "tangent"])
+
+_ALIAS = BY_NAME["alias"].code
+_SEED = 2  # kernels.tangent.SEED, without importing the kernels at import time
+
+
+class _LevelState(threading.local):
+    def __init__(self) -> None:
+        self.levels: list[_Level] = []
+        self.transform_depth = 0  # jitgrad.func transforms being evaluated
+
+
+_local = _LevelState()
+
+
+def transform_depth() -> int:
+    """How many ``jitgrad.func`` transforms enclose the current code."""
+    return _local.transform_depth
+
+
+class _TransformScope:
+    """Marks code run inside a ``jitgrad.func`` transform: levels made there are
+    differentiable, since the enclosing transform differentiates their results."""
+
+    def __enter__(self):
+        _local.transform_depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _local.transform_depth -= 1
+
+
+transform_scope = _TransformScope
+
+
+class _Level:
+    """One dual level: its seeds and the tangents computed so far."""
+
+    def __init__(self, index: int, differentiable: bool) -> None:
+        self.index = index
+        self.differentiable = differentiable
+        self.tape = None
+        self.generation = -1
+        self.start = 0                  # first entry that can carry this level's tangents
+        self.seeds: dict[int, Tensor | None] = {}   # node -> tangent (None: zero, a cut)
+        self.seed_tensors: list[Tensor] = []        # keeps the dual nodes alive
+        # numeric sweep: buffers laid out like the arenas, swept up to entry `done`
+        self.tangents: list[np.ndarray] | None = None
+        self.active: np.ndarray | None = None
+        self.seeded: set[int] = set()
+        self.done = 0
+        # differentiable evaluation: node -> tangent Tensor
+        self.symbolic: dict[int, Tensor] = {}
+        self.symbolic_done = 0
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def attach(self, tape) -> None:
+        """Bind the level to the tape at its first dual."""
+        if self.tape is None or self.generation != tape.generation:
+            if self.seeds:
+                raise RuntimeError(_RESTARTED)
+            self.tape = tape
+            self.generation = tape.generation
+            self.start = self.done = self.symbolic_done = tape.n_entries
+
+    def check(self) -> None:
+        if self.tape is not None and self.generation != self.tape.generation:
+            raise RuntimeError(_RESTARTED)
+
+    def tangent_of(self, node: int):
+        """The tangent of ``node`` at this level: a Tensor, or None when it has none."""
+        self.check()
+        if node in self.seeds:
+            return self.seeds[node]
+        if self.tape is None or node < 0:
+            return None
+        entry = self.tape.node_entry(node)
+        if entry < self.start:
+            return None
+        if self.differentiable:
+            self._evaluate_to(self.tape.n_entries)
+            return self.symbolic.get(node)
+        self._sweep_to(self.tape.n_entries)
+        return self._numeric(node)
+
+    # -- numeric: the Numba sweep ---------------------------------------------------------------
+    def _sweep_to(self, stop: int) -> None:
+        tape = self.tape
+        self.tangents, self.active = _grown(tape, self.tangents, self.active, 1)
+        for node, tangent in self.seeds.items():
+            if node not in self.seeded:
+                _write_seed(tape, self.tangents, self.active, node, tangent, 0)
+                self.seeded.add(node)
+        if self.done < stop:
+            run_tangent_sweep(tape, self.tangents, self.active, self.done, stop)
+            self.done = stop
+
+    def _numeric(self, node: int):
+        if node >= self.active.shape[0] or not self.active[node]:
+            return None
+        return _read_tangent(self.tape, self.tangents, node, 0)
+
+    # -- differentiable: the same rules, evaluated with recorded ops ------------------------------
+    def _evaluate_to(self, stop: int) -> None:
+        if self.symbolic_done >= stop:
+            return
+        start = self.symbolic_done
+        tangents = self.symbolic
+        for node, tangent in self.seeds.items():
+            tangents.setdefault(node, tangent)
+        from .grad_mode import enable_grad
+
+        with enable_grad():
+            evaluate_tangents(self.tape, start, stop, tangents, set(self.seeds))
+        # the entries just recorded compute this level's tangents: they carry none of it
+        self.symbolic_done = self.tape.n_entries
+
+
+_RESTARTED = ("the tape of this dual level was restarted (a backward without retain_graph "
+              "freed the graph holding its dual tensors); make the duals again inside the "
+              "level, or pass retain_graph=True")
+
+
+# -- tangent buffers --------------------------------------------------------------------------
+def new_buffers(tape, k: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Zero tangent buffers for ``k`` directions, laid out like the tape's arenas, and the
+    per-node activity flags."""
+    return ([np.zeros((k, tape.used[0]), np.float32), np.zeros((k, tape.used[1]), np.float64)],
+            np.zeros(tape.n_nodes, np.uint8))
+
+
+def _grown(tape, tangents, active, k: int):
+    if tangents is None:
+        return new_buffers(tape, k)
+    grown = []
+    for code, buffer in enumerate(tangents):
+        if buffer.shape[1] < tape.used[code]:
+            bigger = np.zeros((buffer.shape[0], tape.used[code]), buffer.dtype)
+            bigger[:, :buffer.shape[1]] = buffer
+            buffer = bigger
+        grown.append(buffer)
+    if active.shape[0] < tape.n_nodes:
+        bigger = np.zeros(tape.n_nodes, np.uint8)
+        bigger[:active.shape[0]] = active
+        active = bigger
+    return grown, active
+
+
+def _write_seed(tape, tangents, active, node: int, tangent, row: int) -> None:
+    offset, size, code = tape.node_location(node)
+    if tangent is not None:
+        tangents[code][row, offset:offset + size] = np.asarray(tangent._value()).reshape(-1)
+    active[node] = _SEED
+
+
+def _read_tangent(tape, tangents, node: int, row: int) -> Tensor:
+    offset, size, code = tape.node_location(node)
+    shape = tape.shapes[node]
+    d = float32 if code == 0 else F.dt.float64
+    value = tangents[code][row, offset:offset + size].reshape(shape).copy()
+    return Tensor._wrap(value, d) if shape else F._scalar_tensor(value.item(), d)
+
+
+_kinds = None
+
+
+def _kinds_table() -> np.ndarray:
+    global _kinds
+    if _kinds is None or _kinds.shape[0] != len(OPS):
+        _kinds = np.array([op.kind for op in OPS], np.int64)
+    return _kinds
+
+
+def run_tangent_sweep(tape, tangents, active, start: int, stop: int) -> None:
+    """Numba tangent sweep over entries ``[start, stop)``, handing custom Functions' entries
+    to their ``jvp`` in Python."""
+    from ..kernels.tangent import tangent_sweep
+
+    kinds = _kinds_table()
+    e = start
+    while e < stop:
+        entries, consts, nodes, _, _, meta = tape.tables()
+        try:
+            e = tangent_sweep(entries, consts, nodes, meta, tape.arenas[0], tape.arenas[1],
+                              tangents[0], tangents[1], e, stop, kinds, active)
+        finally:
+            del entries, consts, nodes, meta
+        if e < stop:
+            from .function import numeric_jvp
+
+            e = numeric_jvp(tape, e, tangents, active)
+
+
+# -- the differentiable evaluation -------------------------------------------------------------
+def _active_inputs(inputs, tangents) -> list:
+    return [tangents.get(node) if node >= 0 else None for node in inputs]
+
+
+def evaluate_tangents(tape, start: int, stop: int, tangents: dict, seeds: set) -> None:
+    """Tangents of the outputs of entries ``[start, stop)`` as recorded jitgrad ops, from the
+    tangents already in ``tangents`` (node -> Tensor); entries writing a seed are skipped."""
+    e = start
+    while e < stop:
+        row = tape.entry_fields(e)
+        out = row[E_OUT]
+        op = OPS[row[E_OP]]
+        if op.kind == PYTHON:
+            from .function import symbolic_jvp
+
+            e = symbolic_jvp(tape, e, tangents, seeds)
+            continue
+        e += 1
+        if out in seeds:
+            continue
+        inputs = [row[E_IN0 + k] for k in range(op.arity)]
+        ins = _active_inputs(inputs, tangents)
+        if all(t is None for t in ins):
+            continue
+        contribution = _jvp(tape, op, row, inputs, ins, out)
+        if contribution is None:
+            continue
+        previous = tangents.get(out)
+        tangents[out] = contribution if previous is None else previous + contribution
+
+
+def _jvp(tape, op, row, inputs, ins, out) -> Tensor | None:
+    """The entry's tangent contribution to its output, evaluated with jitgrad ops."""
+    kind = op.kind
+    c0, c1 = row[E_C0], row[E_C1]
+    out_shape = tuple(tape.shapes[out])
+    if kind == ELEMENTWISE:
+        env = {"c0": c0, "c1": c1}
+        for name, node in zip(op.inputs, inputs):
+            if node >= 0:
+                env[name] = rules._node_tensor(tape, node)
+        if "y" in op.saves:
+            env["y"] = rules._node_tensor(tape, out)
+        total = None
+        for t, partial in zip(ins, op.partials):
+            if t is None or partial is None:
+                continue
+            term = rules._evaluate(partial, env) * t
+            if tuple(term.shape) != out_shape:
+                term = F.expand(term, *out_shape)
+            total = term if total is None else total + term
+        return total
+    tx = ins[0]
+    if kind == REDUCE:
+        x = rules._node_tensor(tape, inputs[0])
+        keep = rules._keep_shape(tape, row, x.shape)
+        env = {"x": x, "n": c0, "c0": c0, "c1": c1}
+        if "y" in op.saves:
+            env["y"] = F.expand(F.reshape(rules._node_tensor(tape, out), *keep), *x.shape)
+        term = rules._evaluate(op.partials[0], env) * tx
+        if tuple(term.shape) != tuple(x.shape):
+            term = F.expand(term, *x.shape)
+        dims = tuple(d for d, size in enumerate(keep) if size == 1)
+        reduced = F.sum(term, dim=dims, keepdim=True) if dims else term
+        return F.reshape(reduced, *out_shape)
+    if kind == MATMUL:
+        from ..kernels.generate_tangent import matmul_tangents
+
+        batch, batch_a, batch_b, rows, inner, cols = rules._meta(tape, row, 6)
+        a = F.reshape(rules._node_tensor(tape, inputs[0]), batch_a, rows, inner)
+        b = F.reshape(rules._node_tensor(tape, inputs[1]), batch_b, inner, cols)
+        total = None
+        for k, (t, jvp) in enumerate(zip(ins, matmul_tangents(op))):
+            if t is None:
+                continue
+            shape = (batch_a, rows, inner) if k == 0 else (batch_b, inner, cols)
+            term = rules._evaluate(jvp, {"a": a, "b": b, "t": F.reshape(t, *shape)})
+            total = term if total is None else total + term
+        return F.reshape(total, *out_shape)
+    if kind in (RESTRIDE, PLACE):
+        ndim = tape.meta[row[E_META]]
+        region = rules._meta(tape, row, 2 + 2 * ndim)
+        if kind == RESTRIDE:  # y = strided read of x
+            return rules._restride(tx, region)
+        return rules._place(tx, out_shape, region)  # y[region] += x
+    if kind in (GATHER, SCATTER):
+        count = tape.meta[row[E_META]]
+        index = np.array(rules._meta(tape, row, count + 1)[1:], np.int64)
+        if kind == GATHER:  # y[i] = x[index[i]]
+            return rules._take(tx, index, out_shape)
+        return rules._scatter(tx, out_shape, index)  # y[index[i]] += x[i]
+    if kind == CAST:
+        return F.to_dtype(tx, float32 if tape.node_dtype(out) == 0 else F.dt.float64)
+    return None
+
+
+# -- the public API -----------------------------------------------------------------------------
+def enter_dual_level() -> int:
+    """Enter a new dual level and return its index (``torch.autograd.forward_ad``).
+
+    >>> import jitgrad.autograd.forward_ad as fwAD
+    >>> level = fwAD.enter_dual_level()
+    >>> fwAD.exit_dual_level(level=level)
+    """
+    return push_level(differentiable=False)
+
+
+def push_level(differentiable: bool) -> int:
+    levels = _local.levels
+    nested = bool(levels) or _local.transform_depth > 0
+    level = _Level(len(levels), differentiable or nested)
+    levels.append(level)
+    return level.index
+
+
+def exit_dual_level(*, level: int | None = None) -> None:
+    """Leave the innermost dual level (which must be ``level`` when given)."""
+    levels = _local.levels
+    if not levels:
+        raise RuntimeError("Trying to exit a forward AD level that was not the last one "
+                           "that was created: no dual level is active")
+    if level is not None and level != levels[-1].index:
+        raise RuntimeError(
+            f"Trying to exit a forward AD level that was not the last one that was created. "
+            f"This is not supported: exit level {levels[-1].index} first (got level={level})")
+    levels.pop()
+
+
+class dual_level:  # noqa: N801 - torch's name
+    """Context manager for a dual level: duals made inside get their tangents at this level;
+    leaving it drops them.
+
+    >>> import jitgrad as torch
+    >>> import jitgrad.autograd.forward_ad as fwAD
+    >>> with fwAD.dual_level():
+    ...     x = fwAD.make_dual(torch.tensor(0.0), torch.tensor(1.0))
+    ...     float(fwAD.unpack_dual(torch.cos(x)).tangent)
+    -0.0
+    """
+
+    def __enter__(self) -> int:
+        self.level = enter_dual_level()
+        return self.level
+
+    def __exit__(self, *exc) -> None:
+        exit_dual_level(level=self.level)
+
+
+def current_level():
+    return _local.levels[-1] if _local.levels else None
+
+
+def _level(level: int | None, operation: str):
+    levels = _local.levels
+    if not levels:
+        if operation == "make_dual":
+            raise RuntimeError(
+                "Trying to create a dual Tensor for forward AD but no level exists, make sure "
+                "to enter_dual_level() first (or use `with forward_ad.dual_level():`)")
+        return None
+    if level is None:
+        return levels[-1]
+    if not 0 <= level < len(levels):
+        raise RuntimeError(f"{operation}: dual level {level} is not active (active levels: "
+                           f"0 to {len(levels) - 1})")
+    return levels[level]
+
+
+def make_dual(tensor: Tensor, tangent: Tensor, *, level: int | None = None) -> Tensor:
+    """A dual tensor: the value of ``tensor`` carrying ``tangent`` at the current level.
+
+    >>> import jitgrad as torch
+    >>> import jitgrad.autograd.forward_ad as fwAD
+    >>> with fwAD.dual_level():
+    ...     x = fwAD.make_dual(torch.tensor([3.0]), torch.tensor([1.0]))
+    ...     fwAD.unpack_dual(x * x).tangent
+    tensor([6.])
+    """
+    lv = _level(level, "make_dual")
+    if not isinstance(tensor, Tensor) or not isinstance(tangent, Tensor):
+        bad = tensor if not isinstance(tensor, Tensor) else tangent
+        raise TypeError(f"make_dual: expected Tensors for the primal and the tangent, got "
+                        f"{type(bad).__name__}")
+    if not tensor.dtype.is_floating_point:
+        raise ValueError(f"Expected primal to be floating point, got {tensor.dtype}")
+    if tuple(tangent.shape) != tuple(tensor.shape):
+        raise RuntimeError(
+            f"Trying to set a forward gradient that has a different size than that of the "
+            f"original Tensor, this is not supported. Tensor is of size {list(tensor.shape)} "
+            f"while the given forward gradient is of size {list(tangent.shape)}.")
+    if tangent.dtype is not tensor.dtype:
+        raise RuntimeError(
+            f"Expected tangent to have the same dtype as the primal: the primal is "
+            f"{tensor.dtype} and the tangent {tangent.dtype}; convert the tangent with "
+            f"tangent.to(primal.dtype)")
+    if tensor._requires_grad or tangent._requires_grad:
+        lv.differentiable = True
+    dual = record_alias(tensor)
+    tape = _state.tape
+    lv.attach(tape)
+    lv.seeds[dual._node] = tangent
+    lv.seed_tensors.append(dual)
+    return dual
+
+
+def record_alias(tensor: Tensor) -> Tensor:
+    """A new recorded node holding ``tensor``'s value (an ``alias`` entry), so that levels
+    enclosing this one see it as a function of ``tensor``."""
+    from .grad_mode import enable_grad
+
+    tape = _state.tape
+    shape = tuple(tensor.shape)
+    with enable_grad():
+        node, slot = F._new_output_node(tape, tensor.dtype, shape)
+        source = node_of(tape, tensor)
+        slot[...] = tensor._value()
+        strides = F._contiguous_strides(shape)
+        meta = tape.add_meta([len(shape), *shape, *strides, 0])
+        tape.record(_ALIAS, node, source, -1, -1, meta)
+    if not shape:
+        return F._output(tape, None, slot.item(), tensor.dtype, (), node, _ALIAS)
+    return F._output(tape, slot, None, tensor.dtype, shape, node, _ALIAS)
+
+
+def _node_on_tape(tensor: Tensor, tape) -> int:
+    if tensor._tape is tape and tensor._gen == tape.generation and tensor._node >= 0:
+        return tensor._node
+    return -1
+
+
+def unpack_dual(tensor: Tensor, *, level: int | None = None) -> UnpackedDualTensor:
+    """``(primal, tangent)`` of ``tensor`` at the current level; the tangent is None when
+    ``tensor`` does not depend on a dual of that level.
+
+    >>> import jitgrad as torch
+    >>> import jitgrad.autograd.forward_ad as fwAD
+    >>> with fwAD.dual_level():
+    ...     x = fwAD.make_dual(torch.tensor([1.0, 2.0]), torch.ones(2))
+    ...     primal, tangent = fwAD.unpack_dual(x.exp())
+    ...     tangent
+    tensor([2.7183, 7.3891])
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"unpack_dual: expected a Tensor, got {type(tensor).__name__}")
+    lv = _level(level, "unpack_dual")
+    if lv is None or lv.tape is None:
+        return UnpackedDualTensor(tensor, None)
+    node = _node_on_tape(tensor, lv.tape)
+    if node < 0 or not tensor._requires_grad:
+        return UnpackedDualTensor(tensor, None)
+    tangent = lv.tangent_of(node)
+    if tangent is None:
+        return UnpackedDualTensor(tensor, None)
+    return UnpackedDualTensor(_primal_view(lv, tensor), tangent)
+
+
+def _primal_view(lv: _Level, tensor: Tensor) -> Tensor:
+    """The primal without this level's tangent: detached when nothing differentiates it
+    again, else an alias whose tangent at this level is cut to zero."""
+    if not lv.differentiable:
+        return tensor.detach()
+    alias = record_alias(tensor)
+    lv.seeds[alias._node] = None
+    lv.seed_tensors.append(alias)
+    return alias
+

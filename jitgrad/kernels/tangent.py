@@ -1,0 +1,101 @@
+"""The tangent sweep: forward mode over the tape, one Numba call, no Python per entry.
+
+Tangent buffers are laid out like the value arenas (same offsets) with one row per direction:
+``tan64[j, offset:offset + size]`` is the tangent of a float64 node in direction ``j``. Each
+entry's step adds its contribution into its output's tangent: the generated steps of
+``_tangent.py`` for elementwise ops, reductions and matrix products, and the op's own linear
+map for the linear kinds (the same strided/indexed helpers the reverse sweep uses as their
+transposes). Rows of the output tangents must be zero before the sweep.
+
+``active`` (one byte per node) says which tangents may be non-zero: ``ACTIVE`` is propagated
+from inputs to outputs, so entries that no seed reaches cost nothing; a ``SEED`` node keeps
+the tangent it was given and the entries writing it are skipped (a dual made from a value
+computed on the tape). The sweep stops at a custom Function's entry (kind ``PYTHON``) and
+returns its index: the caller runs the Function's ``jvp`` and resumes after it.
+"""
+from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, PYTHON, REDUCE, RESTRIDE
+from ..ops.registry import SCATTER
+from ._tangent import tangent_elementwise, tangent_matmul, tangent_reduce
+from .jit import kernel
+from .layout import (
+    DTYPE_F32, E_C0, E_C1, E_IN0, E_IN1, E_IN2, E_META, E_OP, E_OUT, N_DTYPE, N_OFFSET, N_SIZE,
+)
+from .sweep import indexed_add, strided_add
+
+INACTIVE = 0
+ACTIVE = 1
+SEED = 2
+
+
+@kernel
+def _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, a0, a1, a2):
+    out = entries[e, E_OUT]
+    in0 = entries[e, E_IN0]
+    in1 = entries[e, E_IN1]
+    in2 = entries[e, E_IN2]
+    mo = entries[e, E_META]
+    oy = nodes[out, N_OFFSET]
+    o0 = nodes[in0, N_OFFSET] if in0 >= 0 else 0
+    o1 = nodes[in1, N_OFFSET] if in1 >= 0 else 0
+    o2 = nodes[in2, N_OFFSET] if in2 >= 0 else 0
+    if kind == ELEMENTWISE:
+        tangent_elementwise(code, vals, tan, o0, o1, o2, oy, nodes[out, N_SIZE], a0, a1, a2,
+                            consts[e, E_C0], consts[e, E_C1], meta, mo)
+    elif kind == REDUCE:
+        tangent_reduce(code, vals, tan, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo)
+    elif kind == MATMUL:
+        tangent_matmul(code, vals, tan, o0, o1, oy, a0, a1, meta, mo)
+    else:
+        # linear kinds: the tangent goes through the op's own map
+        for r in range(tan.shape[0]):
+            row = tan[r]
+            if kind == RESTRIDE:    # y = strided read of x
+                strided_add(row, oy, row, o0, meta, mo, False)
+            elif kind == PLACE:     # y[strided region] += x
+                strided_add(row, oy, row, o0, meta, mo, True)
+            elif kind == GATHER:    # y[i] = x[index[i]]
+                indexed_add(row, oy, row, o0, meta, mo, False)
+            elif kind == SCATTER:   # y[index[i]] += x[i]
+                indexed_add(row, oy, row, o0, meta, mo, True)
+
+
+@kernel
+def tangent_sweep(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, start, stop,
+                  kinds, active):
+    """Push tangents through entries ``[start, stop)``, first to last. Returns ``stop``, or
+    the index of the first custom-Function entry met (nothing after it was touched)."""
+    for e in range(start, stop):
+        out = entries[e, E_OUT]
+        if active[out] == SEED:
+            continue
+        code = entries[e, E_OP]
+        kind = kinds[code]
+        if kind == PYTHON:
+            return e
+        in0 = entries[e, E_IN0]
+        in1 = entries[e, E_IN1]
+        in2 = entries[e, E_IN2]
+        a0 = in0 >= 0 and active[in0] != INACTIVE
+        a1 = in1 >= 0 and active[in1] != INACTIVE
+        a2 = in2 >= 0 and active[in2] != INACTIVE
+        if not (a0 or a1 or a2):
+            continue
+        active[out] = ACTIVE
+        if kind == CAST:
+            o_in = nodes[in0, N_OFFSET]
+            o_out = nodes[out, N_OFFSET]
+            size = nodes[out, N_SIZE]
+            for r in range(tan64.shape[0]):
+                if nodes[in0, N_DTYPE] == DTYPE_F32:
+                    for i in range(size):
+                        tan64[r, o_out + i] += tan32[r, o_in + i]
+                else:
+                    for i in range(size):
+                        tan32[r, o_out + i] += tan64[r, o_in + i]
+        elif nodes[out, N_DTYPE] == DTYPE_F32:
+            _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals32, tan32,
+                           a0, a1, a2)
+        else:
+            _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals64, tan64,
+                           a0, a1, a2)
+    return stop
