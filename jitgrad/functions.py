@@ -576,7 +576,8 @@ NUMPY_FORWARD = {
     "rsub_scalar": lambda x, c0, c1, out: np.subtract(c0, x, out=out),
     "mul_scalar": lambda x, c0, c1, out: np.multiply(x, c0, out=out),
     "div_scalar": lambda x, c0, c1, out: np.divide(x, c0, out=out),
-    "pow_scalar": lambda x, c0, c1, out: np.power(x, c0, out=out),
+    "pow_scalar": lambda x, c0, c1, out: (np.square(x, out=out) if c0 == 2.0 else
+                                         np.power(x, c0, out=out)),
     "rpow_scalar": lambda x, c0, c1, out: np.power(c0, x, out=out),
     "add": lambda a, b, c0, c1, out: np.add(a, b, out=out),
     "sub": lambda a, b, c0, c1, out: np.subtract(a, b, out=out),

@@ -28,7 +28,7 @@ def _scalar_where(condition, if_true, if_false):
 
 _SCALAR_NAMESPACE = {
     "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos,
-    "tanh": math.tanh, "where": _scalar_where,
+    "tanh": math.tanh, "where": _scalar_where, "power": pow,
 }
 
 

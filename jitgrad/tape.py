@@ -58,6 +58,7 @@ class Tape:
         self.arenas = [np.empty(_INITIAL_ARENA, d) for d in _ARENA_DTYPES]
         self.used = [0, 0]
         self.spare_arenas: list[list[np.ndarray]] = [[], []]
+        self.adjoints = [np.empty(0, d) for d in _ARENA_DTYPES]
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
         self.restart_ready = False  # a sweep found no live tensor on a pending entry
@@ -78,16 +79,48 @@ class Tape:
         self.used[dtype_code] = end
         return offset
 
+    def _unpin(self) -> None:
+        """A buffer could not grow because a NumPy view of it is still alive somewhere
+        (a frame kept by an exception or by a compiler's error handling): give the tape
+        fresh copies and let the stale views keep the old buffers."""
+        self.entries = bytearray(self.entries)
+        self.nodes = bytearray(self.nodes)
+        self.versions = array("q", self.versions)
+        self.refs = array("q", self.refs)
+        self.meta = array("q", self.meta)
+
+    def _append_node(self, node: int, row: bytes) -> None:
+        try:
+            self.nodes += row
+            self.versions.append(0)
+            self.refs.append(1)
+        except BufferError:
+            self._unpin()  # copies, which may hold part of this row: cut it off
+            del self.nodes[node * _NODE_BYTES:]
+            del self.versions[node:]
+            del self.refs[node:]
+            self.nodes += row
+            self.versions.append(0)
+            self.refs.append(1)
+
     def new_node(self, dtype_code: int, shape: tuple, size: int, requires_grad: bool,
                  entry: int) -> int:
         node = self.n_nodes
-        self.nodes += _NODE.pack(self.alloc(dtype_code, size), size, dtype_code,
-                                 1 if requires_grad else 0, entry)
-        self.versions.append(0)
-        self.refs.append(1)
+        row = _NODE.pack(self.alloc(dtype_code, size), size, dtype_code,
+                         1 if requires_grad else 0, entry)
+        self._append_node(node, row)
         self.shapes.append(shape)
         self.n_nodes = node + 1
         return node
+
+    def adjoint_buffers(self) -> list:
+        """Adjoint buffers as large as the arenas, kept from one backward to the next (the
+        sweep zeroes what it uses): fresh memory would cost page faults every step."""
+        for code in (DTYPE_F32, DTYPE_F64):
+            if self.adjoints[code].shape[0] < self.used[code]:
+                self.adjoints[code] = np.empty(max(self.used[code], self.arenas[code].shape[0]),
+                                               _ARENA_DTYPES[code])
+        return self.adjoints
 
     def node_field(self, node: int, field: int) -> int:
         return _INT.unpack_from(self.nodes, (node * N_WIDTH + field) * 8)[0]
@@ -105,12 +138,17 @@ class Tape:
                c0: float = 0.0, c1: float = 0.0) -> int:
         entry = self.n_entries
         versions = self.versions
-        self.entries += _ENTRY.pack(
+        row = _ENTRY.pack(
             code, out, in0, in1, in2, meta,
             versions[in0] if in0 >= 0 else 0,
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
+        try:
+            self.entries += row
+        except BufferError:
+            self._unpin()
+            self.entries += row
         self.set_node_field(out, N_ENTRY, entry)
         self.n_entries = entry + 1
         return entry
@@ -129,15 +167,30 @@ class Tape:
         node = self.n_nodes
         entry = self.n_entries
         versions = self.versions
-        self.nodes += _NODE.pack(offset, 1, dtype_code, 1, entry)
-        self.entries += _ENTRY.pack(
+        node_row = _NODE.pack(offset, 1, dtype_code, 1, entry)
+        entry_row = _ENTRY.pack(
             code, node, in0, in1, in2, -1,
             versions[in0] if in0 >= 0 else 0,
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        versions.append(0)
-        self.refs.append(1)
+        try:
+            self.entries += entry_row
+        except BufferError:
+            self._unpin()
+            self.entries += entry_row
+        try:
+            self.nodes += node_row
+            versions.append(0)
+            self.refs.append(1)
+        except BufferError:
+            self._unpin()  # copies, which may hold part of this row: cut it off
+            del self.nodes[node * _NODE_BYTES:]
+            del self.versions[node:]
+            del self.refs[node:]
+            self.nodes += node_row
+            self.versions.append(0)
+            self.refs.append(1)
         self.shapes.append(())
         self.n_nodes = node + 1
         self.n_entries = entry + 1
@@ -165,7 +218,11 @@ class Tape:
 
     def add_meta(self, values) -> int:
         offset = len(self.meta)
-        self.meta.extend(values)
+        try:
+            self.meta.extend(values)
+        except BufferError:
+            self._unpin()
+            self.meta.extend(values)
         return offset
 
     def bump_version(self, node: int) -> None:

@@ -189,3 +189,14 @@ def test_threads_have_their_own_tape(n):
     for t in threads:
         t.join()
     assert sorted(results) == [(k, 2.0 * k) for k in range(n)]
+
+
+def test_a_stale_view_of_the_tables_does_not_break_recording():
+    x = torch.tensor(1.0, requires_grad=True)
+    (x * 2).backward()
+    stale = current_tape().tables()  # e.g. kept alive by a traceback
+    y = torch.ones(3, requires_grad=True)
+    z = (y * x).sum() * 2.0
+    z.backward()
+    assert y.grad.tolist() == [2.0, 2.0, 2.0]
+    del stale

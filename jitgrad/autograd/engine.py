@@ -117,18 +117,23 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
             if not retain_graph:
                 _free_reached(tape, reached)
             return _collect(tape, reached, adjoints, targets, as_tensors=True)
-        adj = [np.zeros(tape.used[0], np.float32), np.zeros(tape.used[1], np.float64)]
+        adj = tape.adjoint_buffers()
+        ready = np.zeros(tape.n_nodes, np.uint8)
         for root, seed in zip(roots, seeds):
             offset, size, dtype_code = tape.node_location(root)
+            target = adj[dtype_code]
+            if not ready[root]:
+                ready[root] = 1
+                target[offset:offset + size] = 0.0
             if seed is None:
-                adj[dtype_code][offset] += 1.0
+                target[offset] += 1.0
             else:
-                adj[dtype_code][offset:offset + size] += seed._value().reshape(-1)
+                target[offset:offset + size] += seed._value().reshape(-1)
         leaves = np.empty(tape.n_nodes, np.int64)
         status, entry, pending, n_leaves = reverse_sweep(
             entries, consts, nodes, versions, refs, meta, tape.arenas[0], tape.arenas[1],
-            adj[0], adj[1], roots, tape.n_entries, reached, kinds, saves, bool(retain_graph),
-            leaves)
+            adj[0], adj[1], roots, tape.n_entries, reached, ready, kinds, saves,
+            bool(retain_graph), leaves)
     finally:
         entries = consts = nodes = versions = refs = meta = None
     if status != 0:

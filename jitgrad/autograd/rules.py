@@ -44,7 +44,7 @@ def _log(v):
 NAMESPACE = {
     "exp": F.exp, "log": _log, "sqrt": F.sqrt, "sin": F.sin, "cos": F.cos, "tanh": F.tanh,
     "sign": lambda x: F.sign(x.detach()), "positive": _positive, "in_range": _in_range,
-    "where": _where, "matmul": F.matmul, "mT": lambda m: F.transpose(m, -2, -1),
+    "where": _where, "power": F.pow, "matmul": F.matmul, "mT": lambda m: F.transpose(m, -2, -1),
 }
 _COMPILED = {}
 

@@ -4,7 +4,7 @@ registry (jitgrad/ops). Do not edit: change the declaration and regenerate."""
 import numpy as np
 from .jit import kernel
 
-from .expressions import cos, exp, in_range, log, matmul, mT, positive, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where  # noqa: F401, E501
 
 
 
@@ -186,12 +186,12 @@ def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
 
 @kernel
 def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
-    """PowBackward0: d/d(x) = where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))"""
+    """PowBackward0: d/d(x) = where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))"""
     for i in range(n):
         g = adj[oy + i]
         if w0:
             x = vals[o0 + i]
-            adj[o0 + i] += g * (where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0)))
+            adj[o0 + i] += g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
 
 
 @kernel

@@ -52,6 +52,21 @@ def in_range(v, low, high):
 
 
 @inline_kernel
+def power(base, exponent):
+    # small integer exponents as products: the exponent is the same for a whole loop, so
+    # the branch is hoisted and the loop avoids a pow() call per element
+    if exponent == 1.0:
+        return base
+    if exponent == 2.0:
+        return base * base
+    if exponent == 0.0:
+        return base * 0.0 + 1.0
+    if exponent == -1.0:
+        return 1.0 / base
+    return base ** exponent
+
+
+@inline_kernel
 def where(condition, if_true, if_false):
     return if_true if condition else if_false
 

@@ -154,14 +154,26 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
 
 @kernel
 def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
-               n_entries, reached, kinds, retain):
+               n_entries, reached, ready, kinds, retain):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
-    same offsets as values; the caller seeds the roots' adjoints. Returns how many live
-    tensors still refer to a pending entry (0: the next recording can restart the tape)."""
+    same offsets as values, in buffers reused from one backward to the next: a node's
+    adjoint is zeroed when it is first written (``ready``), so only the graph's nodes are
+    touched. The caller seeds the roots. Returns how many live tensors still refer to a
+    pending entry (0: the next recording may restart the tape)."""
     for e in range(n_entries - 1, lowest - 1, -1):
         out = entries[e, E_OUT]
         if not reached[out]:
             continue
+        for k in range(3):
+            node = entries[e, E_IN0 + k]
+            if node >= 0 and not ready[node] and nodes[node, N_GRAD]:
+                ready[node] = 1
+                start = nodes[node, N_OFFSET]
+                stop = start + nodes[node, N_SIZE]
+                if nodes[node, N_DTYPE] == DTYPE_F32:
+                    adj32[start:stop] = 0.0
+                else:
+                    adj64[start:stop] = 0.0
         code = entries[e, E_OP]
         kind = kinds[code]
         if kind == CAST:
@@ -187,7 +199,7 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
 
 @kernel
 def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, adj32, adj64,
-                  roots, n_entries, reached, kinds, saves_mask, retain, leaves):
+                  roots, n_entries, reached, ready, kinds, saves_mask, retain, leaves):
     """Check, then accumulate: one kernel call per backward. Returns (status, entry,
     pending, n_leaves): the error and the entry at fault (nothing written); on success how
     many live tensors still refer to a pending entry and how many leaves were reached
@@ -200,7 +212,7 @@ def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, 
     if status != OK:
         return status, entry, 0, 0
     pending = accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
-                         entry, n_entries, reached, kinds, retain)
+                         entry, n_entries, reached, ready, kinds, retain)
     return OK, -1, pending, n_leaves
 
 

@@ -21,15 +21,21 @@ class Parameter(Tensor):
 
     __slots__ = ()
 
-    def __init__(self, data: Tensor | None = None, requires_grad: bool = True) -> None:
+    def __new__(cls, data: Tensor | None = None, requires_grad: bool = True) -> Parameter:
+        # checked before the object exists: Tensor.__del__ reads slots set by _init
         if data is None:
             data = empty(0)
         if not isinstance(data, Tensor):
             raise TypeError(f"Parameter(): data must be a Tensor, not {type(data).__name__}")
+        self = object.__new__(cls)
         _init(self, data._value(), None, data.dtype, data.shape)
         self._storage = _storage_of(data)  # one version counter, as for data.detach()
         if requires_grad:
             self.requires_grad_(True)
+        return self
+
+    def __init__(self, data: Tensor | None = None, requires_grad: bool = True) -> None:
+        pass  # everything is done in __new__
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()

@@ -33,7 +33,7 @@ op("rsub_scalar", "RsubBackward1", ("x",), "-1.0", "c0 - x")
 op("mul_scalar", "MulBackward0", ("x",), "c0", "x * c0")
 op("div_scalar", "DivBackward0", ("x",), "1.0 / c0", "x / c0")
 # x ** 0 has derivative 0 everywhere, also at x = 0 where c0 * x ** -1 would be nan
-op("pow_scalar", "PowBackward0", ("x",), "where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))",
+op("pow_scalar", "PowBackward0", ("x",), "where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))",
    "x ** c0")
 op("rpow_scalar", "PowBackward2", ("x",), "y * log(c0)", "c0 ** x")
 

@@ -27,14 +27,15 @@ GATHER = 4        # y[i] = x[index[i]] (advanced indexing, max along a dim)
 SCATTER = 5       # y[index[i]] += x[i] (transpose of GATHER)
 MATMUL = 6        # batched matrix product
 CAST = 7          # dtype conversion between float32 and float64
+PYTHON = 8        # a custom autograd.Function: the sweeps stop and call back into Python
 
 KIND_NAMES = {ELEMENTWISE: "elementwise", REDUCE: "reduce", RESTRIDE: "restride",
               PLACE: "place", GATHER: "gather", SCATTER: "scatter", MATMUL: "matmul",
-              CAST: "cast"}
+              CAST: "cast", PYTHON: "python"}
 
 # functions allowed in derivative expressions; each has a Numba and a Tensor meaning
 EXPRESSION_FUNCTIONS = ("exp", "log", "sqrt", "sin", "cos", "tanh", "sign", "positive",
-                        "in_range", "where", "matmul", "mT")
+                        "in_range", "where", "power", "matmul", "mT")
 EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n")
 
 

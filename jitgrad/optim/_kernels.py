@@ -9,11 +9,12 @@ list of the same arrays costs several microseconds per element to build, and cop
 parameters into one flat buffer and back costs a copy of the model per step.
 
 The per-parameter updates (``sgd_update``, ``adam_update``) are the only place where the
-optimizers' arithmetic is written. They follow torch's single-tensor CPU code operation by
-operation (``grad.add(param, alpha=wd)`` is ``g + wd * p``, ``lerp`` takes the same
-branch, ``addcdiv`` multiplies by the scalar before dividing), so trajectories agree with
-torch's to rounding. For tiny groups the optimizer calls their pure-Python versions
-(``.py_func``) directly: for a handful of scalars that is cheaper than a dispatch.
+optimizers' arithmetic is written. They follow torch's CPU code operation by operation,
+fused multiply-adds included: ``add(x, alpha=a)``, ``lerp`` and ``addcmul`` round once in
+torch's kernels (``addcmul`` as ``fma(value * t1, t2, self)``), ``addcdiv`` does not and
+multiplies by the scalar before dividing. Trajectories then agree with torch's to the last
+bit or nearly. For tiny groups the optimizer calls the per-parameter update directly, once
+per parameter: for a handful of scalars that is cheaper than building the address table.
 
 Addresses are only valid while the arrays are alive: the caller keeps them referenced for
 the duration of the call.
@@ -21,6 +22,7 @@ the duration of the call.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numba
 import numpy as np
@@ -39,6 +41,31 @@ def _pointer(typingctx, address, like):
     return pointer_type(address, like), codegen
 
 
+@intrinsic
+def _compiled_fma(typingctx, a, b, c):
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f64 = types.float64
+        a, b, c = (context.cast(builder, value, kind, f64)
+                   for value, kind in zip(args, signature.args, strict=True))
+        return builder.fma(a, b, c)
+
+    return types.float64(a, b, c), codegen
+
+
+def _python_fma(a: float, b: float, c: float) -> float:
+    """``a * b + c`` rounded once, in Python (Python 3.11 has no math.fma)."""
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
+        return a * b + c
+    return float(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+
+# a * b + c with a single rounding, as torch's vectorized fmadd
+fma = _python_fma if numba.config.DISABLE_JIT else _compiled_fma
+
+
 @njit(cache=True)
 def _view(address, size, like):
     return numba.carray(_pointer(address, like), size)
@@ -52,18 +79,18 @@ def sgd_update(param, grad, momentum_buffer, first, lr, momentum, dampening, wei
     for j in range(param.size):
         g = -grad[j] if maximize else grad[j]
         if weight_decay != 0.0:
-            g = g + weight_decay * param[j]
+            g = fma(param[j], weight_decay, g)
         if momentum != 0.0:
             if first:
                 buf = g
             else:
-                buf = momentum_buffer[j] * momentum + (1.0 - dampening) * g
+                buf = fma(g, 1.0 - dampening, momentum_buffer[j] * momentum)
             momentum_buffer[j] = buf
             if nesterov:
-                g = g + momentum * buf
+                g = fma(buf, momentum, g)
             else:
                 g = buf
-        param[j] = param[j] + (-lr) * g
+        param[j] = fma(g, -lr, param[j])
 
 
 @njit(cache=True)
@@ -96,15 +123,15 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
             if decoupled:
                 p = p * decay
             else:
-                g = g + weight_decay * p
+                g = fma(p, weight_decay, g)
         m = exp_avg[j]
-        # torch's lerp, branch included: both forms round differently
+        # torch's lerp, branch included: the two forms round differently
         if weight < 0.5:
-            m = m + weight * (g - m)
+            m = fma(weight, g - m, m)
         else:
-            m = g - (g - m) * (1.0 - weight)
+            m = fma(weight - 1.0, g - m, g)
         exp_avg[j] = m
-        v = exp_avg_sq[j] * beta2 + (1.0 - beta2) * g * g
+        v = fma((1.0 - beta2) * g, g, exp_avg_sq[j] * beta2)
         exp_avg_sq[j] = v
         if amsgrad:
             v = max(max_exp_avg_sq[j], v)
@@ -124,11 +151,6 @@ def adam_group(addresses, sizes, steps, like, lr, beta1, beta2, eps, weight_deca
                     _view(addresses[2, i], n, like), _view(addresses[3, i], n, like),
                     _view(addresses[4, i], n, like), steps[i], lr, beta1, beta2, eps,
                     weight_decay, amsgrad, maximize, decoupled)
-
-
-def python_version(kernel):
-    """The pure-Python function behind a kernel (itself when Numba's JIT is disabled)."""
-    return getattr(kernel, "py_func", kernel)
 
 
 # the dtypes the kernels are compiled for, each with the zero-size array that selects it

@@ -78,14 +78,14 @@ class Adam(Optimizer):
             if not found:
                 continue
             items = []
-            for (p, data, grad), arrays, step in zip(found, states, steps):
+            for (p, data, grad), arrays, step in zip(found, states, steps, strict=True):
                 arrays = [self._new_state(p, name, data) if array is None else array
-                          for name, array in zip(names, arrays)]
+                          for name, array in zip(names, arrays, strict=True)]
                 if len(arrays) == 2:  # no amsgrad: the maximum's row is never read
                     arrays.append(data)
                 items.append((p, [data, grad, *arrays], step))
             run_fused(items, _kernels.adam_group, _kernels.adam_update, hyper, self._address)
-            for (p, _, _), step in zip(found, steps):
+            for (p, _, _), step in zip(found, steps, strict=True):
                 # a float32 count, as torch's
                 self.state[p]["step"] = Tensor._wrap(np.array(step, np.float32), dt.float32)
         return loss

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -12,8 +12,9 @@ from .. import _dtype as dt
 from ..autograd.grad_mode import enable_grad
 from ..tensor import Tensor, _bump_version
 
-# Below this many elements in a group, the kernel's pure-Python version beats a dispatch
-# (a few scalar parameters, as in the tutorial's linear regression).
+# Up to this many elements in a group, calling the per-parameter update for each parameter
+# beats building the group kernel's address table (a few scalar parameters, as in the
+# tutorial's linear regression).
 SMALL_GROUP = 16
 
 
@@ -152,13 +153,13 @@ class Optimizer:
         saved_groups = copy.deepcopy(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        for group, saved in zip(self.param_groups, saved_groups):
+        for group, saved in zip(self.param_groups, saved_groups, strict=True):
             if len(group["params"]) != len(saved["params"]):
                 raise ValueError("loaded state dict contains a parameter group that doesn't "
                                  "match the size of optimizer's group")
         by_index = {}
-        for group, saved in zip(self.param_groups, saved_groups):
-            by_index.update(zip(saved["params"], group["params"]))
+        for group, saved in zip(self.param_groups, saved_groups, strict=True):
+            by_index.update(zip(saved["params"], group["params"], strict=True))
         state = defaultdict(dict)
         for key, value in state_dict["state"].items():
             if key not in by_index:
@@ -168,7 +169,7 @@ class Optimizer:
             state[p] = {name: self._loaded_state_value(p, key, name, v)
                         for name, v in value.items()}
         new_groups = []
-        for group, saved in zip(self.param_groups, saved_groups):
+        for group, saved in zip(self.param_groups, saved_groups, strict=True):
             saved["params"] = group["params"]
             if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
@@ -261,7 +262,8 @@ class Optimizer:
 def run_fused(items: list, group_kernel: Callable, update: Callable, hyper: tuple,
               address: Callable) -> None:
     """Update parameters in place: one call of ``group_kernel`` per dtype in ``items``, or
-    the pure-Python ``update`` per parameter for a tiny group. Versions are bumped after.
+    for a tiny group one call of the per-parameter ``update`` per parameter (cheaper than
+    building the address table for a few scalars). Versions are bumped after.
 
     ``items``: ``(parameter, buffers, extra)`` per parameter, where ``buffers`` are its
     C-contiguous arrays in the kernel's row order (data, gradient, state...) and ``extra``
@@ -273,9 +275,8 @@ def run_fused(items: list, group_kernel: Callable, update: Callable, hyper: tupl
     for _, buffers, _ in items:
         total += buffers[0].size
     if total <= SMALL_GROUP or _kernels.numba.config.DISABLE_JIT:
-        python_update = _kernels.python_version(update)
         for _, buffers, extra in items:
-            python_update(*[b.reshape(-1) for b in buffers], extra, *hyper)
+            update(*[b.reshape(-1) for b in buffers], extra, *hyper)
     else:
         by_dtype: dict = {}
         for item in items:

@@ -65,7 +65,7 @@ class SGD(Optimizer):
             if not found:
                 continue
             items = []
-            for (p, data, grad), buf in zip(found, buffers):
+            for (p, data, grad), buf in zip(found, buffers, strict=True):
                 first = False
                 if hyper[1] != 0.0 and buf is None:
                     buf = self._new_state(p, "momentum_buffer", data)

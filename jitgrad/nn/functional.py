@@ -1,0 +1,334 @@
+"""``nn.functional``: activations, ``linear``, dropout and the losses, composed from
+jitgrad's ops (so they are differentiable, to any order, with no rules of their own).
+
+>>> import jitgrad as torch
+>>> import jitgrad.nn.functional as F
+>>> logits = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+>>> loss = F.cross_entropy(logits, torch.tensor([0]))
+>>> loss
+tensor(0.1698, grad_fn=<MeanBackward0>)
+>>> loss.backward()
+>>> logits.grad
+tensor([[-0.1562,  0.1142,  0.0420]])
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .. import _dtype as dt
+from .. import functions as T
+from ..tensor import Tensor
+
+__all__ = [
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
+    "embedding", "l1_loss", "linear", "log_softmax", "mse_loss", "nll_loss", "one_hot", "relu",
+    "sigmoid", "softmax", "tanh",
+]
+
+
+# -- activations --------------------------------------------------------------------------------
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``max(x, 0)``; its derivative at 0 is 0, as torch's."""
+    if inplace:
+        return T.inplace(input, lambda: T.relu(input))
+    return T.relu(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return T.tanh(input)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return T.sigmoid(input)
+
+
+def _softmax_dim(name: str, ndim: int, dim: int | None) -> int:
+    if dim is not None:
+        return dim
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call "
+                  f"to include dim=X as an argument.", stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:
+    """``exp(x) / sum(exp(x))`` along ``dim``, computed without overflow."""
+    return T.softmax(input, _softmax_dim("softmax", input.ndim, dim), dtype)
+
+
+def log_softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:
+    """``x - logsumexp(x)`` along ``dim``."""
+    return T.log_softmax(input, _softmax_dim("log_softmax", input.ndim, dim), dtype)
+
+
+# -- layers -------------------------------------------------------------------------------------
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``input @ weight.T + bias``; ``weight`` is ``(out_features, in_features)``."""
+    out = T.matmul(input, weight.t())
+    return out if bias is None else out + bias
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,
+            inplace: bool = False) -> Tensor:
+    """Zero each element with probability ``p`` and scale the others by ``1 / (1 - p)``
+    (identity unless ``training``). The mask comes from jitgrad's default generator."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        mask = np.zeros(tuple(input.shape), input.dtype.numpy)
+    else:
+        keep = T.rand(*input.shape, dtype=input.dtype).numpy() >= p
+        mask = np.multiply(keep, 1.0 / (1.0 - p), dtype=input.dtype.numpy)
+    mask = T.from_numpy(mask)
+    return input.mul_(mask) if inplace else input * mask
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` picked by the integer tensor ``input`` (shape ``input.shape +
+    (embedding_dim,)``). The row ``padding_idx`` gets no gradient."""
+    if input.dtype is not dt.int64:
+        raise RuntimeError(f"Expected tensor for argument #1 'indices' to have one of the "
+                           f"following scalar types: Long, Int; but got {input.dtype} instead")
+    index = input.numpy()
+    rows = weight.shape[0]
+    if index.size and (index.min() < -rows or index.max() >= rows):
+        raise IndexError("index out of range in self")
+    out = weight[index]
+    if padding_idx is not None and out.requires_grad:
+        pad = T.from_numpy(np.ascontiguousarray((index == padding_idx)[..., None]))
+        out = T.where(pad, out.detach(), out)
+    return out
+
+
+def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+    """``(..., num_classes)`` int64 tensor with a 1 at each index."""
+    index = tensor.numpy()
+    if num_classes < 0:
+        num_classes = int(index.max()) + 1 if index.size else 0
+    if index.size and (index.min() < 0 or index.max() >= num_classes):
+        raise RuntimeError("Class values must be smaller than num_classes.")
+    return T.from_numpy(np.ascontiguousarray(
+        (index[..., None] == np.arange(num_classes)).astype(np.int64)))
+
+
+# -- losses -----------------------------------------------------------------------------------
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _warn_broadcast(input: Tensor, target: Tensor) -> None:
+    if target.shape != input.shape:
+        warnings.warn(
+            f"Using a target size ({target.shape}) that is different to the input size "
+            f"({input.shape}). This will likely lead to incorrect results due to "
+            f"broadcasting. Please ensure they have the same size.", stacklevel=3)
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean (``reduction``) of ``(input - target) ** 2``."""
+    _check_reduction(reduction)
+    _warn_broadcast(input, target)
+    return _reduce((input - target) ** 2, reduction)
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean (``reduction``) of ``|input - target|``."""
+    _check_reduction(reduction)
+    _warn_broadcast(input, target)
+    return _reduce(T.abs(input - target), reduction)
+
+
+def _class_rows(input: Tensor, target: Tensor, op: str):
+    """``input`` as rows ``(M, C)`` of class scores and ``target`` as ``M`` indices, for
+    inputs ``(C,)``, ``(N, C)`` or ``(N, C, d1, ...)``; also the shape of an unreduced
+    loss."""
+    if input.ndim == 0:
+        raise ValueError(f"{op}: input must have at least one dimension (the classes)")
+    if target.dtype is not dt.int64:
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got "
+                           f"{target.dtype.name.capitalize()}")
+    if input.ndim == 1:
+        if target.ndim != 0:
+            raise RuntimeError(f"{op}: an unbatched input of shape {list(input.shape)} needs "
+                               f"a 0-d target, got shape {list(target.shape)}")
+        return T.unsqueeze(input, 0), target.numpy().reshape(1), ()
+    if target.ndim == 0 or target.shape[0] != input.shape[0]:
+        size = target.shape[0] if target.ndim else 0
+        raise ValueError(f"Expected input batch_size ({input.shape[0]}) to match target "
+                         f"batch_size ({size}).")
+    expected = (input.shape[0], *input.shape[2:])
+    if tuple(target.shape) != expected:
+        raise RuntimeError(f"Expected target size {list(expected)}, got {list(target.shape)}")
+    rows = input
+    if input.ndim > 2:  # classes last, then one row per position
+        rows = T.permute(input, 0, *range(2, input.ndim), 1)
+        rows = T.reshape(rows, -1, input.shape[1])
+    return rows, target.numpy().reshape(-1), tuple(target.shape)
+
+
+def _checked_weight(weight: Tensor | None, classes: int):
+    if weight is None:
+        return None
+    if weight.ndim != 1 or weight.shape[0] != classes:
+        raise RuntimeError("weight tensor should be defined either for all or no classes")
+    return weight.detach().numpy()
+
+
+def _picked(rows: Tensor, index: np.ndarray, ignore_index: int, weight, reduction: str,
+            shape: tuple) -> Tensor:
+    """The negative log-likelihood ``-w[t] * rows[i, t]`` of each row, reduced as torch's
+    ``nll_loss``: ``mean`` divides by the total weight of the rows not ignored."""
+    classes = rows.shape[1]
+    keep = index != ignore_index
+    bad = keep & ((index < 0) | (index >= classes))
+    if bad.any():
+        raise IndexError(f"Target {index[bad][0]} is out of bounds.")
+    dtype = rows.dtype.numpy
+    every_row = bool(keep.all())
+    if reduction != "none" and not every_row:  # only the rows kept take part
+        kept = np.flatnonzero(keep)
+        loss = -rows[kept, index[kept]]
+        w = None if weight is None else weight[index[kept]].astype(dtype)
+    else:
+        safe = np.where(keep, index, 0)
+        loss = -rows[np.arange(index.size), safe]
+        w = None if weight is None else weight[safe].astype(dtype)
+        if not every_row:
+            w = keep.astype(dtype) if w is None else w * keep
+    if w is not None:
+        loss = loss * T.from_numpy(np.ascontiguousarray(w))
+    if reduction == "none":
+        if not every_row:  # 0 where ignored, even where the row holds -inf
+            loss = T.where(T.from_numpy(keep), loss, 0.0)
+        return T.reshape(loss, *shape) if shape != tuple(loss.shape) else loss
+    if reduction == "sum":
+        return loss.sum()
+    if w is None:  # every row kept, or the kept ones only (nan when none is, as torch)
+        return loss.mean() if every_row else loss.sum() / float(loss.shape[0])
+    return loss.sum() / float(w.sum())
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+             ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of class indices ``target`` given log-probabilities
+    ``input`` (``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)``), optionally class-weighted."""
+    _check_reduction(reduction)
+    rows, index, shape = _class_rows(input, target, "nll_loss")
+    weight = _checked_weight(weight, rows.shape[1])
+    return _picked(rows, index, ignore_index, weight, reduction, shape)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of the logits ``input`` (classes along dim 1) with class indices
+    ``target`` (int64), or with class probabilities (a float target shaped like
+    ``input``): ``nll_loss(log_softmax(input, 1), target)``, with torch's weighting,
+    ``ignore_index`` and ``label_smoothing``."""
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: "
+                           f"{label_smoothing}")
+    class_dim = 0 if input.ndim == 1 else 1
+    logp = T.log_softmax(input, class_dim)
+    if target.dtype.is_floating_point and target.shape == input.shape:
+        return _soft_cross_entropy(logp, target, weight, reduction, label_smoothing,
+                                   class_dim)
+    rows, index, shape = _class_rows(logp, target, "cross_entropy")
+    classes = rows.shape[1]
+    w = _checked_weight(weight, classes)
+    loss = _picked(rows, index, ignore_index, w, reduction, shape)
+    if label_smoothing == 0.0:
+        return loss
+    # torch's smoothing term: the (weighted) mean of -log p over the classes
+    scaled = rows if w is None else rows * T.from_numpy(np.ascontiguousarray(
+        w.astype(rows.dtype.numpy)))
+    smooth = -scaled.sum(1)
+    keep = index != ignore_index
+    if not keep.all():
+        smooth = T.where(T.from_numpy(keep), smooth, 0.0)
+    if reduction == "mean":
+        total = float(keep.sum()) if w is None else float(w[index[keep]].sum())
+        smooth = smooth.sum() / total
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    elif shape != tuple(smooth.shape):
+        smooth = T.reshape(smooth, *shape)
+    return loss * (1.0 - label_smoothing) + smooth * (label_smoothing / classes)
+
+
+def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,
+                        label_smoothing: float, class_dim: int) -> Tensor:
+    classes = logp.shape[class_dim]
+    if label_smoothing > 0.0:
+        target = target * (1.0 - label_smoothing) + label_smoothing / classes
+    product = logp * target
+    if weight is not None:
+        w = _checked_weight(weight, classes).astype(logp.dtype.numpy)
+        w = w.reshape((classes,) + (1,) * (logp.ndim - class_dim - 1))
+        product = product * T.from_numpy(np.ascontiguousarray(w))
+    loss = -product.sum(class_dim)
+    if reduction == "mean":
+        return loss.sum() / float(max(logp.numel() // max(classes, 1), 1))
+    return _reduce(loss, reduction)
+
+
+def _log_clamped(x: Tensor, zeros: np.ndarray) -> Tensor:
+    """``max(log(x), -100)`` as torch's BCE; where ``x`` is exactly 0 the log is taken of
+    1 instead and 100 subtracted, so that the gradient there is finite, not 0 * inf."""
+    if not zeros.any():
+        return T.clamp(T.log(x), min=-100.0)
+    mask = T.from_numpy(zeros.astype(x.dtype.numpy))
+    return T.clamp(T.log(x + mask), min=-100.0) - mask * 100.0
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                         reduction: str = "mean") -> Tensor:
+    """``-(t log(x) + (1 - t) log(1 - x))`` for probabilities ``input``, logs clamped at
+    -100 as torch's."""
+    _check_reduction(reduction)
+    if target.shape != input.shape:
+        raise ValueError(f"Using a target size ({target.shape}) that is different to the "
+                         f"input size ({input.shape}) is deprecated. Please ensure they have "
+                         f"the same size.")
+    x = input.detach().numpy()
+    if ((x < 0) | (x > 1)).any():
+        raise RuntimeError("all elements of input should be between 0 and 1")
+    loss = -(target * _log_clamped(input, x == 0)
+             + (1.0 - target) * _log_clamped(1.0 - input, x == 1))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
+                                     weight: Tensor | None = None, reduction: str = "mean",
+                                     pos_weight: Tensor | None = None) -> Tensor:
+    """BCE of ``sigmoid(input)``, computed stably from the logits as torch does:
+    ``(1 - t) x + (1 + (pos_weight - 1) t) softplus(-x)``."""
+    _check_reduction(reduction)
+    if target.shape != input.shape:
+        raise ValueError(f"Target size ({target.shape}) must be the same as input size "
+                         f"({input.shape})")
+    # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), exp of a non-positive number. maximum,
+    # not clamp: at x = 0 it splits the gradient (-1/2, the true -sigmoid(0)).
+    softplus = T.maximum(-input, 0.0) + T.log1p(T.exp(-T.abs(input)))
+    if pos_weight is None:
+        loss = (1.0 - target) * input + softplus
+    else:
+        loss = (1.0 - target) * input + ((pos_weight - 1.0) * target + 1.0) * softplus
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)

@@ -1,0 +1,4 @@
+"""Utilities: ``utils.data`` (datasets and the DataLoader)."""
+from . import data
+
+__all__ = ["data"]
