@@ -4,6 +4,7 @@ the op's declaration in :mod:`jitgrad.ops`.
 """
 from __future__ import annotations
 
+import builtins
 import math
 import numbers
 from array import array
@@ -22,6 +23,12 @@ from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
 _F32 = dt.float32
 _F64 = dt.float64
 _SCALAR_SHAPE = Size(())
+
+# ops that can divide by zero, overflow or leave their domain: NumPy would warn (torch
+# does not); the others skip the cost of np.errstate
+_MAY_WARN = {"exp", "log", "sqrt", "sin", "cos", "tan", "log1p", "expm1", "reciprocal",
+             "div", "div_scalar", "pow", "pow_scalar", "rpow_scalar", "mul", "mul_scalar",
+             "sigmoid"}
 
 # ops whose result is floating point even for integer inputs
 _FLOAT_RESULT = {"exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "log1p",
@@ -344,9 +351,16 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
     ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
     node, slot = _new_output_node(tape, result, shape)
-    with np.errstate(all="ignore"):
+    if name in _MAY_WARN:
+        with np.errstate(all="ignore"):
+            NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+    else:
         NUMPY_FORWARD[name](*arrays, c0, c1, slot)
-    meta = -1 if len(inputs) == 1 else tape.add_meta(broadcast_meta(shape, shapes))
+    if len(inputs) == 1:
+        meta = -1
+    else:
+        meta = broadcast_meta(shape, shapes)
+        meta = 0 if meta == [0] else tape.add_meta(meta)  # meta[0] is a shared 0
     tape.record(op.code, node, *_pad3(ins), meta, c0, c1)
     if not shape:
         return _output(tape, None, slot.item(), result, (), node, op.code)
@@ -929,7 +943,7 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
     node, slot = _new_output_node(tape, result, out_shape)
     slot[...] = value.reshape(out_shape)
     if len(keep_shape) == 0 or all(s == 1 for s in keep_shape):
-        meta = tape.add_meta([0])
+        meta = 0  # a full reduction: the tape's meta[0] is a shared 0
     else:
         strides, step = [0] * ndim, 1
         for d in range(ndim - 1, -1, -1):
@@ -1075,8 +1089,9 @@ def _contiguous_strides(shape: tuple) -> list:
     return strides
 
 
-def _restride(name: str, t: Tensor, view: np.ndarray) -> Tensor:
-    """Record ``view`` (a NumPy view of ``t``'s contiguous data) as op ``name``."""
+def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0) -> Tensor:
+    """Record ``view`` (a NumPy view of ``t``'s contiguous data, starting ``offset``
+    elements in; None: find out) as op ``name``."""
     if not _recording(t):
         if view.ndim == 0 and t._data is not None:
             return _output(None, None, view.item(), t.dtype, (), -1, -1)
@@ -1085,14 +1100,28 @@ def _restride(name: str, t: Tensor, view: np.ndarray) -> Tensor:
         return Tensor._wrap(np.asarray(view, order="C"), t.dtype)
     base = t._value()
     itemsize = base.itemsize
-    offset = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0])
+    if offset is None:
+        offset = (view.__array_interface__["data"][0] -
+                  base.__array_interface__["data"][0]) // itemsize
+    strides = [s // itemsize for s in view.strides]
+    # the sweep trusts these numbers: check that every element read lies inside the input
+    low = high = offset
+    for size, stride in zip(view.shape, strides):
+        if size == 0:
+            low, high = 0, -1
+            break
+        low += builtins.min(0, (size - 1) * stride)
+        high += builtins.max(0, (size - 1) * stride)
+    if low > high:
+        low, high = 0, -1
+    if low < 0 or high >= base.size:
+        raise AssertionError(f"{name}: view outside its input ({low}..{high} of {base.size})")
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
     node, slot = _new_output_node(tape, t.dtype, view.shape)
     slot[...] = view
-    meta = tape.add_meta([view.ndim, *view.shape, *(s // itemsize for s in view.strides),
-                          offset // itemsize])
+    meta = tape.add_meta([view.ndim, *view.shape, *strides, offset])
     code = BY_NAME[name].code
     tape.record(code, node, src, -1, -1, meta)
     if view.ndim == 0:
@@ -1237,12 +1266,14 @@ def getitem(input: Tensor, key) -> Tensor:
     x = input._value()
     try:
         if _is_basic(key):
-            view = x[key]
+            # a trailing Ellipsis makes NumPy return a view even for x[0] (not a scalar)
             parts = key if isinstance(key, tuple) else (key,)
+            view = x[parts if Ellipsis in parts else (*parts, Ellipsis)]
+            if type(key) is slice and x.ndim:  # x[a:b:c]: the offset is the start
+                return _restride("slice", input, view, key.indices(x.shape[0])[0] *
+                                 (x.strides[0] // x.itemsize))
             name = "select" if any(isinstance(k, numbers.Integral) for k in parts) else "slice"
-            if view.ndim and view.base is None:
-                view = x[key]
-            return _restride(name, input, view)
+            return _restride(name, input, view, None)
         grid = np.arange(x.size).reshape(x.shape)[key]
     except IndexError as error:
         raise IndexError(f"{error} (indexing a tensor of shape {list(input.shape)})") from None

@@ -255,3 +255,35 @@ def test_no_python_per_entry_in_backward(monkeypatch):
         y = torch.sin(y) * 0.9 + y * 0.1
     y.backward()
     assert x.grad is not None
+
+
+def test_set_grad_enabled_as_function_and_decorator():
+    x = torch.ones(1, requires_grad=True)
+    torch.set_grad_enabled(False)
+    assert not (x * 2).requires_grad
+    torch.set_grad_enabled(True)
+
+    @torch.set_grad_enabled(False)
+    def f(t):
+        return t * 2
+
+    assert torch.is_grad_enabled()
+    assert not f(x).requires_grad and (x * 2).requires_grad
+
+
+@pytest.mark.parametrize("key", [
+    0, -1, (1, 2), (Ellipsis, 1), (slice(None), None, 1), (slice(None, None, -1), slice(1, 3)),
+    (slice(1, None), 0), ([0, 2, 2],), (np.array([True, False, True]),), ([0, 1], [3, 2]),
+    (slice(None), [1, 1, 3]),
+], ids=str)
+def test_indexing_gradient_matches_numpy(key):
+    values = np.arange(12.0).reshape(3, 4)
+    x = torch.tensor(values, requires_grad=True)
+    weights = np.random.default_rng(0).uniform(size=np.shape(values[key]))
+    out = x[key]
+    np.testing.assert_array_equal(out.detach().numpy(), values[key])
+    (out * torch.tensor(weights)).sum().backward()
+    expected = np.zeros_like(values)
+    grid = np.arange(values.size).reshape(values.shape)[key]
+    np.add.at(expected.reshape(-1), np.ravel(grid), np.ravel(weights))
+    np.testing.assert_allclose(x.grad.numpy(), expected)

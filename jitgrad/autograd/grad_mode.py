@@ -78,3 +78,8 @@ class set_grad_enabled(_GradMode):  # noqa: N801
 
     def __exit__(self, *exc) -> None:
         _set_grad_enabled(self._previous)
+
+    def __call__(self, function):
+        # used as a decorator: the mode applies inside the function only
+        _set_grad_enabled(self._previous)
+        return super().__call__(function)
