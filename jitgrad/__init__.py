@@ -38,6 +38,7 @@ int = int64  # noqa: A001
 
 from . import autograd, optim  # noqa: E402
 from . import nn, utils  # noqa: E402
+from . import func  # noqa: E402
 from .autograd.grad_mode import enable_grad, inference_mode, no_grad, set_grad_enabled  # noqa: E402,F401
 
 is_grad_enabled = autograd.grad_mode.is_grad_enabled

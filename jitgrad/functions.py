@@ -46,7 +46,7 @@ def _array_from(data, dtype=None) -> tuple[np.ndarray, dt.dtype]:
         array = np.asarray(_unwrap_nested(data))
         if array.dtype == object:
             raise TypeError(f"Could not infer dtype of {type(data).__name__}")
-        if array.dtype.kind == "f" and not isinstance(data, np.ndarray):
+        if array.dtype.kind == "f" and not isinstance(data, (np.ndarray, np.generic)):
             d = dt.get_default_dtype()
         elif array.dtype.kind in "iu":
             d = dt.int64
@@ -77,7 +77,7 @@ def tensor(data, *, dtype=None, requires_grad: bool = False) -> Tensor:
     tensor([[1, 2],
             [3, 4]])
     """
-    if isinstance(data, float) and dtype is None:
+    if type(data) is float and dtype is None:
         t = _scalar_tensor(data, dt.get_default_dtype())
     else:
         array, d = _array_from(data, dtype)
@@ -577,8 +577,8 @@ NUMPY_FORWARD = {
     "tan": lambda x, c0, c1, out: np.tan(x, out=out),
     "tanh": lambda x, c0, c1, out: np.tanh(x, out=out),
     "sigmoid": _stable_sigmoid,
-    "relu": lambda x, c0, c1, out: np.multiply(x, x > 0, out=out) if out is not None
-    else np.where(x > 0, x, 0 * x),
+    # maximum keeps nan and gives +0.0 (not -0.0) for negative inputs
+    "relu": lambda x, c0, c1, out: np.maximum(x, 0, out=out),
     "abs": lambda x, c0, c1, out: np.abs(x, out=out),
     "log1p": lambda x, c0, c1, out: np.log1p(x, out=out),
     "expm1": lambda x, c0, c1, out: np.expm1(x, out=out),
@@ -968,7 +968,13 @@ def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
     t = input if dtype is None else to_dtype(input, dtype)
-    return _reduce("mean", t, dim, keepdim, lambda x, axis: np.mean(x, axis=axis), "mean_dim")
+    return _reduce("mean", t, dim, keepdim, _mean_forward, "mean_dim")
+
+
+def _mean_forward(x, axis):
+    if x.size == 0:  # NumPy would warn "Mean of empty slice"; the mean is nan
+        return np.full(np.sum(x, axis=axis).shape, np.nan, x.dtype)
+    return np.mean(x, axis=axis)
 
 
 def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:

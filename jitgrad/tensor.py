@@ -230,6 +230,13 @@ class Tensor:
     def retains_grad(self) -> bool:
         return self._retains_grad
 
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a Tensor it returns
+        replaces the gradient. Returns a handle whose ``remove()`` unregisters it."""
+        from .autograd.function import register_hook
+
+        return register_hook(self, hook)
+
     @property
     def _version(self) -> int:
         return self._storage.version if self._storage is not None else 0
@@ -298,10 +305,14 @@ class Tensor:
 
     def __del__(self) -> None:
         # the tape counts live tensors per node to know when it may start a new generation
-        if self._node >= 0:
+        try:
+            node = self._node
+        except AttributeError:  # construction failed before the slots were set
+            return
+        if node >= 0:
             tape = self._tape
             if tape.generation == self._gen:
-                tape.refs[self._node] -= 1
+                tape.refs[node] -= 1
 
 
 def _init(t: Tensor, data, item, d: dt.dtype, shape) -> None:

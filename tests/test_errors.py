@@ -139,3 +139,15 @@ def test_nan_and_inf_propagate_without_warnings():
         assert torch.log(s).item() == -np.inf
         y.sum().backward()
         assert np.isinf(x.grad.numpy()[0])
+
+
+def test_small_numerical_contracts():
+    assert repr(torch.relu(torch.tensor([-1.0, 2.0]))) == "tensor([0., 2.])"
+    assert torch.tensor(np.float64(0.1)).dtype is torch.float64
+    assert torch.tensor(0.1).dtype is torch.float32
+    with np.errstate(all="raise"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert np.isnan(torch.zeros(0).mean().item())

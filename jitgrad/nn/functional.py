@@ -94,7 +94,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> 
                            f"following scalar types: Long, Int; but got {input.dtype} instead")
     index = input.numpy()
     rows = weight.shape[0]
-    if index.size and (index.min() < -rows or index.max() >= rows):
+    if index.size and (index.min() < 0 or index.max() >= rows):  # no wrap-around, as torch
         raise IndexError("index out of range in self")
     out = weight[index]
     if padding_idx is not None and out.requires_grad:
@@ -186,23 +186,34 @@ def _checked_weight(weight: Tensor | None, classes: int):
     return weight.detach().numpy()
 
 
+def _every_target_valid(index: np.ndarray, classes: int, ignore_index: int) -> bool:
+    """All targets are classes and none is ``ignore_index`` (two reductions; the exact
+    masks are only computed when this fails)."""
+    if not index.size:
+        return False
+    low, high = index.min(), index.max()
+    return 0 <= low and high < classes and not low <= ignore_index <= high
+
+
 def _picked(rows: Tensor, index: np.ndarray, ignore_index: int, weight, reduction: str,
             shape: tuple) -> Tensor:
     """The negative log-likelihood ``-w[t] * rows[i, t]`` of each row, reduced as torch's
     ``nll_loss``: ``mean`` divides by the total weight of the rows not ignored."""
     classes = rows.shape[1]
-    keep = index != ignore_index
-    bad = keep & ((index < 0) | (index >= classes))
-    if bad.any():
-        raise IndexError(f"Target {index[bad][0]} is out of bounds.")
     dtype = rows.dtype.numpy
-    every_row = bool(keep.all())
+    every_row = _every_target_valid(index, classes, ignore_index)
+    keep = None if every_row else index != ignore_index
+    if not every_row:
+        bad = keep & ((index < 0) | (index >= classes))
+        if bad.any():
+            raise IndexError(f"Target {index[bad][0]} is out of bounds.")
+        every_row = bool(keep.all())
     if reduction != "none" and not every_row:  # only the rows kept take part
         kept = np.flatnonzero(keep)
         loss = -rows[kept, index[kept]]
         w = None if weight is None else weight[index[kept]].astype(dtype)
     else:
-        safe = np.where(keep, index, 0)
+        safe = index if every_row else np.where(keep, index, 0)
         loss = -rows[np.arange(index.size), safe]
         w = None if weight is None else weight[safe].astype(dtype)
         if not every_row:
@@ -241,6 +252,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if not 0.0 <= label_smoothing <= 1.0:
         raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: "
                            f"{label_smoothing}")
+    if (weight is None and label_smoothing == 0.0 and input.ndim == 2 and target.ndim == 1
+            and target.dtype is dt.int64 and target.shape[0] == input.shape[0]):
+        index = target.numpy()
+        if _every_target_valid(index, input.shape[1], ignore_index):
+            # the common case in fewer recorded ops: -log_softmax(x)[i, t] = lse(x_i) - x[i, t]
+            picked = input[np.arange(index.size), index]
+            return _reduce(T.logsumexp(input, 1) - picked, reduction)
     class_dim = 0 if input.ndim == 1 else 1
     logp = T.log_softmax(input, class_dim)
     if target.dtype.is_floating_point and target.shape == input.shape:

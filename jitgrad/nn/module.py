@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from .. import _dtype as dt
 from ..autograd.grad_mode import no_grad
 from ..tensor import Tensor
+from ..utils._typename import typename
 from .parameter import Parameter
 
 
@@ -70,7 +71,7 @@ class Module:
             raise AttributeError("cannot assign parameter before Module.__init__() call")
         self._check_name(name, "parameter", self._parameters)
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
+            raise TypeError(f"cannot assign '{typename(param)}' object to parameter '{name}' "
                             f"(torch.nn.Parameter or None required)")
         if param is not None and not param.is_leaf:
             raise ValueError(
@@ -86,7 +87,7 @@ class Module:
             raise AttributeError("cannot assign buffer before Module.__init__() call")
         self._check_name(name, "buffer", self._buffers)
         if tensor is not None and not isinstance(tensor, Tensor):
-            raise TypeError(f"cannot assign '{_typename(tensor)}' object to buffer '{name}' "
+            raise TypeError(f"cannot assign '{typename(tensor)}' object to buffer '{name}' "
                             f"(torch Tensor or None required)")
         self._buffers[name] = tensor
         if persistent:
@@ -97,7 +98,7 @@ class Module:
     def add_module(self, name: str, module: Module | None) -> None:
         """Register a submodule under ``name`` (``self.name = module`` does the same)."""
         if module is not None and not isinstance(module, Module):
-            raise TypeError(f"{_typename(module)} is not a Module subclass")
+            raise TypeError(f"{typename(module)} is not a Module subclass")
         self._check_name(name, "module", self._modules)
         self._modules[name] = module
 
@@ -122,7 +123,7 @@ class Module:
             self.register_parameter(name, value)
         elif params is not None and name in params:
             if value is not None:
-                raise TypeError(f"cannot assign '{_typename(value)}' as parameter '{name}' "
+                raise TypeError(f"cannot assign '{typename(value)}' as parameter '{name}' "
                                 f"(torch.nn.Parameter or None expected)")
             params[name] = None
         elif isinstance(value, Module):
@@ -132,12 +133,12 @@ class Module:
             self._modules[name] = value
         elif "_modules" in self.__dict__ and name in self._modules:
             if value is not None:
-                raise TypeError(f"cannot assign '{_typename(value)}' as child module '{name}' "
+                raise TypeError(f"cannot assign '{typename(value)}' as child module '{name}' "
                                 f"(torch.nn.Module or None expected)")
             self._modules[name] = None
         elif "_buffers" in self.__dict__ and name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"cannot assign '{_typename(value)}' as buffer '{name}' "
+                raise TypeError(f"cannot assign '{typename(value)}' as buffer '{name}' "
                                 f"(torch.Tensor or None expected)")
             self._buffers[name] = value
         else:
@@ -344,7 +345,9 @@ class Module:
         the module's) unless ``keep_vars``."""
         if destination is None:
             destination = OrderedDict()
-        for name, module in self.named_modules(prefix=prefix.rstrip(".")):
+        # a module shared under two names is saved under both, as torch does
+        for name, module in self.named_modules(prefix=prefix.rstrip("."),
+                                               remove_duplicate=False):
             head = name + "." if name else ""
             for key, value in module._parameters.items():
                 if value is not None:
@@ -440,10 +443,3 @@ def _indent(text: str, spaces: int) -> str:
         return text
     return lines[0] + "\n" + "\n".join(" " * spaces + line if line.strip() else ""
                                        for line in lines[1:])
-
-
-def _typename(value) -> str:
-    if isinstance(value, Tensor):
-        return {"float32": "torch.FloatTensor", "float64": "torch.DoubleTensor",
-                "int64": "torch.LongTensor", "bool": "torch.BoolTensor"}[value.dtype.name]
-    return type(value).__qualname__

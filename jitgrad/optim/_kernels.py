@@ -26,8 +26,10 @@ from fractions import Fraction
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
+
+from ..kernels.jit import kernel
 
 
 @intrinsic
@@ -66,12 +68,12 @@ def _python_fma(a: float, b: float, c: float) -> float:
 fma = _python_fma if numba.config.DISABLE_JIT else _compiled_fma
 
 
-@njit(cache=True)
+@kernel
 def _view(address, size, like):
     return numba.carray(_pointer(address, like), size)
 
 
-@njit(cache=True)
+@kernel
 def sgd_update(param, grad, momentum_buffer, first, lr, momentum, dampening, weight_decay,
                nesterov, maximize):
     """One SGD step of one parameter (1-D views). ``first``: the momentum buffer is new and
@@ -93,7 +95,7 @@ def sgd_update(param, grad, momentum_buffer, first, lr, momentum, dampening, wei
         param[j] = fma(g, -lr, param[j])
 
 
-@njit(cache=True)
+@kernel
 def sgd_group(addresses, sizes, first, like, lr, momentum, dampening, weight_decay,
               nesterov, maximize):
     """``sgd_update`` for every parameter of a group; ``addresses`` rows: parameter,
@@ -105,7 +107,7 @@ def sgd_group(addresses, sizes, first, like, lr, momentum, dampening, weight_dec
                    weight_decay, nesterov, maximize)
 
 
-@njit(cache=True)
+@kernel
 def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
                 eps, weight_decay, amsgrad, maximize, decoupled):
     """One Adam (``decoupled``: AdamW) step of one parameter (1-D views); ``step`` is the
@@ -140,7 +142,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta
         param[j] = p + (-step_size) * m / denom
 
 
-@njit(cache=True)
+@kernel
 def adam_group(addresses, sizes, steps, like, lr, beta1, beta2, eps, weight_decay, amsgrad,
                maximize, decoupled):
     """``adam_update`` for every parameter of a group; ``addresses`` rows: parameter,

@@ -11,6 +11,7 @@ import numpy as np
 from .. import _dtype as dt
 from ..autograd.grad_mode import enable_grad
 from ..tensor import Tensor, _bump_version
+from ..utils._typename import typename
 
 # Up to this many elements in a group, calling the per-parameter update for each parameter
 # beats building the group kernel's address table (a few scalar parameters, as in the
@@ -38,7 +39,7 @@ class Optimizer:
         if isinstance(params, Tensor):
             raise TypeError(
                 f"params argument given to the optimizer should be an iterable of Tensors or "
-                f"dicts, but got {_typename(params)}")
+                f"dicts, but got {typename(params)}")
         self.defaults = dict(defaults)
         self.state: defaultdict = defaultdict(dict)
         self.param_groups: list[dict] = []
@@ -78,7 +79,7 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(
                     f"optimizer can only optimize Tensors, but one of the params is "
-                    f"{_typename(p)}")
+                    f"{typename(p)}")
             if not (p.is_leaf or p.retains_grad):
                 raise ValueError("can't optimize a non-leaf Tensor")
             if not p.dtype.is_floating_point:
@@ -291,9 +292,3 @@ def run_fused(items: list, group_kernel: Callable, update: Callable, hyper: tupl
             group_kernel(addresses, sizes, extra, _kernels.LIKE[dtype], *hyper)
     for p, _, _ in items:
         _bump_version(p)
-
-
-def _typename(value) -> str:
-    if isinstance(value, Tensor):
-        return "torch.FloatTensor" if value.dtype is dt.float32 else f"torch.{value.dtype}"
-    return type(value).__qualname__

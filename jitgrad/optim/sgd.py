@@ -54,22 +54,22 @@ class SGD(Optimizer):
         loss = self._evaluate(closure)
         plans = []
         for group in self.param_groups:
-            hyper = (float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+            momentum = float(group["momentum"])
+            hyper = (float(group["lr"]), momentum, float(group["dampening"]),
                      float(group["weight_decay"]), bool(group["nesterov"]),
                      bool(group["maximize"]))
             found = self._with_grads(group)
-            buffers = [self._state_array(p, "momentum_buffer", data) if hyper[1] else None
+            buffers = [self._state_array(p, "momentum_buffer", data) if momentum else None
                        for p, data, _ in found]
-            plans.append((found, buffers, hyper))
-        for found, buffers, hyper in plans:
+            plans.append((found, buffers, momentum, hyper))
+        for found, buffers, momentum, hyper in plans:
             if not found:
                 continue
             items = []
             for (p, data, grad), buf in zip(found, buffers, strict=True):
-                first = False
-                if hyper[1] != 0.0 and buf is None:
+                first = momentum != 0.0 and buf is None
+                if first:  # torch starts the buffer as the gradient
                     buf = self._new_state(p, "momentum_buffer", data)
-                    first = True
                 # without momentum the buffer row is never read: any valid address will do
                 items.append((p, [data, grad, data if buf is None else buf], first))
             run_fused(items, _kernels.sgd_group, _kernels.sgd_update, hyper, self._address)
