@@ -19,12 +19,13 @@ outer transform can differentiate it again.
 >>> from jitgrad.func import grad, jvp
 >>> grad(lambda x: (x ** 3).sum())(np.array([1.0, 2.0]))
 array([ 3., 12.])
->>> grad(grad(lambda x: torch.sin(x)))(torch.tensor(0.0))
-tensor(-0.)
+>>> grad(grad(lambda x: torch.sin(x)))(torch.tensor(0.5))
+tensor(-0.4794)
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from .autograd import engine
 from .autograd import forward_ad as fwd
 from .autograd.grad_mode import enable_grad
 from .kernels.layout import E_IN0, N_ENTRY, N_GRAD
+from .recording import node_of
 from .tape import _state
 from .tensor import Tensor
 
@@ -148,8 +150,11 @@ class _Call:
                           or any(isinstance(x, Tensor) and x._requires_grad
                                  for i, x in enumerate(args) if i not in argnums))
         with enable_grad():
+            # a pending restart of the tape happens now: not under the inputs' nodes
+            self.tape = _state.tape
+            self.tape.before_record()
             if duals is not None:
-                self.inputs = duals(self.originals)
+                self.inputs = duals(self.originals, self.connected)
             elif self.connected:
                 self.inputs = [fwd.record_alias(t) for t in self.originals]
             else:
@@ -158,8 +163,6 @@ class _Call:
             for a, count, spec in self.specs:
                 args[a] = _unflatten(self.inputs[start:start + count], spec)
                 start += count
-            self.tape = _state.tape
-            self.tape.before_record()  # a pending restart of the tape happens now, not in func
             self.start = self.tape.n_entries
             with fwd.transform_scope():
                 result = func(*args)
@@ -190,7 +193,8 @@ class _Call:
     def finish(self) -> None:
         """The recording is no longer needed: let the tape start over at the next op."""
         if not self.connected:
-            self.tape.maybe_restart = True
+            # as after a backward: a large tape restarts at the next op if nothing needs it
+            self.tape.after_backward(1)
 
     def detached(self, t: Tensor) -> Tensor:
         return t if self.connected else t.detach()
@@ -213,10 +217,9 @@ def _closes_over_graph(tape, start: int, own: list) -> bool:
         inputs = entries[start:, E_IN0:E_IN0 + 3].reshape(-1)
         inputs = inputs[inputs >= 0]
         outside = (nodes[inputs, N_GRAD] != 0) & (nodes[inputs, N_ENTRY] < start)
-        if not outside.any():
-            return False
-        own_nodes = {_node(t, tape) for t in own}
-        return any(int(n) not in own_nodes for n in np.unique(inputs[outside]))
+        for t in own:
+            outside &= inputs != _node(t, tape)
+        return bool(outside.any())
     finally:
         del entries, nodes
 
@@ -469,12 +472,18 @@ class _DualCall:
         if self.call.connected:
             self.level.differentiable = True
 
-    def _duals(self, originals: list) -> list:
-        # zero tangents now: the seeds are set per sweep
+    def _duals(self, originals: list, connected: bool) -> list:
+        """Dual copies of the inputs, seeded with zero tangents (each sweep sets its own):
+        recorded aliases when enclosing transforms must see through them, else leaves."""
+        tape = _state.tape
         duals = []
         for t in originals:
-            dual = fwd.record_alias(t)
-            self.level.attach(_state.tape)
+            if connected:
+                dual = fwd.record_alias(t)
+            else:
+                dual = t.detach().requires_grad_(True)
+                node_of(tape, dual)  # its value in the arena now: the node is the seed
+            self.level.attach(tape)
             self.level.seeds[dual._node] = None
             self.level.seed_tensors.append(dual)
             duals.append(dual)
@@ -493,19 +502,10 @@ class _DualCall:
             known = {dual._node: t for dual, t in zip(call.inputs, directions)}
             with enable_grad():
                 fwd.evaluate_tangents(tape, call.start, stop, known, set(level.seeds))
-            return [known.get(_node(o, tape)) or _zeros_like(o) for o in call.outputs]
-        buffers, active = fwd.new_buffers(tape, 1)
-        for dual, t in zip(call.inputs, directions):
-            fwd._write_seed(tape, buffers, active, dual._node, t, 0)
-        fwd.run_tangent_sweep(tape, buffers, active, call.start, stop)
-        result = []
-        for o in call.outputs:
-            node = _node(o, tape)
-            if node >= 0 and node < active.shape[0] and active[node]:
-                result.append(fwd._read_tangent(tape, buffers, node, 0))
-            else:
-                result.append(_zeros_like(o))
-        return result
+            found = [known.get(_node(o, tape)) for o in call.outputs]
+            return [t if t is not None else _zeros_like(o) for t, o in zip(found, call.outputs)]
+        seeds = [(dual._node, t) for dual, t in zip(call.inputs, directions)]
+        return _tangent_sweep(tape, seeds, call.start, stop, call.outputs)
 
     def jacobian_columns(self) -> list:
         """For every (output, input) pair, d output / d input as ``output.shape + input.shape``
@@ -525,19 +525,21 @@ class _DualCall:
         out_nodes = [_node(o, tape) for o in call.outputs]
         for first in range(0, total, chunk):
             k = min(chunk, total - first)
-            buffers, active = fwd.new_buffers(tape, k)
-            for index, dual in enumerate(call.inputs):
-                offset, size, code = tape.node_location(dual._node)
-                active[dual._node] = fwd._SEED
-                for r in range(k):
-                    j = first + r - starts[index]
-                    if 0 <= j < size:
-                        buffers[code][r, offset + j] = 1.0
-            fwd.run_tangent_sweep(tape, buffers, active, call.start, stop)
-            for node, column in zip(out_nodes, columns):
-                if node >= 0 and node < active.shape[0] and active[node]:
-                    offset, size, code = tape.node_location(node)
-                    column[:, first:first + k] = buffers[code][:k, offset:offset + size].T
+            with fwd.borrowed_buffers(tape, k) as (buffers, active):
+                for index, dual in enumerate(call.inputs):
+                    offset, size, code = tape.node_location(dual._node)
+                    active[dual._node] = fwd._SEED
+                    slot = buffers[code][:, offset:offset + size]
+                    slot[...] = 0.0
+                    for r in range(k):
+                        j = first + r - starts[index]
+                        if 0 <= j < size:
+                            slot[r, j] = 1.0
+                fwd.run_tangent_sweep(tape, buffers, active, call.start, stop)
+                for node, column in zip(out_nodes, columns):
+                    if node >= 0 and node < active.shape[0] and active[node]:
+                        offset, size, code = tape.node_location(node)
+                        column[:, first:first + k] = buffers[code][:k, offset:offset + size].T
         blocks = []
         for o, column in zip(call.outputs, columns):
             row = []
@@ -568,6 +570,24 @@ class _DualCall:
                 row.append(F.reshape(stacked, *(tuple(o.shape) + tuple(t.shape))))
             blocks.append(row)
         return blocks
+
+
+def _tangent_sweep(tape, seeds: list, start: int, stop: int, outputs: list) -> list:
+    """One numeric tangent sweep over entries ``[start, stop)`` from ``seeds`` ((node,
+    tangent) pairs): the tangents of ``outputs`` (zeros where none reaches them)."""
+    with fwd.borrowed_buffers(tape, 1) as (buffers, active):
+        for node, tangent in seeds:
+            if node >= 0:
+                fwd._write_seed(tape, buffers, active, node, tangent, 0)
+        fwd.run_tangent_sweep(tape, buffers, active, start, stop)
+        result = []
+        for o in outputs:
+            node = _node(o, tape)
+            if node >= 0 and node < active.shape[0] and active[node]:
+                result.append(fwd._read_tangent(tape, buffers, node, 0))
+            else:
+                result.append(_zeros_like(o))
+        return result
 
 
 def _node(t: Tensor, tape) -> int:
@@ -722,20 +742,8 @@ def hvp(func: Callable, primals, tangents):
     out = _check_scalar(call.output, "hvp")
     tape = call.tape
     gradients = _reverse_recorded(call, out)
-    stop = tape.n_entries
-    buffers, active = fwd.new_buffers(tape, 1)
-    for t, d in zip(call.inputs, directions):
-        node = _node(t, tape)
-        if node >= 0:
-            fwd._write_seed(tape, buffers, active, node, d.to(t.dtype), 0)
-    fwd.run_tangent_sweep(tape, buffers, active, call.start, stop)
-    result = []
-    for g, t in zip(gradients, call.inputs):
-        node = _node(g, tape)
-        if node >= 0 and node < active.shape[0] and active[node]:
-            result.append(fwd._read_tangent(tape, buffers, node, 0))
-        else:
-            result.append(_zeros_like(t))
+    seeds = [(_node(t, tape), d.to(t.dtype)) for t, d in zip(call.inputs, directions)]
+    result = _tangent_sweep(tape, seeds, call.start, tape.n_entries, gradients)
     call.finish()
     result = [_output(r, call.as_numpy) for r in call.group(result)]
     return result[0] if len(result) == 1 else tuple(result)

@@ -90,14 +90,23 @@ def register(tape, t) -> int:
 
 # -- broadcasting -------------------------------------------------------------------------------
 def broadcast_shape(op_name: str, *shapes: tuple) -> tuple:
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        listed = " and ".join(str(list(s)) for s in shapes)
-        raise RuntimeError(
-            f"{op_name}: the shapes {listed} cannot be broadcast together: each dim must be "
-            f"equal, 1, or absent (aligned from the right); reshape or expand an operand"
-        ) from None
+    """NumPy's broadcast of ``shapes``, or torch's RuntimeError naming all of them."""
+    first = shapes[0]
+    if all(s == first for s in shapes[1:]):
+        return tuple(first)
+    ndim = max(len(s) for s in shapes)
+    result = [1] * ndim
+    for shape in shapes:
+        for d, size in enumerate(shape, ndim - len(shape)):
+            if size != 1:
+                if result[d] != 1 and result[d] != size:
+                    listed = " and ".join(str(list(s)) for s in shapes)
+                    raise RuntimeError(
+                        f"{op_name}: the shapes {listed} cannot be broadcast together: each "
+                        f"dim must be equal, 1, or absent (aligned from the right); reshape "
+                        f"or expand an operand")
+                result[d] = size
+    return tuple(result)
 
 
 def broadcast_meta(out_shape: tuple, shapes: list) -> list:

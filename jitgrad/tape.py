@@ -51,7 +51,7 @@ class Tape:
         self.nodes = bytearray()
         self.versions = array("q")  # node -> bumped by in-place writes to its value
         self.refs = array("q")      # node -> live tensors referring to it
-        self.meta = array("q")
+        self.meta = array("q", [0])  # meta[0] = 0: shared by entries that need only a zero
         self.shapes: list[tuple] = []  # node -> shape, for the create_graph sweep and grad_fn
         self.n_entries = 0
         self.n_nodes = 0
@@ -282,7 +282,7 @@ class Tape:
         self.nodes = bytearray()
         self.versions = array("q")
         self.refs = array("q")
-        self.meta = array("q")
+        self.meta = array("q", [0])
         self.shapes = []
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY

@@ -17,6 +17,7 @@ from ..recording import FREED_GRAPH, node_of
 from ..tape import _state
 from .._dtype import float32
 from ..tensor import Tensor, _bump_version, _init
+from .function import needs_python
 
 _FREED_MESSAGE = (
     "Trying to backward through the graph a second time (or directly access saved tensors "
@@ -111,7 +112,10 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
             if status != 0:
                 _raise_sweep_error(tape, status, entry)
             entries = consts = nodes = versions = refs = meta = None
-            from .rules import differentiable_sweep
+            if needs_python(tape):  # custom Functions, hooks, anomaly detection
+                from .function import differentiable_sweep
+            else:
+                from .rules import differentiable_sweep
 
             adjoints = differentiable_sweep(tape, reached, roots, seeds, outputs)
             if not retain_graph:
@@ -130,10 +134,17 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
             else:
                 target[offset:offset + size] += seed._value().reshape(-1)
         leaves = np.empty(tape.n_nodes, np.int64)
-        status, entry, pending, n_leaves = reverse_sweep(
-            entries, consts, nodes, versions, refs, meta, tape.arenas[0], tape.arenas[1],
-            adj[0], adj[1], roots, tape.n_entries, reached, ready, kinds, saves,
-            bool(retain_graph), leaves)
+        if needs_python(tape):  # the sweep stops for custom Functions, hooks, anomaly checks
+            from .function import reverse_sweep as python_reverse_sweep
+
+            status, entry, pending, n_leaves = python_reverse_sweep(
+                tape, (entries, consts, nodes, versions, refs, meta), adj, roots, seeds,
+                reached, ready, kinds, saves, bool(retain_graph), leaves)
+        else:
+            status, entry, pending, n_leaves = reverse_sweep(
+                entries, consts, nodes, versions, refs, meta, tape.arenas[0], tape.arenas[1],
+                adj[0], adj[1], roots, tape.n_entries, reached, ready, kinds, saves,
+                bool(retain_graph), leaves)
     finally:
         entries = consts = nodes = versions = refs = meta = None
     if status != 0:

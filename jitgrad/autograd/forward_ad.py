@@ -33,9 +33,19 @@ import numpy as np
 
 from .. import functions as F
 from .._dtype import float32
-from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT
+from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT, E_VER0
 from ..ops.registry import (
-    BY_NAME, CAST, ELEMENTWISE, GATHER, MATMUL, OPS, PLACE, PYTHON, REDUCE, RESTRIDE, SCATTER,
+    BY_NAME,
+    CAST,
+    ELEMENTWISE,
+    GATHER,
+    MATMUL,
+    OPS,
+    PLACE,
+    PYTHON,
+    REDUCE,
+    RESTRIDE,
+    SCATTER,
 )
 from ..recording import node_of
 from ..tape import _state
@@ -170,10 +180,34 @@ _RESTARTED = ("the tape of this dual level was restarted (a backward without ret
 
 # -- tangent buffers --------------------------------------------------------------------------
 def new_buffers(tape, k: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Zero tangent buffers for ``k`` directions, laid out like the tape's arenas, and the
-    per-node activity flags."""
-    return ([np.zeros((k, tape.used[0]), np.float32), np.zeros((k, tape.used[1]), np.float64)],
+    """Tangent buffers for ``k`` directions, laid out like the tape's arenas (their contents
+    are garbage: the sweep zeroes a node's tangent when it first writes it), and the
+    per-node activity flags (all inactive)."""
+    return ([np.empty((k, tape.used[0]), np.float32), np.empty((k, tape.used[1]), np.float64)],
             np.zeros(tape.n_nodes, np.uint8))
+
+
+class borrowed_buffers:  # noqa: N801 - used as a function in a with statement
+    """Tangent buffers for ``k`` directions lent from the tape's pool: touching fresh
+    memory on every jvp would cost more page faults than the sweep costs work. Only the
+    one-direction buffers (jvp, hvp) are kept between calls, as large as the arenas."""
+
+    def __init__(self, tape, k: int) -> None:
+        self.tape, self.k = tape, k
+
+    def __enter__(self):
+        pool = self.tape.__dict__.setdefault("tangent_pool", {})
+        cached = pool.pop(self.k, None)
+        used = self.tape.used
+        if cached is None or any(b.shape[1] < used[code] for code, b in enumerate(cached)):
+            cached = [np.empty((self.k, max(used[code], 1) * 5 // 4), dtype)
+                      for code, dtype in enumerate((np.float32, np.float64))]
+        self.buffers = cached
+        return cached, np.zeros(self.tape.n_nodes, np.uint8)
+
+    def __exit__(self, *exc) -> None:
+        if self.k == 1:
+            self.tape.__dict__.setdefault("tangent_pool", {})[1] = self.buffers
 
 
 def _grown(tape, tangents, active, k: int):
@@ -182,7 +216,7 @@ def _grown(tape, tangents, active, k: int):
     grown = []
     for code, buffer in enumerate(tangents):
         if buffer.shape[1] < tape.used[code]:
-            bigger = np.zeros((buffer.shape[0], tape.used[code]), buffer.dtype)
+            bigger = np.empty((buffer.shape[0], tape.used[code]), buffer.dtype)
             bigger[:, :buffer.shape[1]] = buffer
             buffer = bigger
         grown.append(buffer)
@@ -195,8 +229,11 @@ def _grown(tape, tangents, active, k: int):
 
 def _write_seed(tape, tangents, active, node: int, tangent, row: int) -> None:
     offset, size, code = tape.node_location(node)
-    if tangent is not None:
-        tangents[code][row, offset:offset + size] = np.asarray(tangent._value()).reshape(-1)
+    slot = tangents[code][row, offset:offset + size]
+    if tangent is None:
+        slot[...] = 0.0
+    else:
+        slot[...] = np.asarray(tangent._value()).reshape(-1)
     active[node] = _SEED
 
 
@@ -226,16 +263,76 @@ def run_tangent_sweep(tape, tangents, active, start: int, stop: int) -> None:
     kinds = _kinds_table()
     e = start
     while e < stop:
-        entries, consts, nodes, _, _, meta = tape.tables()
+        entries, consts, nodes, versions, _, meta = tape.tables()
         try:
+            reuse = _reusable_partials(entries, versions, start, stop)
             e = tangent_sweep(entries, consts, nodes, meta, tape.arenas[0], tape.arenas[1],
-                              tangents[0], tangents[1], e, stop, kinds, active)
+                              tangents[0], tangents[1], e, stop, kinds, active, reuse)
         finally:
-            del entries, consts, nodes, meta
+            del entries, consts, nodes, versions, meta
         if e < stop:
             from .function import numeric_jvp
 
             e = numeric_jvp(tape, e, tangents, active)
+
+
+_NO_REUSE = np.zeros(0, np.int64)
+_partial_ops = None
+
+
+def _partial_ops_table() -> tuple[dict, np.ndarray, np.ndarray]:
+    """Unary elementwise ops whose partial is another unary op of the input, read off the
+    declarations: sin's ``cos(x)`` is op cos, cos's ``-sin(x)`` is minus op sin."""
+    global _partial_ops
+    if _partial_ops is None:
+        import ast
+
+        found = {}
+        for op in OPS:
+            if op.kind != ELEMENTWISE or op.arity != 1 or op.partials[0] is None:
+                continue
+            tree = ast.parse(op.partials[0], mode="eval").body
+            negated = isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub)
+            call = tree.operand if negated else tree
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                    and len(call.args) == 1 and isinstance(call.args[0], ast.Name)
+                    and call.args[0].id == "x"):
+                continue
+            source = BY_NAME.get(call.func.id)
+            if (source is not None and source.kind == ELEMENTWISE and source.arity == 1
+                    and source.forward == f"{call.func.id}(x)"):
+                found[op.code] = (source.code, int(negated))
+        # lookup tables by opcode (cheaper than np.isin on every sweep)
+        wants = np.zeros(len(OPS) + 1, bool)
+        wants[list(found)] = True
+        sources = np.zeros(len(OPS) + 1, bool)
+        sources[[code for code, _ in found.values()]] = True
+        _partial_ops = (found, wants, sources)
+    return _partial_ops
+
+
+def _reusable_partials(entries, versions, start: int, stop: int) -> np.ndarray:
+    """Per entry of ``[0, stop)``: the node holding its partial already (see
+    ``kernels.tangent``), -1 where there is none; empty when no entry has one."""
+    found, wants, sources = _partial_ops_table()
+    ops = entries[:stop, E_OP]
+    if ops.size and ops.max() >= wants.shape[0]:  # ops registered since the table was made
+        return _NO_REUSE
+    wanting = np.flatnonzero(wants[ops[start:stop]]) + start
+    if not wanting.size:
+        return _NO_REUSE
+    computed = {}
+    for e in np.flatnonzero(sources[ops]):
+        out = entries[e, E_OUT]
+        if versions[out] == 0:  # its value was not overwritten in place since
+            computed[(ops[e], entries[e, E_IN0], entries[e, E_VER0])] = out
+    reuse = np.full(stop, -1, np.int64)
+    for e in wanting:
+        source, negated = found[ops[e]]
+        node = computed.get((source, entries[e, E_IN0], entries[e, E_VER0]))
+        if node is not None:
+            reuse[e] = 2 * node + negated
+    return reuse
 
 
 # -- the differentiable evaluation -------------------------------------------------------------
@@ -374,9 +471,9 @@ class dual_level:  # noqa: N801 - torch's name
     >>> import jitgrad as torch
     >>> import jitgrad.autograd.forward_ad as fwAD
     >>> with fwAD.dual_level():
-    ...     x = fwAD.make_dual(torch.tensor(0.0), torch.tensor(1.0))
-    ...     float(fwAD.unpack_dual(torch.cos(x)).tangent)
-    -0.0
+    ...     x = fwAD.make_dual(torch.tensor(0.5), torch.tensor(1.0))
+    ...     fwAD.unpack_dual(torch.cos(x)).tangent
+    tensor(-0.4794)
     """
 
     def __enter__(self) -> int:
@@ -452,9 +549,10 @@ def record_alias(tensor: Tensor) -> Tensor:
     tape = _state.tape
     shape = tuple(tensor.shape)
     with enable_grad():
-        node, slot = F._new_output_node(tape, tensor.dtype, shape)
+        tape.before_record()  # may start a new generation: before any node id is taken
         source = node_of(tape, tensor)
-        slot[...] = tensor._value()
+        node, slot = F._new_output_node(tape, tensor.dtype, shape)  # then the slot: the
+        slot[...] = tensor._value()  # arena may move at any allocation
         strides = F._contiguous_strides(shape)
         meta = tape.add_meta([len(shape), *shape, *strides, 0])
         tape.record(_ALIAS, node, source, -1, -1, meta)

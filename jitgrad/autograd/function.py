@@ -36,11 +36,12 @@ import numpy as np
 
 from .. import functions as F
 from .._dtype import float32, float64
-from ..kernels.layout import E_IN0, E_META, E_OP, E_OUT, N_ENTRY, N_OFFSET, N_SIZE
+from ..kernels.layout import E_C0, E_C1, E_IN0, E_OP, E_OUT, N_ENTRY
 from ..ops.registry import PYTHON, OpDef, register
 from ..recording import node_of
 from ..tape import _state, is_grad_enabled
 from ..tensor import Tensor
+from .anomaly_mode import _anomaly, is_anomaly_check_nan_enabled
 from .grad_mode import enable_grad, no_grad, set_grad_enabled
 
 __all__ = ["Function", "FunctionCtx", "once_differentiable"]
@@ -70,18 +71,36 @@ def _callbacks(tape, create: bool = False) -> _Callbacks | None:
     return state
 
 
-_leaf_hooks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # leaf -> {id: hook}
+# leaf hooks by id(leaf): (weak reference to the leaf, {handle id: hook}). Not a
+# WeakKeyDictionary: its lookups compare keys with ==, which is elementwise for Tensors.
+_leaf_hooks: dict[int, tuple] = {}
+
+
+def _hooks_of_leaf(leaf: Tensor) -> dict | None:
+    found = _leaf_hooks.get(id(leaf))
+    if found is None or found[0]() is not leaf:
+        return None
+    return found[1]
+
+
+def _add_leaf(leaf: Tensor) -> dict:
+    hooks = _hooks_of_leaf(leaf)
+    if hooks is None:
+        key = id(leaf)
+        hooks = {}
+        _leaf_hooks[key] = (weakref.ref(leaf, lambda _, key=key: _leaf_hooks.pop(key, None)),
+                            hooks)
+    return hooks
 
 
 def needs_python(tape) -> bool:
     """Whether a reverse sweep on ``tape`` must stop for Python (Functions, hooks, anomaly
     detection): the engine's test before its one-kernel fast path."""
-    from .anomaly_mode import is_anomaly_enabled
-
-    if is_anomaly_enabled() or len(_leaf_hooks):
+    if _anomaly.enabled or _leaf_hooks:
         return True
-    state = _callbacks(tape)
-    return state is not None and bool(state.functions or state.hooks)
+    state = tape.__dict__.get("python_callbacks")
+    return (state is not None and state.generation == tape.generation
+            and bool(state.functions or state.hooks))
 
 
 class _Recorded:
@@ -120,19 +139,22 @@ class FunctionCtx:
             if t is not None and not isinstance(t, Tensor):
                 raise TypeError(f"save_for_backward can only save variables, but argument "
                                 f"{len(self._saved or ())} is of type {type(t).__name__}")
-        self._saved = tuple(t.detach() if isinstance(t, Tensor) else t for t in tensors)
+        # kept as they are: a backward run with create_graph differentiates through them
+        self._saved = tuple(tensors)
 
     save_for_forward = save_for_backward
 
     @property
     def saved_tensors(self) -> tuple:
+        """The saved tensors: plain values, or (in a backward with ``create_graph``) tensors
+        standing for their place in the graph, so the backward is differentiated too."""
         if self._freed:
             raise RuntimeError(
                 "Trying to backward through the graph a second time (or directly access saved "
                 "tensors after they have already been freed). Saved intermediate values of the "
                 "graph are freed when you call .backward() or autograd.grad(). Specify "
                 "retain_graph=True if you need to backward through the graph a second time.")
-        return self._saved
+        return tuple(t.unpack() if isinstance(t, _Saved) else t for t in self._saved)
 
     def mark_non_differentiable(self, *tensors) -> None:
         """Outputs that get no gradient (indices, masks): they do not require grad."""
@@ -186,7 +208,7 @@ class Function:
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        return _NO_SETUP
+        """Optional: save what backward needs, when forward takes only the inputs."""
 
     @staticmethod
     def backward(ctx, *grad_outputs):
@@ -224,13 +246,6 @@ class Function:
         return flat[0] if single else tuple(flat)
 
 
-class _NoSetup:
-    pass
-
-
-_NO_SETUP = _NoSetup()
-
-
 def once_differentiable(function):
     """Decorator for ``backward``: run it with grad mode off (its result is not
     differentiated again)."""
@@ -246,7 +261,9 @@ def once_differentiable(function):
 
 def _record(cls, ctx, args: tuple, outputs: list) -> list:
     tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
     hub, _ = F._new_output_node(tape, float64, (0,))
+    tape.release(hub, tape.generation)  # no tensor holds the hub: it must not pin the tape
     inputs, shapes, dtypes = [], [], []
     first = tape.n_entries
     for a in args:
@@ -278,8 +295,40 @@ def _record(cls, ctx, args: tuple, outputs: list) -> list:
             value._data, value._item = None, slot.item()
         result.append(value)
     recorded.first, recorded.last = first, tape.n_entries - 1
+    # a saved output of forward stands for the recorded output, as in torch: a backward
+    # with create_graph then differentiates through it
+    replaced = {id(o): r for o, r in zip(outputs, result) if r is not o}
+    if ctx._saved:
+        ctx._saved = tuple(_Saved.pack(tape, replaced.get(id(t), t)) for t in ctx._saved)
     _callbacks(tape, create=True).functions[hub] = recorded
     return result
+
+
+class _Saved:
+    """A saved tensor that does not keep its graph alive (as torch's SavedVariable): its
+    value, and the node it stands for while the tape's generation lasts."""
+
+    __slots__ = ("value", "tape", "generation", "node")
+
+    @staticmethod
+    def pack(tape, t):
+        if not isinstance(t, Tensor) or not t._requires_grad:
+            return t
+        saved = _Saved()
+        saved.value = t.detach()
+        saved.tape = tape
+        saved.generation = t._gen
+        saved.node = t._node if t._tape is tape else -1
+        return saved
+
+    def unpack(self) -> Tensor:
+        tape = self.tape
+        if (is_grad_enabled() and self.node >= 0 and tape.generation == self.generation
+                and self.node < tape.n_nodes):
+            from .rules import _node_tensor
+
+            return _node_tensor(tape, self.node)
+        return self.value
 
 
 def _recorded_at(tape, entry: int) -> _Recorded:
@@ -295,8 +344,9 @@ def _grad_fn_name(recorded: _Recorded) -> str:
 def _call_backward(recorded: _Recorded, grads: list) -> list:
     """Run the Function's backward; check and normalize its result to one entry per
     forward argument (None where no gradient flows)."""
-    ctx = recorded.ctx
-    result = recorded.cls.backward(ctx, *grads)
+    ctx, cls = recorded.ctx, recorded.cls
+    backward = cls.backward if cls.backward is not Function.backward else cls.vjp
+    result = backward(ctx, *grads)
     if not isinstance(result, tuple):
         result = (result,)
     name = _grad_fn_name(recorded)
@@ -333,6 +383,12 @@ def _call_backward(recorded: _Recorded, grads: list) -> list:
         if g.dtype is not recorded.input_dtypes[i]:
             g = g.to(recorded.input_dtypes[i])
         checked.append(g)
+    if is_anomaly_check_nan_enabled():
+        for i, g in enumerate(checked):
+            if g is not None and np.isnan(np.asarray(g.detach()._value())).any():
+                shapes = [list(s) for s in recorded.input_shapes if s is not None]
+                _raise_nan(_state.tape, recorded.last, name, i,
+                           f"{cls.__name__}.apply (inputs of shapes {shapes})")
     return checked
 
 
@@ -360,11 +416,11 @@ def _slot(tape, adj, ready, node: int) -> np.ndarray:
     return slot
 
 
-def reverse_sweep(tape, tables, adj, roots, reached, ready, kinds, saves, retain, leaves):
+def reverse_sweep(tape, tables, adj, roots, seeds, reached, ready, kinds, saves, retain,
+                  leaves):
     """The engine's reverse sweep, split at Python callbacks: the same result as the
     one-kernel ``reverse_sweep`` of ``kernels.sweep`` (status, entry, pending, n_leaves)."""
     from ..kernels.sweep import accumulate, mark_reached
-    from .anomaly_mode import is_anomaly_enabled
 
     entries, consts, nodes, versions, refs, meta = tables
     n_entries = tape.n_entries
@@ -378,7 +434,7 @@ def reverse_sweep(tape, tables, adj, roots, reached, ready, kinds, saves, retain
     state = _callbacks(tape)
     stops = _stops(tape, state, reached, lowest, n_entries)
     top = n_entries
-    anomaly = is_anomaly_enabled()
+    anomaly = is_anomaly_check_nan_enabled()
 
     def run_down_to(bottom: int) -> int:
         return accumulate(entries, consts, nodes, refs, meta, tape.arenas[0], tape.arenas[1],
@@ -393,13 +449,15 @@ def reverse_sweep(tape, tables, adj, roots, reached, ready, kinds, saves, retain
             run_down_to(entry + 1)
             _run_hooks(tape, what, adj, ready, entry)
             top = entry + 1
+            if not retain:  # the graph holding the tensor is freed: so are its hooks
+                state.hooks.pop(what, None)
     pending = run_down_to(lowest)
     for node in leaves[:n_leaves]:
         leaf = tape.leaves.get(int(node))
-        if leaf is not None and leaf in _leaf_hooks:
+        if leaf is not None and _hooks_of_leaf(leaf):
             _run_leaf_hooks(tape, leaf, int(node), adj, ready)
     if anomaly:
-        _check_nan(tape, adj, ready, reached, roots)
+        _check_nan(tape, adj, ready, reached, roots, seeds)
     return 0, -1, pending, n_leaves
 
 
@@ -409,16 +467,20 @@ def _stops(tape, state, reached, lowest: int, n_entries: int) -> list:
     stops = []
     if state is None:
         return stops
+    ends = {}  # entry of a Function's output -> the Function's last entry
     for recorded in state.functions.values():
         if recorded.last >= lowest and recorded.last < n_entries and reached[recorded.hub]:
-            stops.append((recorded.last, recorded))
+            stops.append((recorded.last, 1, recorded))
+            for e in range(recorded.first, recorded.last + 1):
+                ends[e] = recorded.last
     for node, hooks in state.hooks.items():
         if hooks and node < reached.shape[0] and reached[node]:
             entry = tape.node_entry(node)
             if entry >= lowest:
-                stops.append((entry, node))
-    stops.sort(key=lambda item: -item[0])
-    return stops
+                # a Function's output: its hooks run before the Function's backward
+                stops.append((ends.get(entry, entry), 0, node))
+    stops.sort(key=lambda item: (-item[0], item[1]))
+    return [(entry, what) for entry, _, what in stops]
 
 
 def _numeric_backward(tape, recorded: _Recorded, adj, ready, reached, retain) -> None:
@@ -461,7 +523,7 @@ def _run_hooks(tape, node: int, adj, ready, entry: int) -> None:
 def _run_leaf_hooks(tape, leaf: Tensor, node: int, adj, ready) -> None:
     slot = _slot(tape, adj, ready, node)
     grad = _array_tensor(slot, tape.shapes[node], tape.node_dtype(node))
-    for hook in list(_leaf_hooks.get(leaf, {}).values()):
+    for hook in list(_hooks_of_leaf(leaf).values()):
         result = hook(grad)
         if result is not None:
             grad = _checked_hook_result(result, grad)
@@ -481,7 +543,6 @@ def _checked_hook_result(result, grad: Tensor) -> Tensor:
 # -- the differentiable (create_graph) sweep with Python stops ----------------------------------
 def differentiable_sweep(tape, reached, roots, seeds, outputs) -> dict:
     """``rules.differentiable_sweep`` with custom Functions and hooks."""
-    from .anomaly_mode import is_anomaly_enabled
     from .rules import _vjp
 
     adjoints: dict[int, Tensor] = {}
@@ -495,7 +556,8 @@ def differentiable_sweep(tape, reached, roots, seeds, outputs) -> dict:
         for node, hooks in state.hooks.items():
             if hooks and node < reached.shape[0] and reached[node]:
                 hooked[tape.node_entry(node)] = node
-    e = tape.n_entries - 1
+    top = tape.n_entries  # the entries recorded from here on compute the adjoints
+    e = top - 1
     while e >= 0:
         row = tape.entry_fields(e)
         out = row[E_OUT]
@@ -515,18 +577,19 @@ def differentiable_sweep(tape, reached, roots, seeds, outputs) -> dict:
 
         op = OPS[row[E_OP]]
         inputs = [row[E_IN0 + k] for k in range(op.arity)]
-        for k, contribution in _vjp(tape, op, row, inputs, out, adjoints[out], row[10],
-                                    row[11]):
+        for k, contribution in _vjp(tape, op, row, inputs, out, adjoints[out], row[E_C0],
+                                    row[E_C1]):
             node = inputs[k]
             adjoints[node] = contribution if node not in adjoints else \
                 adjoints[node] + contribution
     for node, leaf in list(tape.leaves.items()):
-        if node in adjoints and leaf in _leaf_hooks:
-            adjoints[node] = _apply_hooks(_leaf_hooks[leaf].values(), adjoints[node])
-    if is_anomaly_enabled():
-        for node, g in adjoints.items():
+        hooks = _hooks_of_leaf(leaf)
+        if node in adjoints and hooks:
+            adjoints[node] = _apply_hooks(hooks.values(), adjoints[node])
+    if is_anomaly_check_nan_enabled():
+        for g in adjoints.values():
             if np.isnan(np.asarray(g.detach()._value())).any():
-                _diagnose_nan(tape, reached, roots, seeds, outputs)
+                _diagnose_nan(tape, reached, roots, seeds, top)
                 break
     return adjoints
 
@@ -604,8 +667,10 @@ def numeric_jvp(tape, entry: int, tangents, active) -> int:
             if node < 0 or t is None or active[node] == SEED:
                 continue
             offset, size, code = tape.node_location(node)
+            if active[node] == INACTIVE:  # first write: the buffers are reused
+                tangents[code][:, offset:offset + size] = 0.0
+                active[node] = ACTIVE
             tangents[code][r, offset:offset + size] += np.asarray(t._value()).reshape(-1)
-            active[node] = ACTIVE
     return after
 
 
@@ -637,13 +702,16 @@ class RemovableHandle:
 
     _next_id = 0
 
-    def __init__(self, hooks: dict) -> None:
-        self._hooks = weakref.ref(hooks) if not isinstance(hooks, dict) else hooks
+    def __init__(self, hooks: dict, forget) -> None:
+        self._hooks = hooks
+        self._forget = forget  # drops the emptied dict: backward takes the fast path again
         self.id = RemovableHandle._next_id
         RemovableHandle._next_id += 1
 
     def remove(self) -> None:
         self._hooks.pop(self.id, None)
+        if not self._hooks:
+            self._forget()
 
     def __enter__(self):
         return self
@@ -669,35 +737,46 @@ def register_hook(tensor: Tensor, hook) -> RemovableHandle:
     if not tensor._requires_grad:
         raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
     if tensor._op < 0:
-        hooks = _leaf_hooks.setdefault(tensor, {})
+        hooks = _add_leaf(tensor)
+        key = id(tensor)
+
+        def forget() -> None:
+            found = _leaf_hooks.get(key)
+            if found is not None and found[1] is hooks:
+                del _leaf_hooks[key]
     else:
         tape = tensor._tape
         if tape is None or tensor._gen != tape.generation or tensor._node < 0:
             raise RuntimeError("cannot register a hook on a tensor whose graph was already "
                                "freed by a backward")
-        hooks = _callbacks(tape, create=True).hooks.setdefault(tensor._node, {})
-    handle = RemovableHandle(hooks)
+        table = _callbacks(tape, create=True).hooks
+        hooks = table.setdefault(tensor._node, {})
+        node = tensor._node
+
+        def forget() -> None:
+            if table.get(node) is hooks:
+                del table[node]
+    handle = RemovableHandle(hooks, forget)
     hooks[handle.id] = hook
     return handle
 
 
 # -- anomaly detection ---------------------------------------------------------------------------
-def _check_nan(tape, adj, ready, reached, roots) -> None:
+def _check_nan(tape, adj, ready, reached, roots, seeds) -> None:
     """After a sweep in anomaly mode: if a gradient holds NaN, find the entry whose
     backward produced it and raise."""
     nodes_ready = np.flatnonzero(ready[:tape.n_nodes])
     for node in nodes_ready:
         offset, size, code = tape.node_location(int(node))
         if np.isnan(adj[code][offset:offset + size]).any():
-            _diagnose_nan(tape, reached, roots, None, None)
+            _diagnose_nan(tape, reached, roots, seeds, tape.n_entries)
             return
 
 
-def _diagnose_nan(tape, reached, roots, seeds, outputs) -> None:
+def _diagnose_nan(tape, reached, roots, seeds, top: int) -> None:
     """Replay the backward entry by entry (NumPy, no recording) to name the first entry whose
     backward turns NaN-free gradients into NaN."""
     from ..ops.registry import OPS
-    from .anomaly_mode import forward_trace
     from .rules import _vjp
 
     adjoints = {}
@@ -709,7 +788,7 @@ def _diagnose_nan(tape, reached, roots, seeds, outputs) -> None:
             seed = F.ones(*tape.shapes[root], dtype=d)
         adjoints[root] = seed.detach()
     with set_grad_enabled(False):
-        e = tape.n_entries - 1
+        e = top - 1
         while e >= 0:
             row = tape.entry_fields(e)
             out = row[E_OUT]
@@ -717,10 +796,7 @@ def _diagnose_nan(tape, reached, roots, seeds, outputs) -> None:
                 recorded = _recorded_at(tape, e)
                 e = recorded.first - 1
                 if reached[recorded.hub] and not recorded.ctx._freed:
-                    before = dict(adjoints)
-                    _symbolic_backward(recorded, adjoints)
-                    _raise_if_new_nan(tape, recorded.last, before, adjoints, recorded.inputs,
-                                      _grad_fn_name(recorded), forward_trace)
+                    _symbolic_backward(recorded, adjoints)  # raises on NaN
                 continue
             e -= 1
             if not reached[out] or out not in adjoints:
@@ -730,38 +806,28 @@ def _diagnose_nan(tape, reached, roots, seeds, outputs) -> None:
                 continue
             op = OPS[row[E_OP]]
             inputs = [row[E_IN0 + k] for k in range(op.arity)]
-            for k, contribution in _vjp(tape, op, row, inputs, out, g, row[10], row[11]):
+            for k, contribution in _vjp(tape, op, row, inputs, out, g, row[E_C0], row[E_C1]):
                 if np.isnan(np.asarray(contribution._value())).any():
-                    _raise_nan(tape, e + 1, op.grad_fn, k, forward_trace)
+                    _raise_nan(tape, e + 1, op.grad_fn, k)
                 node = inputs[k]
                 adjoints[node] = contribution if node not in adjoints else \
                     adjoints[node] + contribution
 
 
-def _raise_if_new_nan(tape, entry, before, after, inputs, name, forward_trace) -> None:
-    for k, node in enumerate(inputs):
-        if node >= 0 and node in after and after[node] is not before.get(node):
-            if np.isnan(np.asarray(after[node]._value())).any():
-                _raise_nan(tape, entry, name, k, forward_trace)
-
-
-def _raise_nan(tape, entry: int, grad_fn: str, index: int, forward_trace) -> None:
+def _raise_nan(tape, entry: int, grad_fn: str, index: int, created_by: str = "") -> None:
     from ..ops.registry import OPS
+    from .anomaly_mode import forward_trace
 
     fields = tape.entry_fields(entry)
-    op = OPS[fields[E_OP]]
-    shapes = [list(tape.shapes[fields[E_IN0 + k]]) for k in range(3)
-              if fields[E_IN0 + k] >= 0]
+    if not created_by:
+        op = OPS[fields[E_OP]]
+        shapes = [list(tape.shapes[fields[E_IN0 + k]]) for k in range(3)
+                  if fields[E_IN0 + k] >= 0]
+        created_by = (f"the forward op '{op.name}' (tape entry {entry}, inputs of shapes "
+                      f"{shapes}, output of shape {list(tape.shapes[fields[E_OUT]])})")
     message = (f"Function '{grad_fn}' returned nan values in its {index}th output. It was "
-               f"created by the forward op '{op.name}' (tape entry {entry}, inputs of shapes "
-               f"{shapes}, output of shape {list(tape.shapes[fields[E_OUT]])}).")
+               f"created by {created_by}.")
     trace = forward_trace(tape, entry)
     if trace:
         message += "\nTraceback of the forward call that created it:\n" + trace
-    else:
-        message += (" Enable anomaly detection before running the forward to see where "
-                    "the op was called.")
     raise RuntimeError(message)
-
-
-_ = (E_META, N_OFFSET, N_SIZE)

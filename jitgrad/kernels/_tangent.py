@@ -5,22 +5,42 @@ the op registry (jitgrad/ops). Do not edit: change the declaration and regenerat
 # fmt: off
 import numpy as np
 
-from .expressions import cos, exp, in_range, log, matmul, mT, positive, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import (  # noqa: F401
+    cos,
+    exp,
+    in_range,
+    log,
+    matmul,
+    mT,
+    positive,
+    power,
+    sign,
+    sin,
+    sqrt,
+    tanh,
+    where,
+)
 from .jit import kernel
 
 
-
 @kernel
-def tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """NegBackward0: ty = (-1.0) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            total = 0.0
             if a0:
-                p = -1.0
-                t[oy + i] += p * t[o0 + i]
+                total += (-1.0) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             p = -1.0
@@ -29,17 +49,25 @@ def tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_exp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_exp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """ExpBackward0: ty = (y) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = y
-                t[oy + i] += p * t[o0 + i]
+                total += (y) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -49,17 +77,25 @@ def tangent_exp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_log(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_log(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """LogBackward0: ty = (1.0 / x) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = 1.0 / x
-                t[oy + i] += p * t[o0 + i]
+                total += (1.0 / x) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -69,17 +105,25 @@ def tangent_log(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_sqrt(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_sqrt(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """SqrtBackward0: ty = (0.5 / y) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = 0.5 / y
-                t[oy + i] += p * t[o0 + i]
+                total += (0.5 / y) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -89,17 +133,25 @@ def tangent_sqrt(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_sin(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_sin(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """SinBackward0: ty = (cos(x)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = cos(x)
-                t[oy + i] += p * t[o0 + i]
+                total += (cos(x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -109,17 +161,25 @@ def tangent_sin(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_cos(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_cos(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """CosBackward0: ty = (-sin(x)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = -sin(x)
-                t[oy + i] += p * t[o0 + i]
+                total += (-sin(x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -129,17 +189,25 @@ def tangent_cos(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_tan(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_tan(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """TanBackward0: ty = (1.0 + y * y) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = 1.0 + y * y
-                t[oy + i] += p * t[o0 + i]
+                total += (1.0 + y * y) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -149,17 +217,25 @@ def tangent_tan(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_tanh(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_tanh(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """TanhBackward0: ty = (1.0 - y * y) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = 1.0 - y * y
-                t[oy + i] += p * t[o0 + i]
+                total += (1.0 - y * y) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -169,17 +245,25 @@ def tangent_tanh(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_sigmoid(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_sigmoid(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """SigmoidBackward0: ty = (y * (1.0 - y)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = y * (1.0 - y)
-                t[oy + i] += p * t[o0 + i]
+                total += (y * (1.0 - y)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -189,17 +273,25 @@ def tangent_sigmoid(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_relu(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_relu(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """ReluBackward0: ty = (positive(x)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = positive(x)
-                t[oy + i] += p * t[o0 + i]
+                total += (positive(x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -209,17 +301,25 @@ def tangent_relu(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_abs(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_abs(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """AbsBackward0: ty = (sign(x)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = sign(x)
-                t[oy + i] += p * t[o0 + i]
+                total += (sign(x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -229,17 +329,25 @@ def tangent_abs(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_log1p(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_log1p(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """Log1PBackward0: ty = (1.0 / (1.0 + x)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = 1.0 / (1.0 + x)
-                t[oy + i] += p * t[o0 + i]
+                total += (1.0 / (1.0 + x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -249,17 +357,25 @@ def tangent_log1p(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_expm1(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_expm1(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """Expm1Backward0: ty = (y + 1.0) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = y + 1.0
-                t[oy + i] += p * t[o0 + i]
+                total += (y + 1.0) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -269,17 +385,25 @@ def tangent_expm1(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_reciprocal(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_reciprocal(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """ReciprocalBackward0: ty = (-(y * y)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = -(y * y)
-                t[oy + i] += p * t[o0 + i]
+                total += (-(y * y)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -289,16 +413,23 @@ def tangent_reciprocal(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, m
 
 
 @kernel
-def tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """CloneBackward0: ty = (1.0) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            total = 0.0
             if a0:
-                p = 1.0
-                t[oy + i] += p * t[o0 + i]
+                total += (1.0) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             p = 1.0
@@ -307,17 +438,25 @@ def tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_clamp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_clamp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """ClampBackward1: ty = (in_range(x, c0, c1)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = in_range(x, c0, c1)
-                t[oy + i] += p * t[o0 + i]
+                total += (in_range(x, c0, c1)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
@@ -327,16 +466,23 @@ def tangent_clamp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_mul_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_mul_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """MulBackward0: ty = (c0) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            total = 0.0
             if a0:
-                p = c0
-                t[oy + i] += p * t[o0 + i]
+                total += (c0) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             p = c0
@@ -345,16 +491,23 @@ def tangent_mul_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, m
 
 
 @kernel
-def tangent_div_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_div_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """DivBackward0: ty = (1.0 / c0) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            total = 0.0
             if a0:
-                p = 1.0 / c0
-                t[oy + i] += p * t[o0 + i]
+                total += (1.0 / c0) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             p = 1.0 / c0
@@ -363,37 +516,53 @@ def tangent_div_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, m
 
 
 @kernel
-def tangent_pow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
-    """PowBackward0: ty = (where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))) * t_x"""
+def tangent_pow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """PowBackward0: ty = (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            x = x_[i]
+            total = 0.0
             if a0:
-                x = vals[o0 + i]
-                p = where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))
-                t[oy + i] += p * t[o0 + i]
+                total += (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             x = vals[o0 + i]
-            p = where(c0 == 0.0, 0.0, c0 * x ** (c0 - 1.0))
+            p = where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))
             for r in range(k):
                 tan[r, oy + i] += p * tan[r, o0 + i]
 
 
 @kernel
-def tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """PowBackward2: ty = (y * log(c0)) * t_x"""
     k = tan.shape[0]
     if k == 1:
-        t = tan[0]
+        ty = tan[0, oy:oy + n]
+        y_ = vals[oy:oy + n]
+        t0 = tan[0, o0:o0 + n]
         for i in range(n):
+            y = y_[i]
+            total = 0.0
             if a0:
-                y = vals[oy + i]
-                p = y * log(c0)
-                t[oy + i] += p * t[o0 + i]
+                total += (y * log(c0)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
         return
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             y = vals[oy + i]
@@ -403,20 +572,27 @@ def tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, 
 
 
 @kernel
-def tangent_add(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_add(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """AddBackward0: ty = (1.0) * t_a + (1.0) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                total = 0.0
                 if a0:
-                    p = 1.0
-                    t[oy + i] += p * t[o0 + i]
+                    total += (1.0) * t0[i]
                 if a1:
-                    p = 1.0
-                    t[oy + i] += p * t[o1 + i]
+                    total += (1.0) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 p = 1.0
@@ -433,6 +609,8 @@ def tangent_add(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             p = 1.0
@@ -456,20 +634,27 @@ def tangent_add(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_sub(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_sub(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """SubBackward0: ty = (1.0) * t_a + (-1.0) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                total = 0.0
                 if a0:
-                    p = 1.0
-                    t[oy + i] += p * t[o0 + i]
+                    total += (1.0) * t0[i]
                 if a1:
-                    p = -1.0
-                    t[oy + i] += p * t[o1 + i]
+                    total += (-1.0) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 p = 1.0
@@ -486,6 +671,8 @@ def tangent_sub(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             p = 1.0
@@ -509,22 +696,31 @@ def tangent_sub(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_mul(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_mul(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """MulBackward0: ty = (b) * t_a + (a) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
                 if a0:
-                    b = vals[o1 + i]
-                    p = b
-                    t[oy + i] += p * t[o0 + i]
+                    total += (b) * t0[i]
                 if a1:
-                    a = vals[o0 + i]
-                    p = a
-                    t[oy + i] += p * t[o1 + i]
+                    total += (a) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 b = vals[o1 + i]
@@ -543,6 +739,8 @@ def tangent_mul(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             b = vals[o1 + p1]
@@ -568,23 +766,31 @@ def tangent_mul(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_div(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_div(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """DivBackward0: ty = (1.0 / b) * t_a + (-a / (b * b)) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
                 if a0:
-                    b = vals[o1 + i]
-                    p = 1.0 / b
-                    t[oy + i] += p * t[o0 + i]
+                    total += (1.0 / b) * t0[i]
                 if a1:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    p = -a / (b * b)
-                    t[oy + i] += p * t[o1 + i]
+                    total += (-a / (b * b)) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 b = vals[o1 + i]
@@ -604,6 +810,8 @@ def tangent_div(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             b = vals[o1 + p1]
@@ -630,25 +838,34 @@ def tangent_div(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_pow(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
-    """PowBackward1: ty = (where(b == 0.0, 0.0, b * a ** (b - 1.0))) * t_a + (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))) * t_b"""
+def tangent_pow(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """PowBackward1: ty = (where(b == 0.0, 0.0, b * a ** (b - 1.0))) * t_a + (where((a == 0.0) & (b
+    >= 0.0), 0.0, y * log(a))) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            y_ = vals[oy:oy + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                y = y_[i]
+                total = 0.0
                 if a0:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    p = where(b == 0.0, 0.0, b * a ** (b - 1.0))
-                    t[oy + i] += p * t[o0 + i]
+                    total += (where(b == 0.0, 0.0, b * a ** (b - 1.0))) * t0[i]
                 if a1:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    y = vals[oy + i]
-                    p = where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))
-                    t[oy + i] += p * t[o1 + i]
+                    total += (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 a = vals[o0 + i]
@@ -670,6 +887,8 @@ def tangent_pow(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             a = vals[o0 + p0]
@@ -698,24 +917,31 @@ def tangent_pow(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_maximum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_maximum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """MaximumBackward0: ty = ((a > b) + 0.5 * (a == b)) * t_a + ((b > a) + 0.5 * (a == b)) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
                 if a0:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    p = (a > b) + 0.5 * (a == b)
-                    t[oy + i] += p * t[o0 + i]
+                    total += ((a > b) + 0.5 * (a == b)) * t0[i]
                 if a1:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    p = (b > a) + 0.5 * (a == b)
-                    t[oy + i] += p * t[o1 + i]
+                    total += ((b > a) + 0.5 * (a == b)) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 a = vals[o0 + i]
@@ -736,6 +962,8 @@ def tangent_maximum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             a = vals[o0 + p0]
@@ -763,24 +991,31 @@ def tangent_maximum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_minimum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_minimum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """MinimumBackward0: ty = ((a < b) + 0.5 * (a == b)) * t_a + ((b < a) + 0.5 * (a == b)) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
                 if a0:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    p = (a < b) + 0.5 * (a == b)
-                    t[oy + i] += p * t[o0 + i]
+                    total += ((a < b) + 0.5 * (a == b)) * t0[i]
                 if a1:
-                    a = vals[o0 + i]
-                    b = vals[o1 + i]
-                    p = (b < a) + 0.5 * (a == b)
-                    t[oy + i] += p * t[o1 + i]
+                    total += ((b < a) + 0.5 * (a == b)) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 a = vals[o0 + i]
@@ -801,6 +1036,8 @@ def tangent_minimum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             a = vals[o0 + p0]
@@ -828,22 +1065,29 @@ def tangent_minimum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 
 @kernel
-def tangent_where(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_where(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """WhereBackward0: ty = (cond) * t_a + (1.0 - cond) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
-            t = tan[0]
+            ty = tan[0, oy:oy + n]
+            cond_ = vals[o2:o2 + n]
+            t0 = tan[0, o0:o0 + n]
+            t1 = tan[0, o1:o1 + n]
             for i in range(n):
+                cond = cond_[i]
+                total = 0.0
                 if a0:
-                    cond = vals[o2 + i]
-                    p = cond
-                    t[oy + i] += p * t[o0 + i]
+                    total += (cond) * t0[i]
                 if a1:
-                    cond = vals[o2 + i]
-                    p = 1.0 - cond
-                    t[oy + i] += p * t[o1 + i]
+                    total += (1.0 - cond) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
             return
+        if fresh:
+            tan[:, oy:oy + n] = 0.0
         for i in range(n):
             if a0:
                 cond = vals[o2 + i]
@@ -863,6 +1107,8 @@ def tangent_where(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
     s2 = meta[mo + 2 + 3 * ndim:mo + 2 + 4 * ndim]
     index = np.zeros(ndim, np.int64)
     p0 = p1 = p2 = 0
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
     for i in range(n):
         if a0:
             cond = vals[o2 + p2]
@@ -891,7 +1137,8 @@ def tangent_where(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
 
 @kernel
 def tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo):
-    """DotBackward0: ty = matmul(t, b) with t = ta, + matmul(a, t) with t = tb, per batch (the transposes of the declared vjps)"""
+    """DotBackward0: ty = matmul(t, b) with t = ta, + matmul(a, t) with t = tb, per batch (the
+    transposes of the declared vjps)"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
     rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
     all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
@@ -917,17 +1164,15 @@ def tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo):
 @kernel
 def tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo):
     """SumBackward0: ty = sum over the reduced dims of (1.0) * tx"""
-    n = c0  # elements reduced into each output
     k = tan.shape[0]
     ndim = meta[mo]
     if ndim == 0:  # reduced to a single value
-        py = 0
         if k == 1:
-            t = tan[0]
+            tx = tan[0, ox:ox + nx]
             total = 0.0
             for i in range(nx):
-                total += (1.0) * t[ox + i]
-            t[oy] += total
+                total += (1.0) * tx[i]
+            tan[0, oy] += total
             return
         for i in range(nx):
             p = 1.0
@@ -960,13 +1205,12 @@ def tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo):
     k = tan.shape[0]
     ndim = meta[mo]
     if ndim == 0:  # reduced to a single value
-        py = 0
         if k == 1:
-            t = tan[0]
+            tx = tan[0, ox:ox + nx]
             total = 0.0
             for i in range(nx):
-                total += (1.0 / n) * t[ox + i]
-            t[oy] += total
+                total += (1.0 / n) * tx[i]
+            tan[0, oy] += total
             return
         for i in range(nx):
             p = 1.0 / n
@@ -995,23 +1239,22 @@ def tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo):
 @kernel
 def tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo):
     """ProdBackward0: ty = sum over the reduced dims of (y / x) * tx"""
-    n = c0  # elements reduced into each output
     k = tan.shape[0]
     ndim = meta[mo]
     if ndim == 0:  # reduced to a single value
-        py = 0
         if k == 1:
-            t = tan[0]
+            tx = tan[0, ox:ox + nx]
+            xs = vals[ox:ox + nx]
+            y = vals[oy]
             total = 0.0
             for i in range(nx):
-                x = vals[ox + i]
-                y = vals[oy + py]
-                total += (y / x) * t[ox + i]
-            t[oy] += total
+                x = xs[i]
+                total += (y / x) * tx[i]
+            tan[0, oy] += total
             return
+        y = vals[oy]
         for i in range(nx):
             x = vals[ox + i]
-            y = vals[oy + py]
             p = y / x
             for r in range(k):
                 tan[r, oy] += p * tan[r, ox + i]
@@ -1040,23 +1283,22 @@ def tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo):
 @kernel
 def tangent_logsumexp(vals, tan, ox, oy, nx, c0, meta, mo):
     """LogsumexpBackward0: ty = sum over the reduced dims of (exp(x - y)) * tx"""
-    n = c0  # elements reduced into each output
     k = tan.shape[0]
     ndim = meta[mo]
     if ndim == 0:  # reduced to a single value
-        py = 0
         if k == 1:
-            t = tan[0]
+            tx = tan[0, ox:ox + nx]
+            xs = vals[ox:ox + nx]
+            y = vals[oy]
             total = 0.0
             for i in range(nx):
-                x = vals[ox + i]
-                y = vals[oy + py]
-                total += (exp(x - y)) * t[ox + i]
-            t[oy] += total
+                x = xs[i]
+                total += (exp(x - y)) * tx[i]
+            tan[0, oy] += total
             return
+        y = vals[oy]
         for i in range(nx):
             x = vals[ox + i]
-            y = vals[oy + py]
             p = exp(x - y)
             for r in range(k):
                 tan[r, oy] += p * tan[r, ox + i]
@@ -1084,24 +1326,24 @@ def tangent_logsumexp(vals, tan, ox, oy, nx, c0, meta, mo):
 
 @kernel
 def tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo):
-    """LinalgVectorNormBackward0: ty = sum over the reduced dims of (where(y == 0.0, 0.0, x / y)) * tx"""
-    n = c0  # elements reduced into each output
+    """LinalgVectorNormBackward0: ty = sum over the reduced dims of (where(y == 0.0, 0.0, x / y)) *
+    tx"""
     k = tan.shape[0]
     ndim = meta[mo]
     if ndim == 0:  # reduced to a single value
-        py = 0
         if k == 1:
-            t = tan[0]
+            tx = tan[0, ox:ox + nx]
+            xs = vals[ox:ox + nx]
+            y = vals[oy]
             total = 0.0
             for i in range(nx):
-                x = vals[ox + i]
-                y = vals[oy + py]
-                total += (where(y == 0.0, 0.0, x / y)) * t[ox + i]
-            t[oy] += total
+                x = xs[i]
+                total += (where(y == 0.0, 0.0, x / y)) * tx[i]
+            tan[0, oy] += total
             return
+        y = vals[oy]
         for i in range(nx):
             x = vals[ox + i]
-            y = vals[oy + py]
             p = where(y == 0.0, 0.0, x / y)
             for r in range(k):
                 tan[r, oy] += p * tan[r, ox + i]
@@ -1128,69 +1370,69 @@ def tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo):
 
 
 @kernel
-def tangent_elementwise(code, vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo):
+def tangent_elementwise(code, vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     if code == 0:  # neg
-        tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 1:  # exp
-        tangent_exp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_exp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 2:  # log
-        tangent_log(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_log(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 3:  # sqrt
-        tangent_sqrt(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_sqrt(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 4:  # sin
-        tangent_sin(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_sin(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 5:  # cos
-        tangent_cos(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_cos(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 6:  # tan
-        tangent_tan(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_tan(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 7:  # tanh
-        tangent_tanh(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_tanh(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 8:  # sigmoid
-        tangent_sigmoid(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_sigmoid(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 9:  # relu
-        tangent_relu(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_relu(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 10:  # abs
-        tangent_abs(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_abs(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 11:  # log1p
-        tangent_log1p(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_log1p(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 12:  # expm1
-        tangent_expm1(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_expm1(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 13:  # reciprocal
-        tangent_reciprocal(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_reciprocal(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 14:  # clone
-        tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 15:  # clamp
-        tangent_clamp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_clamp(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 16:  # add_scalar
-        tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 17:  # sub_scalar
-        tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_clone(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 18:  # rsub_scalar
-        tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_neg(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 19:  # mul_scalar
-        tangent_mul_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_mul_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 20:  # div_scalar
-        tangent_div_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_div_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 21:  # pow_scalar
-        tangent_pow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_pow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 22:  # rpow_scalar
-        tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 23:  # add
-        tangent_add(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_add(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 24:  # sub
-        tangent_sub(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_sub(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 25:  # mul
-        tangent_mul(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_mul(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 26:  # div
-        tangent_div(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_div(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 27:  # pow
-        tangent_pow(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_pow(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 28:  # maximum
-        tangent_maximum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_maximum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 29:  # minimum
-        tangent_minimum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_minimum(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 30:  # where
-        tangent_where(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo)
+        tangent_where(vals, tan, o0, o1, o2, oy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
 
 
 @kernel

@@ -5,7 +5,13 @@ Tangent buffers are laid out like the value arenas (same offsets) with one row p
 entry's step adds its contribution into its output's tangent: the generated steps of
 ``_tangent.py`` for elementwise ops, reductions and matrix products, and the op's own linear
 map for the linear kinds (the same strided/indexed helpers the reverse sweep uses as their
-transposes). Rows of the output tangents must be zero before the sweep.
+transposes). The buffers may hold garbage (they are reused from sweep to sweep): a node's
+tangent is zeroed when the sweep first writes it.
+
+``reuse`` (one int per entry, or empty) names a node already holding a unary op's partial
+derivative, e.g. ``cos(x)`` for ``sin(x)`` when the tape also computed ``cos(x)`` (as the
+reverse sweep recorded with ``create_graph`` does): node ``q >> 1``, negated when ``q & 1``.
+The step then multiplies by that value instead of evaluating the transcendental again.
 
 ``active`` (one byte per node) says which tangents may be non-zero: ``ACTIVE`` is propagated
 from inputs to outputs, so entries that no seed reaches cost nothing; a ``SEED`` node keeps
@@ -13,12 +19,32 @@ the tangent it was given and the entries writing it are skipped (a dual made fro
 computed on the tape). The sweep stops at a custom Function's entry (kind ``PYTHON``) and
 returns its index: the caller runs the Function's ``jvp`` and resumes after it.
 """
-from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, PYTHON, REDUCE, RESTRIDE
-from ..ops.registry import SCATTER
+from ..ops.registry import (
+    CAST,
+    ELEMENTWISE,
+    GATHER,
+    MATMUL,
+    PLACE,
+    PYTHON,
+    REDUCE,
+    RESTRIDE,
+    SCATTER,
+)
 from ._tangent import tangent_elementwise, tangent_matmul, tangent_reduce
 from .jit import kernel
 from .layout import (
-    DTYPE_F32, E_C0, E_C1, E_IN0, E_IN1, E_IN2, E_META, E_OP, E_OUT, N_DTYPE, N_OFFSET, N_SIZE,
+    DTYPE_F32,
+    E_C0,
+    E_C1,
+    E_IN0,
+    E_IN1,
+    E_IN2,
+    E_META,
+    E_OP,
+    E_OUT,
+    N_DTYPE,
+    N_OFFSET,
+    N_SIZE,
 )
 from .sweep import indexed_add, strided_add
 
@@ -28,7 +54,7 @@ SEED = 2
 
 
 @kernel
-def _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, a0, a1, a2):
+def _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, a0, a1, a2, fresh):
     out = entries[e, E_OUT]
     in0 = entries[e, E_IN0]
     in1 = entries[e, E_IN1]
@@ -40,8 +66,11 @@ def _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, a0, a
     o2 = nodes[in2, N_OFFSET] if in2 >= 0 else 0
     if kind == ELEMENTWISE:
         tangent_elementwise(code, vals, tan, o0, o1, o2, oy, nodes[out, N_SIZE], a0, a1, a2,
-                            consts[e, E_C0], consts[e, E_C1], meta, mo)
-    elif kind == REDUCE:
+                            consts[e, E_C0], consts[e, E_C1], meta, mo, fresh)
+        return
+    if fresh:  # the first write: clear what an earlier sweep left
+        tan[:, oy:oy + nodes[out, N_SIZE]] = 0.0
+    if kind == REDUCE:
         tangent_reduce(code, vals, tan, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo)
     elif kind == MATMUL:
         tangent_matmul(code, vals, tan, o0, o1, oy, a0, a1, meta, mo)
@@ -60,8 +89,26 @@ def _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, a0, a
 
 
 @kernel
+def _scaled_by_node(vals, tan, oq, ox, oy, n, sign, fresh):
+    """ty += sign * vals[q] * tx: a unary step whose partial is the value of node q."""
+    if fresh:
+        tan[:, oy:oy + n] = 0.0
+    if tan.shape[0] == 1:
+        ty = tan[0, oy:oy + n]  # separate views: the loop vectorizes
+        tx = tan[0, ox:ox + n]
+        q = vals[oq:oq + n]
+        for i in range(n):
+            ty[i] += sign * q[i] * tx[i]
+        return
+    for i in range(n):
+        p = sign * vals[oq + i]
+        for r in range(tan.shape[0]):
+            tan[r, oy + i] += p * tan[r, ox + i]
+
+
+@kernel
 def tangent_sweep(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, start, stop,
-                  kinds, active):
+                  kinds, active, reuse):
     """Push tangents through entries ``[start, stop)``, first to last. Returns ``stop``, or
     the index of the first custom-Function entry met (nothing after it was touched)."""
     for e in range(start, stop):
@@ -80,11 +127,17 @@ def tangent_sweep(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, st
         a2 = in2 >= 0 and active[in2] != INACTIVE
         if not (a0 or a1 or a2):
             continue
+        fresh = active[out] == INACTIVE  # its first write: the slot holds garbage
         active[out] = ACTIVE
         if kind == CAST:
             o_in = nodes[in0, N_OFFSET]
             o_out = nodes[out, N_OFFSET]
             size = nodes[out, N_SIZE]
+            if fresh:
+                if nodes[out, N_DTYPE] == DTYPE_F32:
+                    tan32[:, o_out:o_out + size] = 0.0
+                else:
+                    tan64[:, o_out:o_out + size] = 0.0
             for r in range(tan64.shape[0]):
                 if nodes[in0, N_DTYPE] == DTYPE_F32:
                     for i in range(size):
@@ -92,10 +145,19 @@ def tangent_sweep(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, st
                 else:
                     for i in range(size):
                         tan32[r, o_out + i] += tan64[r, o_in + i]
+        elif e < reuse.shape[0] and reuse[e] >= 0:
+            oq = nodes[reuse[e] >> 1, N_OFFSET]
+            sign = -1.0 if reuse[e] & 1 else 1.0
+            o_in = nodes[in0, N_OFFSET]
+            o_out = nodes[out, N_OFFSET]
+            if nodes[out, N_DTYPE] == DTYPE_F32:
+                _scaled_by_node(vals32, tan32, oq, o_in, o_out, nodes[out, N_SIZE], sign, fresh)
+            else:
+                _scaled_by_node(vals64, tan64, oq, o_in, o_out, nodes[out, N_SIZE], sign, fresh)
         elif nodes[out, N_DTYPE] == DTYPE_F32:
             _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals32, tan32,
-                           a0, a1, a2)
+                           a0, a1, a2, fresh)
         else:
             _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals64, tan64,
-                           a0, a1, a2)
+                           a0, a1, a2, fresh)
     return stop
