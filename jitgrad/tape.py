@@ -31,6 +31,7 @@ from .kernels.layout import (
 _ARENA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INITIAL_ARENA = 1 << 12
 _CHECK_EVERY = 1 << 14  # entries between liveness checks
+_CHECK_VALUES = 1 << 24  # arena elements between liveness checks
 # a tape whose entries are all freed restarts once it is this large (entries, values)
 _RESTART_ENTRIES = 1 << 12
 _RESTART_VALUES = 1 << 15
@@ -64,6 +65,7 @@ class Tape:
         self.restart_ready = False  # a sweep found no live tensor on a pending entry
         self.maybe_restart = False  # a sweep freed entries: check liveness before recording
         self.next_check = _CHECK_EVERY
+        self.next_check_values = _CHECK_VALUES
 
     # -- values -------------------------------------------------------------------------
     def alloc(self, dtype_code: int, size: int) -> int:
@@ -248,12 +250,14 @@ class Tape:
         refers to a pending entry."""
         if self.restart_ready:
             self._restart()
-        elif (self.maybe_restart or self.n_entries >= self.next_check) and self.n_entries:
+        elif (self.maybe_restart or self.n_entries >= self.next_check
+              or self.used[0] + self.used[1] >= self.next_check_values) and self.n_entries:
             self.maybe_restart = False
             if self._count_pending_alive() == 0:
                 self._restart()
             else:
                 self.next_check = 2 * self.n_entries
+                self.next_check_values = 2 * (self.used[0] + self.used[1])
 
     def after_backward(self, pending: int) -> None:
         """A backward without retain_graph freed its graph; ``pending``: live tensors still
@@ -286,6 +290,7 @@ class Tape:
         self.shapes = []
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
+        self.next_check_values = _CHECK_VALUES
         self.leaves.clear()
         self.retained.clear()
         for code in (DTYPE_F32, DTYPE_F64):

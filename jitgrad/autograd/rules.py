@@ -37,6 +37,10 @@ def _in_range(x: Tensor, low: float, high: float) -> Tensor:
     return _constant((v >= low) & (v <= high), x)
 
 
+def _power(x, exponent):
+    return x if exponent == 1.0 else F.pow(x, exponent)
+
+
 def _log(v):
     return float(np.log(v)) if isinstance(v, float) else F.log(v)
 
@@ -44,7 +48,7 @@ def _log(v):
 NAMESPACE = {
     "exp": F.exp, "log": _log, "sqrt": F.sqrt, "sin": F.sin, "cos": F.cos, "tanh": F.tanh,
     "sign": lambda x: F.sign(x.detach()), "positive": _positive, "in_range": _in_range,
-    "where": _where, "power": F.pow, "matmul": F.matmul, "mT": lambda m: F.transpose(m, -2, -1),
+    "where": _where, "power": _power, "matmul": F.matmul, "mT": lambda m: F.transpose(m, -2, -1),
 }
 _COMPILED = {}
 

@@ -11,209 +11,248 @@ from .expressions import cos, exp, in_range, log, matmul, mT, positive, power, s
 @kernel
 def reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """NegBackward0: d/d(x) = -1.0"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            adj[o0 + i] += g * (-1.0)
+    g_ = adj[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            adj0[i] += g_[i] * (-1.0)
 
 
 @kernel
 def reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ExpBackward0: d/d(x) = y"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (y)
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (y)
 
 
 @kernel
 def reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """LogBackward0: d/d(x) = 1.0 / x"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (1.0 / x)
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (1.0 / x)
 
 
 @kernel
 def reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SqrtBackward0: d/d(x) = 0.5 / y"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (0.5 / y)
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (0.5 / y)
 
 
 @kernel
 def reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SinBackward0: d/d(x) = cos(x)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (cos(x))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (cos(x))
 
 
 @kernel
 def reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """CosBackward0: d/d(x) = -sin(x)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (-sin(x))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (-sin(x))
 
 
 @kernel
 def reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """TanBackward0: d/d(x) = 1.0 + y * y"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (1.0 + y * y)
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (1.0 + y * y)
 
 
 @kernel
 def reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """TanhBackward0: d/d(x) = 1.0 - y * y"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (1.0 - y * y)
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (1.0 - y * y)
 
 
 @kernel
 def reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SigmoidBackward0: d/d(x) = y * (1.0 - y)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (y * (1.0 - y))
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (y * (1.0 - y))
 
 
 @kernel
 def reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ReluBackward0: d/d(x) = positive(x)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (positive(x))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (positive(x))
 
 
 @kernel
 def reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """AbsBackward0: d/d(x) = sign(x)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (sign(x))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (sign(x))
 
 
 @kernel
 def reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """Log1PBackward0: d/d(x) = 1.0 / (1.0 + x)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (1.0 / (1.0 + x))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (1.0 / (1.0 + x))
 
 
 @kernel
 def reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """Expm1Backward0: d/d(x) = y + 1.0"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (y + 1.0)
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (y + 1.0)
 
 
 @kernel
 def reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ReciprocalBackward0: d/d(x) = -(y * y)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (-(y * y))
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (-(y * y))
 
 
 @kernel
 def reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """CloneBackward0: d/d(x) = 1.0"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            adj[o0 + i] += g * (1.0)
+    g_ = adj[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            adj0[i] += g_[i] * (1.0)
 
 
 @kernel
 def reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """ClampBackward1: d/d(x) = in_range(x, c0, c1)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (in_range(x, c0, c1))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (in_range(x, c0, c1))
 
 
 @kernel
 def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(x) = c0"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            adj[o0 + i] += g * (c0)
+    g_ = adj[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            adj0[i] += g_[i] * (c0)
 
 
 @kernel
 def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """DivBackward0: d/d(x) = 1.0 / c0"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            adj[o0 + i] += g * (1.0 / c0)
+    g_ = adj[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            adj0[i] += g_[i] * (1.0 / c0)
 
 
 @kernel
 def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward0: d/d(x) = where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            x = vals[o0 + i]
-            adj[o0 + i] += g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
+    g_ = adj[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            x = x_[i]
+            adj0[i] += g_[i] * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
 
 
 @kernel
 def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward2: d/d(x) = y * log(c0)"""
-    for i in range(n):
-        g = adj[oy + i]
-        if w0:
-            y = vals[oy + i]
-            adj[o0 + i] += g * (y * log(c0))
+    g_ = adj[oy:oy + n]
+    y_ = vals[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        for i in range(n):
+            y = y_[i]
+            adj0[i] += g_[i] * (y * log(c0))
 
 
 @kernel
 def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """AddBackward0: d/d(a, b) = 1.0, 1.0"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                adj[o0 + i] += g * (1.0)
-            if w1:
-                adj[o1 + i] += g * (1.0)
+        g_ = adj[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                adj0[i] += g_[i] * (1.0)
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                adj1[i] += g_[i] * (1.0)
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -244,12 +283,15 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """SubBackward0: d/d(a, b) = 1.0, -1.0"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                adj[o0 + i] += g * (1.0)
-            if w1:
-                adj[o1 + i] += g * (-1.0)
+        g_ = adj[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                adj0[i] += g_[i] * (1.0)
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                adj1[i] += g_[i] * (-1.0)
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -280,14 +322,19 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(a, b) = b, a"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                b = vals[o1 + i]
-                adj[o0 + i] += g * (b)
-            if w1:
-                a = vals[o0 + i]
-                adj[o1 + i] += g * (a)
+        g_ = adj[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                b = b_[i]
+                adj0[i] += g_[i] * (b)
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                a = a_[i]
+                adj1[i] += g_[i] * (a)
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -320,15 +367,20 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """DivBackward0: d/d(a, b) = 1.0 / b, -a / (b * b)"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                b = vals[o1 + i]
-                adj[o0 + i] += g * (1.0 / b)
-            if w1:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                adj[o1 + i] += g * (-a / (b * b))
+        g_ = adj[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                b = b_[i]
+                adj0[i] += g_[i] * (1.0 / b)
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                adj1[i] += g_[i] * (-a / (b * b))
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -362,17 +414,23 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward1: d/d(a, b) = where(b == 0.0, 0.0, b * a ** (b - 1.0)), where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                adj[o0 + i] += g * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
-            if w1:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                y = vals[oy + i]
-                adj[o1 + i] += g * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
+        g_ = adj[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        y_ = vals[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                adj0[i] += g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                y = y_[i]
+                adj1[i] += g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -408,16 +466,21 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MaximumBackward0: d/d(a, b) = (a > b) + 0.5 * (a == b), (b > a) + 0.5 * (a == b)"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                adj[o0 + i] += g * ((a > b) + 0.5 * (a == b))
-            if w1:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                adj[o1 + i] += g * ((b > a) + 0.5 * (a == b))
+        g_ = adj[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                adj0[i] += g_[i] * ((a > b) + 0.5 * (a == b))
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                adj1[i] += g_[i] * ((b > a) + 0.5 * (a == b))
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -452,16 +515,21 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """MinimumBackward0: d/d(a, b) = (a < b) + 0.5 * (a == b), (b < a) + 0.5 * (a == b)"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                adj[o0 + i] += g * ((a < b) + 0.5 * (a == b))
-            if w1:
-                a = vals[o0 + i]
-                b = vals[o1 + i]
-                adj[o1 + i] += g * ((b < a) + 0.5 * (a == b))
+        g_ = adj[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                adj0[i] += g_[i] * ((a < b) + 0.5 * (a == b))
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                adj1[i] += g_[i] * ((b < a) + 0.5 * (a == b))
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]
@@ -496,14 +564,18 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/d(a, b, cond) = cond, 1.0 - cond, None"""
     if meta[mo] == 0:  # operands have the output's shape
-        for i in range(n):
-            g = adj[oy + i]
-            if w0:
-                cond = vals[o2 + i]
-                adj[o0 + i] += g * (cond)
-            if w1:
-                cond = vals[o2 + i]
-                adj[o1 + i] += g * (1.0 - cond)
+        g_ = adj[oy:oy + n]
+        cond_ = vals[o2:o2 + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            for i in range(n):
+                cond = cond_[i]
+                adj0[i] += g_[i] * (cond)
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            for i in range(n):
+                cond = cond_[i]
+                adj1[i] += g_[i] * (1.0 - cond)
         return
     ndim = meta[mo + 1]
     shape = meta[mo + 2:mo + 2 + ndim]

@@ -37,6 +37,34 @@ def _function_name(op) -> str:
     raise AssertionError(op.name)
 
 
+def _contiguous(op, indent: str) -> list[str]:
+    """Operands with the output's shape: one loop per input that wants a gradient, over
+    views of its own (indexing one buffer at several offsets would keep LLVM from
+    vectorizing; separate loops also keep x * x, where both inputs are one node, right)."""
+    used_by_any = set()
+    for partial in op.partials:
+        if partial is not None:
+            used_by_any |= _names_in(partial)
+    out = [f"{indent}g_ = adj[oy:oy + n]"]
+    for j, name in enumerate(op.inputs):
+        if name in used_by_any:
+            out.append(f"{indent}{name}_ = vals[o{j}:o{j} + n]")
+    if "y" in used_by_any:
+        out.append(f"{indent}y_ = vals[oy:oy + n]")
+    for k, partial in enumerate(op.partials):
+        if partial is None:
+            continue
+        used = _names_in(partial)
+        out.append(f"{indent}if w{k}:")
+        out.append(f"{indent}    adj{k} = adj[o{k}:o{k} + n]")
+        out.append(f"{indent}    for i in range(n):")
+        for name in [*op.inputs, "y"]:
+            if name in used:
+                out.append(f"{indent}        {name} = {name}_[i]")
+        out.append(f"{indent}        adj{k}[i] += g_[i] * ({partial})")
+    return out
+
+
 def _elementwise(op) -> str:
     inputs = op.inputs
     lines = [
@@ -65,12 +93,10 @@ def _elementwise(op) -> str:
 
     arity = len(inputs)
     if arity == 1:  # a unary op's operand always has the output's shape
-        lines.append("    for i in range(n):")
-        lines.extend(body("        ", ["i"]))
+        lines.extend(_contiguous(op, "    "))
         return "\n".join(lines)
     lines.append("    if meta[mo] == 0:  # operands have the output's shape")
-    lines.append("        for i in range(n):")
-    lines.extend(body("            ", ["i"] * arity))
+    lines.extend(_contiguous(op, "        "))
     lines.append("        return")
     lines.append("    ndim = meta[mo + 1]")
     lines.append("    shape = meta[mo + 2:mo + 2 + ndim]")
