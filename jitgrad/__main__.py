@@ -1,5 +1,8 @@
 """``python -m jitgrad``: a short guided tour — the tutorial's linear regression, trained
-with SGD, with the values PyTorch prints."""
+with SGD, with the values PyTorch prints.
+
+``python -m jitgrad bench [--quick] [--json PATH] [--plot PATH]``: the benchmark table,
+jitgrad next to the installed peers (``python -m jitgrad bench --help``)."""
 from __future__ import annotations
 
 import sys
@@ -48,6 +51,10 @@ def tour() -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

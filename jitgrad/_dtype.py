@@ -62,7 +62,8 @@ def from_numpy_dtype(np_dtype) -> dtype:
         return int64
     if np_dtype.kind == "b":
         return bool_
-    raise TypeError(f"can't convert np.ndarray of type {np_dtype}; supported: float64, float32, int64, bool")
+    raise TypeError(f"can't convert np.ndarray of type {np_dtype}; supported: float64, "
+                    f"float32, int64, bool")
 
 
 def to_dtype(d) -> dtype:

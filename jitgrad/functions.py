@@ -15,7 +15,11 @@ import numpy as np
 from . import _dtype as dt
 from .ops.registry import BY_NAME
 from .recording import (
-    SCALAR_FORWARD, broadcast_meta, broadcast_shape, dtype_code, node_of,
+    SCALAR_FORWARD,
+    broadcast_meta,
+    broadcast_shape,
+    dtype_code,
+    node_of,
 )
 from .tape import _state
 from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
@@ -1509,7 +1513,7 @@ def inplace(t: Tensor, compute) -> Tensor:
             "a leaf Variable that requires grad is being used in an in-place operation.")
     result = compute()
     if result.dtype is not t.dtype:
-        if not dt.promote(result.dtype, t.dtype) is t.dtype:
+        if dt.promote(result.dtype, t.dtype) is not t.dtype:
             raise RuntimeError(
                 f"result type {result.dtype.name.capitalize()} can't be cast to the desired "
                 f"output type {t.dtype.name.capitalize()}")

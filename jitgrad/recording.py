@@ -7,12 +7,10 @@ the value arena when the op is recorded, and one entry is appended to the tape.
 from __future__ import annotations
 
 import math
-import numpy as np
 
 from . import _dtype as dt
 from .kernels.layout import DTYPE_F32, DTYPE_F64
 from .ops.registry import ELEMENTWISE, OPS
-from .tape import _state
 
 FREED_GRAPH = -2  # node-table entry value for a value whose graph was already freed
 

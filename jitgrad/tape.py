@@ -24,8 +24,19 @@ from array import array
 import numpy as np
 
 from .kernels.layout import (
-    DTYPE_F32, DTYPE_F64, E_FREED, E_META, E_OP, E_OUT, E_WIDTH, N_DTYPE, N_ENTRY, N_GRAD,
-    N_OFFSET, N_SIZE, N_WIDTH,
+    DTYPE_F32,
+    DTYPE_F64,
+    E_FREED,
+    E_META,
+    E_OP,
+    E_OUT,
+    E_WIDTH,
+    N_DTYPE,
+    N_ENTRY,
+    N_GRAD,
+    N_OFFSET,
+    N_SIZE,
+    N_WIDTH,
 )
 
 _ARENA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

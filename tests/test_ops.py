@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from op_specs import BY_OP, SPECS, inputs_for
 
 import jitgrad
 from jitgrad.ops.registry import OPS, PYTHON
-from op_specs import BY_OP, SPECS, inputs_for
 
 FD_EPS = 1e-6
 

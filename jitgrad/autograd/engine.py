@@ -12,10 +12,10 @@ from array import array
 
 import numpy as np
 
-from ..kernels.layout import E_OUT, ERR_FREED, N_DTYPE, N_ENTRY, N_OFFSET, N_SIZE
+from .._dtype import float32
+from ..kernels.layout import E_OUT, ERR_FREED, N_ENTRY
 from ..recording import FREED_GRAPH, node_of
 from ..tape import _state
-from .._dtype import float32
 from ..tensor import Tensor, _bump_version, _init
 from .function import needs_python
 

@@ -13,7 +13,16 @@ import numpy as np
 from .. import functions as F
 from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT
 from ..ops.registry import (
-    BY_NAME, CAST, ELEMENTWISE, GATHER, MATMUL, OPS, PLACE, REDUCE, RESTRIDE, SCATTER,
+    BY_NAME,
+    CAST,
+    ELEMENTWISE,
+    GATHER,
+    MATMUL,
+    OPS,
+    PLACE,
+    REDUCE,
+    RESTRIDE,
+    SCATTER,
 )
 from ..tensor import Tensor, _init
 

@@ -4,7 +4,9 @@ registry (jitgrad/ops). Do not edit: change the declaration and regenerate."""
 import numpy as np
 from .jit import kernel
 
-from .expressions import cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import (  # noqa: F401
+    cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where,
+)
 
 
 

@@ -3,6 +3,7 @@
 Scalar helpers work on one element; ``matmul``/``mT`` on 2-D blocks.
 """
 import numpy as np
+
 from .jit import inline_kernel, kernel
 
 

@@ -24,7 +24,9 @@ registry (jitgrad/ops). Do not edit: change the declaration and regenerate."""
 import numpy as np
 from .jit import kernel
 
-from .expressions import cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import (  # noqa: F401
+    cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where,
+)
 '''
 
 
@@ -78,7 +80,7 @@ def _elementwise(op) -> str:
 
     def body(indent: str, positions: list[str]) -> list[str]:
         out = [f"{indent}g = adj[oy + i]"]
-        for k, (name, partial) in enumerate(zip(inputs, op.partials)):
+        for k, partial in enumerate(op.partials):
             if partial is None:
                 continue
             used = _names_in(partial)

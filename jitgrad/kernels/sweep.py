@@ -8,13 +8,30 @@ elementwise, reduction and matmul kinds, and the strided/indexed transposes belo
 linear kinds.
 """
 import numpy as np
-from .jit import kernel
 
 from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, REDUCE, RESTRIDE, SCATTER
 from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
+from .jit import kernel
 from .layout import (
-    DTYPE_F32, E_C0, E_C1, E_FREED, E_IN0, E_IN1, E_IN2, E_META, E_OP, E_OUT, E_VER0,
-    ERR_FREED, ERR_VERSION, N_DTYPE, N_ENTRY, N_GRAD, N_OFFSET, N_SIZE, OK,
+    DTYPE_F32,
+    E_C0,
+    E_C1,
+    E_FREED,
+    E_IN0,
+    E_IN1,
+    E_IN2,
+    E_META,
+    E_OP,
+    E_OUT,
+    E_VER0,
+    ERR_FREED,
+    ERR_VERSION,
+    N_DTYPE,
+    N_ENTRY,
+    N_GRAD,
+    N_OFFSET,
+    N_SIZE,
+    OK,
 )
 
 

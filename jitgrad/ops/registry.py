@@ -88,7 +88,7 @@ def register(op: OpDef) -> OpDef:
     if op.name in BY_NAME:
         raise ValueError(f"op {op.name!r} registered twice")
     saves = set()
-    for input_name, partial in zip(op.inputs, op.partials):
+    for partial in op.partials:
         if partial is not None:
             saves |= _names_in(partial)
     if op.forward is not None:
