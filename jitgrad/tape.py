@@ -282,13 +282,9 @@ class Tape:
             self.restart_ready = True
 
     def _count_pending_alive(self) -> int:
-        from .kernels.sweep import count_pending_alive
+        from .kernels.sweep import count_pending_alive_on_tape
 
-        entries, _, nodes, _, refs, _ = self.tables()
-        try:
-            return count_pending_alive(entries, nodes, refs)
-        finally:
-            del entries, nodes, refs
+        return count_pending_alive_on_tape(self.entries, self.nodes, self.refs)
 
     def _restart(self) -> None:
         self.generation += 1

@@ -78,9 +78,9 @@ _kernels = None
 def _sweep_kernels():
     global _kernels
     if _kernels is None:
-        from ..kernels.sweep import mark_reached, reverse_sweep
+        from ..kernels.sweep import mark_reached, sweep_tape
 
-        _kernels = (mark_reached, reverse_sweep)
+        _kernels = (mark_reached, sweep_tape)
     return _kernels
 
 
@@ -99,7 +99,7 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
     roots = np.array([_root_node(tape, o, i) for i, o in enumerate(outputs)], np.int64)
     if retain_graph is None:
         retain_graph = create_graph
-    mark_reached, reverse_sweep = _sweep_kernels()
+    mark_reached, sweep_tape = _sweep_kernels()
     kinds, saves = _op_tables()
     reached = np.zeros(tape.n_nodes, np.uint8)
     entries, consts, nodes, versions, refs, meta = tape.tables()
@@ -141,9 +141,10 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
                 tape, (entries, consts, nodes, versions, refs, meta), adj, roots, seeds,
                 reached, ready, kinds, saves, bool(retain_graph), leaves)
         else:
-            status, entry, pending, n_leaves = reverse_sweep(
-                entries, consts, nodes, versions, refs, meta, tape.arenas[0], tape.arenas[1],
-                adj[0], adj[1], roots, tape.n_entries, reached, ready, kinds, saves,
+            entries = consts = nodes = versions = refs = meta = None
+            status, entry, pending, n_leaves = sweep_tape(
+                tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
+                tape.arenas[1], adj[0], adj[1], roots, reached, ready, kinds, saves,
                 bool(retain_graph), leaves)
     finally:
         entries = consts = nodes = versions = refs = meta = None

@@ -24,6 +24,7 @@ from .layout import (
     E_OP,
     E_OUT,
     E_VER0,
+    E_WIDTH,
     ERR_FREED,
     ERR_VERSION,
     N_DTYPE,
@@ -31,6 +32,7 @@ from .layout import (
     N_GRAD,
     N_OFFSET,
     N_SIZE,
+    N_WIDTH,
     OK,
 )
 
@@ -231,6 +233,33 @@ def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, 
     pending = accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                          entry, n_entries, reached, ready, kinds, retain)
     return OK, -1, pending, n_leaves
+
+
+@kernel
+def _table(buffer, width):
+    """A packed table (a bytearray of int64 rows) as a 2-D view, made inside the kernel:
+    Numba takes the bytearray itself for less than NumPy's frombuffer costs in Python."""
+    flat = np.frombuffer(buffer, np.int64)
+    return flat.reshape((flat.shape[0] // width, width))
+
+
+@kernel
+def sweep_tape(entry_bytes, node_bytes, versions, refs, meta, vals32, vals64, adj32, adj64,
+               roots, reached, ready, kinds, saves_mask, retain, leaves):
+    """``reverse_sweep`` on the tape's own buffers (bytearrays, array.array)."""
+    entries = _table(entry_bytes, E_WIDTH)
+    consts = np.frombuffer(entry_bytes, np.float64).reshape(entries.shape)
+    nodes = _table(node_bytes, N_WIDTH)
+    return reverse_sweep(entries, consts, nodes, np.frombuffer(versions, np.int64),
+                         np.frombuffer(refs, np.int64), np.frombuffer(meta, np.int64), vals32,
+                         vals64, adj32, adj64, roots, entries.shape[0], reached, ready, kinds,
+                         saves_mask, retain, leaves)
+
+
+@kernel
+def count_pending_alive_on_tape(entry_bytes, node_bytes, refs):
+    return count_pending_alive(_table(entry_bytes, E_WIDTH), _table(node_bytes, N_WIDTH),
+                               np.frombuffer(refs, np.int64))
 
 
 @kernel
