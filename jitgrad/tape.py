@@ -276,10 +276,10 @@ class Tape:
         saves); large ones restart at the next recording when nothing pending is alive."""
         if self.n_entries <= _RESTART_ENTRIES and self.used[0] + self.used[1] <= _RESTART_VALUES:
             return
-        if pending:
-            self.maybe_restart = True
-        else:
+        if not pending:
             self.restart_ready = True
+        # else: a live tensor pins a pending entry; the periodic check (every doubling of
+        # the tape) restarts once it is gone, without an O(tape) check every backward
 
     def _count_pending_alive(self) -> int:
         from .kernels.sweep import count_pending_alive_on_tape
