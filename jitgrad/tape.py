@@ -77,6 +77,7 @@ class Tape:
         self.maybe_restart = False  # a sweep freed entries: check liveness before recording
         self.next_check = _CHECK_EVERY
         self.next_check_values = _CHECK_VALUES
+        self.recheck_at = 0  # after_backward asks for a liveness check from this size on
 
     # -- values -------------------------------------------------------------------------
     def alloc(self, dtype_code: int, size: int) -> int:
@@ -267,7 +268,7 @@ class Tape:
             if self._count_pending_alive() == 0:
                 self._restart()
             else:
-                self.next_check = 2 * self.n_entries
+                self.next_check = self.recheck_at = 2 * self.n_entries
                 self.next_check_values = 2 * (self.used[0] + self.used[1])
 
     def after_backward(self, pending: int) -> None:
@@ -278,8 +279,11 @@ class Tape:
             return
         if not pending:
             self.restart_ready = True
-        # else: a live tensor pins a pending entry; the periodic check (every doubling of
-        # the tape) restarts once it is gone, without an O(tape) check every backward
+        elif self.n_entries >= self.recheck_at:
+            # the pending entries' tensors may die before the next op (a function's
+            # temporaries): check then. Once a check finds one still alive, wait until the
+            # tape doubles, so a pinned graph does not cost an O(tape) check per backward.
+            self.maybe_restart = True
 
     def _count_pending_alive(self) -> int:
         from .kernels.sweep import count_pending_alive_on_tape
@@ -298,6 +302,7 @@ class Tape:
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
         self.next_check_values = _CHECK_VALUES
+        self.recheck_at = 0
         self.leaves.clear()
         self.retained.clear()
         for code in (DTYPE_F32, DTYPE_F64):

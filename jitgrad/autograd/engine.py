@@ -114,10 +114,13 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
             entries = consts = nodes = versions = refs = meta = None
             if needs_python(tape):  # custom Functions, hooks, anomaly detection
                 from .function import differentiable_sweep
+
+                adjoints = differentiable_sweep(tape, reached, roots, seeds, outputs)
             else:
                 from .rules import differentiable_sweep
 
-            adjoints = differentiable_sweep(tape, reached, roots, seeds, outputs)
+                adjoints = differentiable_sweep(tape, reached, roots, seeds, outputs,
+                                                lowest=max(entry, 0))
             if not retain_graph:
                 _free_reached(tape, reached)
             return _collect(tape, reached, adjoints, targets, as_tensors=True)

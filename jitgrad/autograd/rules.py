@@ -97,14 +97,17 @@ def sum_to(t: Tensor, shape: tuple) -> Tensor:
     return F.reshape(out, *shape)
 
 
-def differentiable_sweep(tape, reached, roots, seeds, outputs) -> dict:
+def differentiable_sweep(tape, reached, roots, seeds, outputs, lowest: int = 0) -> dict:
+    """Walk the graph's entries (from the roots' down to ``lowest``, the last one
+    ``mark_reached`` found) and apply each one's differentiable rule."""
     adjoints: dict[int, Tensor] = {}
+    top = -1
     for root, seed, output in zip(roots, seeds, outputs):
         g = seed if seed is not None else F.ones_like(output)
         root = int(root)
         adjoints[root] = g if root not in adjoints else adjoints[root] + g
-    n_entries = tape.n_entries
-    for e in range(n_entries - 1, -1, -1):
+        top = max(top, tape.node_entry(root))
+    for e in range(top, lowest - 1, -1):
         row = tape.entry_fields(e)
         out = row[E_OUT]
         if not reached[out] or out not in adjoints:
