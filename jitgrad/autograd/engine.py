@@ -102,7 +102,10 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
     mark_reached, sweep_tape = _sweep_kernels()
     kinds, saves = _op_tables()
     reached = np.zeros(tape.n_nodes, np.uint8)
-    entries, consts, nodes, versions, refs, meta = tape.tables()
+    python_sweep = create_graph or needs_python(tape)
+    entries = consts = nodes = versions = refs = meta = None
+    if python_sweep:  # the Numba fast path views the tables itself
+        entries, consts, nodes, versions, refs, meta = tape.tables()
     try:
         if create_graph:
             status, entry, _ = mark_reached(entries, nodes, versions, roots, tape.n_entries,
@@ -137,14 +140,13 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
             else:
                 target[offset:offset + size] += seed._value().reshape(-1)
         leaves = np.empty(tape.n_nodes, np.int64)
-        if needs_python(tape):  # the sweep stops for custom Functions, hooks, anomaly checks
+        if python_sweep:  # the sweep stops for custom Functions, hooks, anomaly checks
             from .function import reverse_sweep as python_reverse_sweep
 
             status, entry, pending, n_leaves = python_reverse_sweep(
                 tape, (entries, consts, nodes, versions, refs, meta), adj, roots, seeds,
                 reached, ready, kinds, saves, bool(retain_graph), leaves)
         else:
-            entries = consts = nodes = versions = refs = meta = None
             status, entry, pending, n_leaves = sweep_tape(
                 tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
                 tape.arenas[1], adj[0], adj[1], roots, reached, ready, kinds, saves,
