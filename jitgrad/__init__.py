@@ -40,6 +40,8 @@ from . import autograd, optim  # noqa: E402
 from . import nn, utils  # noqa: E402
 from . import func  # noqa: E402
 from .autograd.grad_mode import enable_grad, inference_mode, no_grad, set_grad_enabled  # noqa: E402,F401
+from .compile import BranchChanged, CompiledTape, compile, load, trace  # noqa: E402,F401,A004
+from . import optimize  # noqa: E402,F401  (jitgrad.optimize.minimize; SciPy loads on use)
 
 is_grad_enabled = autograd.grad_mode.is_grad_enabled
 __version__ = "0.1.0"

@@ -183,7 +183,7 @@ class Tape:
         versions = self.versions
         node_row = _NODE.pack(offset, 1, dtype_code, 1, entry)
         entry_row = _ENTRY.pack(
-            code, node, in0, in1, in2, -1,
+            code, node, in0, in1, in2, 0,  # meta[0] is 0: operands have the output's shape
             versions[in0] if in0 >= 0 else 0,
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,

@@ -8,8 +8,10 @@ import numpy as np
 from .expressions import (  # noqa: F401
     cos,
     exp,
+    expm1,
     in_range,
     log,
+    log1p,
     matmul,
     mT,
     positive,

@@ -18,6 +18,16 @@ def log(v):
 
 
 @inline_kernel
+def log1p(v):
+    return np.log1p(v)
+
+
+@inline_kernel
+def expm1(v):
+    return np.expm1(v)
+
+
+@inline_kernel
 def sqrt(v):
     return np.sqrt(v)
 

@@ -188,11 +188,13 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
             if node >= 0 and not ready[node] and nodes[node, N_GRAD]:
                 ready[node] = 1
                 start = nodes[node, N_OFFSET]
-                stop = start + nodes[node, N_SIZE]
+                size = nodes[node, N_SIZE]
                 if nodes[node, N_DTYPE] == DTYPE_F32:
-                    adj32[start:stop] = 0.0
+                    for i in range(start, start + size):
+                        adj32[i] = 0.0
                 else:
-                    adj64[start:stop] = 0.0
+                    for i in range(start, start + size):
+                        adj64[i] = 0.0
         code = entries[e, E_OP]
         kind = kinds[code]
         if kind == CAST:

@@ -16,10 +16,10 @@ op("tan", "TanBackward0", ("x",), "1.0 + y * y", "sin(x) / cos(x)")
 op("tanh", "TanhBackward0", ("x",), "1.0 - y * y", "tanh(x)")
 op("sigmoid", "SigmoidBackward0", ("x",), "y * (1.0 - y)", "1.0 / (1.0 + exp(-x))")
 # relu's derivative at 0 is 0, as torch: positive(x) is 1 where x > 0
-op("relu", "ReluBackward0", ("x",), "positive(x)", "where(x > 0.0, x, 0.0)")
+op("relu", "ReluBackward0", ("x",), "positive(x)", "where(x <= 0.0, 0.0, x)")  # nan stays nan
 op("abs", "AbsBackward0", ("x",), "sign(x)", "where(x < 0.0, -x, x)")
-op("log1p", "Log1PBackward0", ("x",), "1.0 / (1.0 + x)", "log(1.0 + x)")
-op("expm1", "Expm1Backward0", ("x",), "y + 1.0", "exp(x) - 1.0")
+op("log1p", "Log1PBackward0", ("x",), "1.0 / (1.0 + x)", "log1p(x)")
+op("expm1", "Expm1Backward0", ("x",), "y + 1.0", "expm1(x)")
 op("reciprocal", "ReciprocalBackward0", ("x",), "-(y * y)", "1.0 / x")
 op("clone", "CloneBackward0", ("x",), "1.0", "x")
 # clamp: c0 = min, c1 = max (+-inf when absent); the gradient passes where min <= x <= max
@@ -47,9 +47,11 @@ op("pow", "PowBackward1", ("a", "b"),
     "where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))"), "a ** b")
 # ties split the gradient evenly between the two inputs, as torch does
 op("maximum", "MaximumBackward0", ("a", "b"),
-   ("(a > b) + 0.5 * (a == b)", "(b > a) + 0.5 * (a == b)"), "where(a > b, a, b)")
+   ("(a > b) + 0.5 * (a == b)", "(b > a) + 0.5 * (a == b)"),
+   "where((a > b) | (a != a), a, b)")  # a nan operand wins, as in torch
 op("minimum", "MinimumBackward0", ("a", "b"),
-   ("(a < b) + 0.5 * (a == b)", "(b < a) + 0.5 * (a == b)"), "where(a < b, a, b)")
+   ("(a < b) + 0.5 * (a == b)", "(b < a) + 0.5 * (a == b)"),
+   "where((a < b) | (a != a), a, b)")
 # cond is stored as 0.0/1.0 in the op's float type; it is not differentiable
 op("where", "WhereBackward0", ("a", "b", "cond"), ("cond", "1.0 - cond", None),
    "where(cond != 0.0, a, b)")

@@ -34,7 +34,8 @@ KIND_NAMES = {ELEMENTWISE: "elementwise", REDUCE: "reduce", RESTRIDE: "restride"
               CAST: "cast", PYTHON: "python"}
 
 # functions allowed in derivative expressions; each has a Numba and a Tensor meaning
-EXPRESSION_FUNCTIONS = ("exp", "log", "sqrt", "sin", "cos", "tanh", "sign", "positive",
+EXPRESSION_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh", "sign",
+                        "positive",
                         "in_range", "where", "power", "matmul", "mT")
 EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n")
 
