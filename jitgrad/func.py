@@ -476,6 +476,9 @@ class _DualCall:
         """Dual copies of the inputs, seeded with zero tangents (each sweep sets its own):
         recorded aliases when enclosing transforms must see through them, else leaves."""
         tape = _state.tape
+        # a pending restart happens now, before the duals take node ids (a restart at the
+        # function's first op would orphan them)
+        tape.before_record()
         duals = []
         for t in originals:
             if connected:

@@ -78,6 +78,7 @@ class Tape:
         self.next_check = _CHECK_EVERY
         self.next_check_values = _CHECK_VALUES
         self.recheck_at = 0  # after_backward asks for a liveness check from this size on
+        self.holds = 0  # > 0 while something (a dual level) keeps node ids of this tape
 
     # -- values -------------------------------------------------------------------------
     def alloc(self, dtype_code: int, size: int) -> int:
@@ -259,7 +260,9 @@ class Tape:
     # -- lifetimes ----------------------------------------------------------------------
     def before_record(self) -> None:
         """Called before an op is recorded: start a new generation when nothing alive
-        refers to a pending entry."""
+        refers to a pending entry (never while ``holds``: code that keeps node ids)."""
+        if self.holds:
+            return
         if self.restart_ready:
             self._restart()
         elif (self.maybe_restart or self.n_entries >= self.next_check

@@ -448,6 +448,7 @@ def push_level(differentiable: bool) -> int:
     nested = bool(levels) or _local.transform_depth > 0
     level = _Level(len(levels), differentiable or nested)
     levels.append(level)
+    _state.tape.holds += 1  # the level keeps node ids: no restart until it exits
     return level.index
 
 
@@ -462,6 +463,7 @@ def exit_dual_level(*, level: int | None = None) -> None:
             f"Trying to exit a forward AD level that was not the last one that was created. "
             f"This is not supported: exit level {levels[-1].index} first (got level={level})")
     levels.pop()
+    _state.tape.holds -= 1
 
 
 class dual_level:  # noqa: N801 - torch's name
