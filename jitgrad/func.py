@@ -461,6 +461,9 @@ class _DualCall:
 
     def __init__(self, func, primals, name: str, has_aux: bool):
         enclosed = fwd.transform_depth() > 0 or fwd.current_level() is not None
+        # a pending restart of the tape happens now: once the level exists it holds the
+        # tape (and an earlier call's recording would never be dropped)
+        _state.tape.before_record()
         self.level_index = fwd.push_level(False)
         self.level = fwd.current_level()
         try:

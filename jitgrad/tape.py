@@ -274,11 +274,17 @@ class Tape:
                 self.next_check = self.recheck_at = 2 * self.n_entries
                 self.next_check_values = 2 * (self.used[0] + self.used[1])
 
+    def restartable(self) -> bool:
+        """Whether a backward may restart the tape (small tapes keep growing: a restart
+        costs more than the rows it saves), so the sweep must count what is pending."""
+        return (self.n_entries > _RESTART_ENTRIES
+                or self.used[0] + self.used[1] > _RESTART_VALUES)
+
     def after_backward(self, pending: int) -> None:
         """A backward without retain_graph freed its graph; ``pending``: live tensors still
         on unfreed entries. Small tapes keep growing (a restart costs more than the rows it
         saves); large ones restart at the next recording when nothing pending is alive."""
-        if self.n_entries <= _RESTART_ENTRIES and self.used[0] + self.used[1] <= _RESTART_VALUES:
+        if not self.restartable():
             return
         if not pending:
             self.restart_ready = True

@@ -309,3 +309,21 @@ def test_bad_argnums_and_vjp_cotangents():
     with pytest.raises(RuntimeError, match="Mismatch in shape"):
         vjp_fn(jitgrad.ones(3))
     _still_works()
+
+
+@pytest.mark.parametrize("transform", ["jvp", "hvp", "grad"])
+def test_repeated_transforms_do_not_grow_the_tape(transform):
+    # each call's recording is dropped once the call returns: a loop of calls on large
+    # inputs keeps the arena bounded (it used to grow by the whole recording every call)
+    x = np.random.default_rng(0).uniform(-1, 1, 40_000)
+    v = np.ones_like(x)
+    f = lambda t: (jitgrad.tanh(t) * jitgrad.exp(-t ** 2)).sum()
+    calls = {"jvp": lambda: func.jvp(f, (x,), (v,)),
+             "hvp": lambda: func.hvp(f, (x,), (v,)),
+             "grad": lambda: func.grad(f)(x)}
+    for _ in range(3):
+        calls[transform]()
+    used = sum(current_tape().used)
+    for _ in range(10):
+        calls[transform]()
+    assert sum(current_tape().used) <= used

@@ -150,7 +150,7 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
             status, entry, pending, n_leaves = sweep_tape(
                 tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
                 tape.arenas[1], adj[0], adj[1], roots, reached, ready, kinds, saves,
-                bool(retain_graph), leaves)
+                bool(retain_graph), leaves, tape.restartable())
     finally:
         entries = consts = nodes = versions = refs = meta = None
     if status != 0:
@@ -206,8 +206,62 @@ def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
 
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph: bool = False,
              inputs=None) -> None:
+    if (gradient is None and not retain_graph and not create_graph and inputs is None
+            and _backward_scalar(tensor)):
+        return
     backward_many([tensor], [gradient] if gradient is not None else None, retain_graph,
                   create_graph, inputs)
+
+
+def _backward_scalar(output: Tensor) -> bool:
+    """``output.backward()`` for a one-element output recorded on the current generation,
+    with nothing on the tape that needs Python during the sweep: the general path's work
+    without its generality (the per-call cost of a small training step). False when the
+    general path must run; errors are the general path's."""
+    tape = _state.tape
+    node = output._node
+    if (output._tape is not tape or output._gen != tape.generation or output._op < 0
+            or node < 0 or needs_python(tape)):
+        return False
+    offset, size, code = tape.node_location(node)
+    if size != 1:
+        return False
+    mark_reached, sweep_tape = _sweep_kernels()
+    kinds, saves = _op_tables()
+    n_nodes = tape.n_nodes
+    reached = np.zeros(n_nodes, np.uint8)
+    ready = np.zeros(n_nodes, np.uint8)
+    ready[node] = 1  # the root, seeded with 1 below
+    leaves = np.empty(n_nodes, np.int64)
+    adj = tape.adjoint_buffers()
+    adj[code][offset] = 1.0
+    roots = np.array([node], np.int64)
+    status, entry, pending, n_leaves = sweep_tape(
+        tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
+        tape.arenas[1], adj[0], adj[1], roots, reached, ready, kinds, saves, False, leaves,
+        tape.restartable())
+    if status != 0:
+        _raise_sweep_error(tape, status, entry)
+    tape.after_backward(pending)
+    sinks = tape.leaves
+    shapes = tape.shapes
+    for leaf in leaves[:n_leaves].tolist():
+        owner = sinks.get(leaf)
+        if owner is not None:
+            offset, size, code = tape.node_location(leaf)
+            if shapes[leaf]:
+                adjoint = adj[code][offset:offset + size].reshape(shapes[leaf]).copy()
+            else:
+                adjoint = adj[code][offset].item()
+            _accumulate_grad(owner, adjoint, False)
+    for retained, owner in list(tape.retained.items()):
+        if reached[retained]:
+            offset, size, code = tape.node_location(retained)
+            shape = tape.shapes[retained]
+            adjoint = (adj[code][offset:offset + size].reshape(shape).copy() if shape
+                       else adj[code][offset].item())
+            _accumulate_grad(owner, adjoint, False)
+    return True
 
 
 def backward_many(tensors, grad_tensors=None, retain_graph=None, create_graph: bool = False,

@@ -173,12 +173,13 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
 
 @kernel
 def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
-               n_entries, reached, ready, kinds, retain):
+               n_entries, reached, ready, kinds, retain, count=True):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
     same offsets as values, in buffers reused from one backward to the next: a node's
     adjoint is zeroed when it is first written (``ready``), so only the graph's nodes are
     touched. The caller seeds the roots. Returns how many live tensors still refer to a
-    pending entry (0: the next recording may restart the tape)."""
+    pending entry (0: the next recording may restart the tape), or -1 without ``count``
+    (a small tape does not restart: the O(tape) count is skipped)."""
     for e in range(n_entries - 1, lowest - 1, -1):
         out = entries[e, E_OUT]
         if not reached[out]:
@@ -215,12 +216,15 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
             _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals64, adj64)
         if not retain:
             entries[e, E_FREED] = 1
+    if not count:
+        return -1
     return count_pending_alive(entries, nodes, refs)
 
 
 @kernel
 def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, adj32, adj64,
-                  roots, n_entries, reached, ready, kinds, saves_mask, retain, leaves):
+                  roots, n_entries, reached, ready, kinds, saves_mask, retain, leaves,
+                  count=True):
     """Check, then accumulate: one kernel call per backward. Returns (status, entry,
     pending, n_leaves): the error and the entry at fault (nothing written); on success how
     many live tensors still refer to a pending entry and how many leaves were reached
@@ -233,7 +237,7 @@ def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, 
     if status != OK:
         return status, entry, 0, 0
     pending = accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
-                         entry, n_entries, reached, ready, kinds, retain)
+                         entry, n_entries, reached, ready, kinds, retain, count)
     return OK, -1, pending, n_leaves
 
 
@@ -247,7 +251,7 @@ def _table(buffer, width):
 
 @kernel
 def sweep_tape(entry_bytes, node_bytes, versions, refs, meta, vals32, vals64, adj32, adj64,
-               roots, reached, ready, kinds, saves_mask, retain, leaves):
+               roots, reached, ready, kinds, saves_mask, retain, leaves, count):
     """``reverse_sweep`` on the tape's own buffers (bytearrays, array.array)."""
     entries = _table(entry_bytes, E_WIDTH)
     consts = np.frombuffer(entry_bytes, np.float64).reshape(entries.shape)
@@ -255,7 +259,7 @@ def sweep_tape(entry_bytes, node_bytes, versions, refs, meta, vals32, vals64, ad
     return reverse_sweep(entries, consts, nodes, np.frombuffer(versions, np.int64),
                          np.frombuffer(refs, np.int64), np.frombuffer(meta, np.int64), vals32,
                          vals64, adj32, adj64, roots, entries.shape[0], reached, ready, kinds,
-                         saves_mask, retain, leaves)
+                         saves_mask, retain, leaves, count)
 
 
 @kernel
