@@ -257,19 +257,38 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * (1.0)
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
         if w0:
-            adj[o0 + p0] += g * (1.0)
+            for i in range(width):
+                contribution[i] = g_[i] * (1.0)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            adj[o1 + p1] += g * (1.0)
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                contribution[i] = g_[i] * (1.0)
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -296,19 +315,38 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * (-1.0)
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
         if w0:
-            adj[o0 + p0] += g * (1.0)
+            for i in range(width):
+                contribution[i] = g_[i] * (1.0)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            adj[o1 + p1] += g * (-1.0)
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                contribution[i] = g_[i] * (-1.0)
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -339,21 +377,52 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * (a)
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
         if w0:
-            b = vals[o1 + p1]
-            adj[o0 + p0] += g * (b)
+            for i in range(width):
+                b = b_[i]
+                contribution[i] = g_[i] * (b)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            a = vals[o0 + p0]
-            adj[o1 + p1] += g * (a)
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                a = a_[i]
+                contribution[i] = g_[i] * (a)
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -385,22 +454,53 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * (-a / (b * b))
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
         if w0:
-            b = vals[o1 + p1]
-            adj[o0 + p0] += g * (1.0 / b)
+            for i in range(width):
+                b = b_[i]
+                contribution[i] = g_[i] * (1.0 / b)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            adj[o1 + p1] += g * (-a / (b * b))
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * (-a / (b * b))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -435,24 +535,56 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        y_ = vals[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
         if w0:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            adj[o0 + p0] += g * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            y = vals[oy + i]
-            adj[o1 + p1] += g * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                y = y_[i]
+                contribution[i] = g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -485,23 +617,54 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * ((b > a) + 0.5 * (a == b))
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
         if w0:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            adj[o0 + p0] += g * ((a > b) + 0.5 * (a == b))
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * ((a > b) + 0.5 * (a == b))
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            adj[o1 + p1] += g * ((b > a) + 0.5 * (a == b))
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * ((b > a) + 0.5 * (a == b))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -534,23 +697,54 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * ((b < a) + 0.5 * (a == b))
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
         if w0:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            adj[o0 + p0] += g * ((a < b) + 0.5 * (a == b))
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * ((a < b) + 0.5 * (a == b))
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            a = vals[o0 + p0]
-            b = vals[o1 + p1]
-            adj[o1 + p1] += g * ((b < a) + 0.5 * (a == b))
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * ((b < a) + 0.5 * (a == b))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -580,22 +774,47 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 adj1[i] += g_[i] * (1.0 - cond)
         return
     ndim = meta[mo + 1]
+    if n == 0:
+        return
     shape = meta[mo + 2:mo + 2 + ndim]
     s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
     s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
     s2 = meta[mo + 2 + 3 * ndim:mo + 2 + 4 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
     index = np.zeros(ndim, np.int64)
     p0 = p1 = p2 = 0
-    for i in range(n):
-        g = adj[oy + i]
+    spread2 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        if s2[ndim - 1] == 1:
+            cond_ = vals[o2 + p2:o2 + p2 + width]
+        else:
+            spread2[:] = vals[o2 + p2]
+            cond_ = spread2
         if w0:
-            cond = vals[o2 + p2]
-            adj[o0 + p0] += g * (cond)
+            for i in range(width):
+                cond = cond_[i]
+                contribution[i] = g_[i] * (cond)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
         if w1:
-            cond = vals[o2 + p2]
-            adj[o1 + p1] += g * (1.0 - cond)
-        d = ndim - 1
-        while d >= 0:  # next multi-index, moving every operand's offset
+            for i in range(width):
+                cond = cond_[i]
+                contribution[i] = g_[i] * (1.0 - cond)
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
             p0 += s0[d]
             p1 += s1[d]
@@ -636,21 +855,33 @@ def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
     """SumBackward0: d/dx = 1.0"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
+    if nx == 0:
+        return
     if ndim == 0:  # reduced to a single value
-        py = 0
         g = adj[oy]
+        adj_x = adj[ox:ox + nx]
         for i in range(nx):
-            adj[ox + i] += g * (1.0)
+            adj_x[i] += g * (1.0)
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    width = shape[ndim - 1]
+    spread_g = np.empty(width, adj.dtype)
     index = np.zeros(ndim, np.int64)
     py = 0
-    for i in range(nx):
-        g = adj[oy + py]
-        adj[ox + i] += g * (1.0)
-        d = ndim - 1
-        while d >= 0:
+    for row in range(nx // width):
+        px = ox + row * width
+        adj_x = adj[px:px + width]
+        if strides[ndim - 1] == 0:  # reduced along the last dim
+            spread_g[:] = adj[oy + py]
+            g_ = spread_g
+        else:
+            g_ = adj[oy + py:oy + py + width]
+        for i in range(width):
+            g = g_[i]
+            adj_x[i] += g * (1.0)
+        d = ndim - 2
+        while d >= 0:  # the next row
             index[d] += 1
             py += strides[d]
             if index[d] < shape[d]:
@@ -665,21 +896,33 @@ def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
     """MeanBackward0: d/dx = 1.0 / n"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
+    if nx == 0:
+        return
     if ndim == 0:  # reduced to a single value
-        py = 0
         g = adj[oy]
+        adj_x = adj[ox:ox + nx]
         for i in range(nx):
-            adj[ox + i] += g * (1.0 / n)
+            adj_x[i] += g * (1.0 / n)
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    width = shape[ndim - 1]
+    spread_g = np.empty(width, adj.dtype)
     index = np.zeros(ndim, np.int64)
     py = 0
-    for i in range(nx):
-        g = adj[oy + py]
-        adj[ox + i] += g * (1.0 / n)
-        d = ndim - 1
-        while d >= 0:
+    for row in range(nx // width):
+        px = ox + row * width
+        adj_x = adj[px:px + width]
+        if strides[ndim - 1] == 0:  # reduced along the last dim
+            spread_g[:] = adj[oy + py]
+            g_ = spread_g
+        else:
+            g_ = adj[oy + py:oy + py + width]
+        for i in range(width):
+            g = g_[i]
+            adj_x[i] += g * (1.0 / n)
+        d = ndim - 2
+        while d >= 0:  # the next row
             index[d] += 1
             py += strides[d]
             if index[d] < shape[d]:
@@ -694,25 +937,43 @@ def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
     """ProdBackward0: d/dx = y / x"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
+    if nx == 0:
+        return
     if ndim == 0:  # reduced to a single value
-        py = 0
         g = adj[oy]
+        y = vals[oy]
+        x_ = vals[ox:ox + nx]
+        adj_x = adj[ox:ox + nx]
         for i in range(nx):
-            x = vals[ox + i]
-            y = vals[oy + py]
-            adj[ox + i] += g * (y / x)
+            x = x_[i]
+            adj_x[i] += g * (y / x)
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    width = shape[ndim - 1]
+    spread_g = np.empty(width, adj.dtype)
+    spread_y = np.empty(width, vals.dtype)
     index = np.zeros(ndim, np.int64)
     py = 0
-    for i in range(nx):
-        g = adj[oy + py]
-        x = vals[ox + i]
-        y = vals[oy + py]
-        adj[ox + i] += g * (y / x)
-        d = ndim - 1
-        while d >= 0:
+    for row in range(nx // width):
+        px = ox + row * width
+        adj_x = adj[px:px + width]
+        x_ = vals[px:px + width]
+        if strides[ndim - 1] == 0:  # reduced along the last dim
+            spread_g[:] = adj[oy + py]
+            g_ = spread_g
+            spread_y[:] = vals[oy + py]
+            y_ = spread_y
+        else:
+            g_ = adj[oy + py:oy + py + width]
+            y_ = vals[oy + py:oy + py + width]
+        for i in range(width):
+            g = g_[i]
+            x = x_[i]
+            y = y_[i]
+            adj_x[i] += g * (y / x)
+        d = ndim - 2
+        while d >= 0:  # the next row
             index[d] += 1
             py += strides[d]
             if index[d] < shape[d]:
@@ -727,25 +988,43 @@ def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
     """LogsumexpBackward0: d/dx = exp(x - y)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
+    if nx == 0:
+        return
     if ndim == 0:  # reduced to a single value
-        py = 0
         g = adj[oy]
+        y = vals[oy]
+        x_ = vals[ox:ox + nx]
+        adj_x = adj[ox:ox + nx]
         for i in range(nx):
-            x = vals[ox + i]
-            y = vals[oy + py]
-            adj[ox + i] += g * (exp(x - y))
+            x = x_[i]
+            adj_x[i] += g * (exp(x - y))
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    width = shape[ndim - 1]
+    spread_g = np.empty(width, adj.dtype)
+    spread_y = np.empty(width, vals.dtype)
     index = np.zeros(ndim, np.int64)
     py = 0
-    for i in range(nx):
-        g = adj[oy + py]
-        x = vals[ox + i]
-        y = vals[oy + py]
-        adj[ox + i] += g * (exp(x - y))
-        d = ndim - 1
-        while d >= 0:
+    for row in range(nx // width):
+        px = ox + row * width
+        adj_x = adj[px:px + width]
+        x_ = vals[px:px + width]
+        if strides[ndim - 1] == 0:  # reduced along the last dim
+            spread_g[:] = adj[oy + py]
+            g_ = spread_g
+            spread_y[:] = vals[oy + py]
+            y_ = spread_y
+        else:
+            g_ = adj[oy + py:oy + py + width]
+            y_ = vals[oy + py:oy + py + width]
+        for i in range(width):
+            g = g_[i]
+            x = x_[i]
+            y = y_[i]
+            adj_x[i] += g * (exp(x - y))
+        d = ndim - 2
+        while d >= 0:  # the next row
             index[d] += 1
             py += strides[d]
             if index[d] < shape[d]:
@@ -760,25 +1039,43 @@ def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo):
     """LinalgVectorNormBackward0: d/dx = where(y == 0.0, 0.0, x / y)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
+    if nx == 0:
+        return
     if ndim == 0:  # reduced to a single value
-        py = 0
         g = adj[oy]
+        y = vals[oy]
+        x_ = vals[ox:ox + nx]
+        adj_x = adj[ox:ox + nx]
         for i in range(nx):
-            x = vals[ox + i]
-            y = vals[oy + py]
-            adj[ox + i] += g * (where(y == 0.0, 0.0, x / y))
+            x = x_[i]
+            adj_x[i] += g * (where(y == 0.0, 0.0, x / y))
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    width = shape[ndim - 1]
+    spread_g = np.empty(width, adj.dtype)
+    spread_y = np.empty(width, vals.dtype)
     index = np.zeros(ndim, np.int64)
     py = 0
-    for i in range(nx):
-        g = adj[oy + py]
-        x = vals[ox + i]
-        y = vals[oy + py]
-        adj[ox + i] += g * (where(y == 0.0, 0.0, x / y))
-        d = ndim - 1
-        while d >= 0:
+    for row in range(nx // width):
+        px = ox + row * width
+        adj_x = adj[px:px + width]
+        x_ = vals[px:px + width]
+        if strides[ndim - 1] == 0:  # reduced along the last dim
+            spread_g[:] = adj[oy + py]
+            g_ = spread_g
+            spread_y[:] = vals[oy + py]
+            y_ = spread_y
+        else:
+            g_ = adj[oy + py:oy + py + width]
+            y_ = vals[oy + py:oy + py + width]
+        for i in range(width):
+            g = g_[i]
+            x = x_[i]
+            y = y_[i]
+            adj_x[i] += g * (where(y == 0.0, 0.0, x / y))
+        d = ndim - 2
+        while d >= 0:  # the next row
             index[d] += 1
             py += strides[d]
             if index[d] < shape[d]:

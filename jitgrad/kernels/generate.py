@@ -78,21 +78,6 @@ def _elementwise(op) -> str:
         f'{", ".join(str(p) for p in op.partials)}"""',
     ]
 
-    def body(indent: str, positions: list[str]) -> list[str]:
-        out = [f"{indent}g = adj[oy + i]"]
-        for k, partial in enumerate(op.partials):
-            if partial is None:
-                continue
-            used = _names_in(partial)
-            out.append(f"{indent}if w{k}:")
-            for j, other in enumerate(inputs):
-                if other in used:
-                    out.append(f"{indent}    {other} = vals[o{j} + {positions[j]}]")
-            if "y" in used:
-                out.append(f"{indent}    y = vals[oy + i]")
-            out.append(f"{indent}    adj[o{k} + {positions[k]}] += g * ({partial})")
-        return out
-
     arity = len(inputs)
     if arity == 1:  # a unary op's operand always has the output's shape
         lines.extend(_contiguous(op, "    "))
@@ -100,36 +85,91 @@ def _elementwise(op) -> str:
     lines.append("    if meta[mo] == 0:  # operands have the output's shape")
     lines.extend(_contiguous(op, "        "))
     lines.append("        return")
-    lines.append("    ndim = meta[mo + 1]")
-    lines.append("    shape = meta[mo + 2:mo + 2 + ndim]")
-    for k in range(arity):
-        lines.append(f"    s{k} = meta[mo + 2 + {k + 1} * ndim:mo + 2 + {k + 2} * ndim]")
-    lines.append("    index = np.zeros(ndim, np.int64)")
-    lines.append("    " + " = ".join(f"p{k}" for k in range(arity)) + " = 0")
-    lines.append("    for i in range(n):")
-    lines.extend(body("        ", [f"p{k}" for k in range(arity)]))
-    lines.append("        d = ndim - 1")
-    lines.append("        while d >= 0:  # next multi-index, moving every operand's offset")
-    lines.append("            index[d] += 1")
-    for k in range(arity):
-        lines.append(f"            p{k} += s{k}[d]")
-    lines.append("            if index[d] < shape[d]:")
-    lines.append("                break")
-    for k in range(arity):
-        lines.append(f"            p{k} -= s{k}[d] * shape[d]")
-    lines.append("            index[d] = 0")
-    lines.append("            d -= 1")
+    lines.extend(_broadcast(op))
     return "\n".join(lines)
 
 
+def _broadcast(op) -> list[str]:
+    """Operands broadcast to the output: a walk over the output's rows (its last dim), each
+    row a vectorizable loop over views. An operand's stride along the last dim is 1 (it
+    has that dim) or 0 (broadcast): a 0-stride operand's value is spread into a row buffer,
+    and a 0-stride input's contributions are summed over the row before one add."""
+    inputs = op.inputs
+    arity = len(inputs)
+    used = set()
+    for partial in op.partials:
+        if partial is not None:
+            used |= _names_in(partial)
+    out = [
+        "    ndim = meta[mo + 1]",
+        "    if n == 0:",
+        "        return",
+        "    shape = meta[mo + 2:mo + 2 + ndim]",
+    ]
+    for k in range(arity):
+        out.append(f"    s{k} = meta[mo + 2 + {k + 1} * ndim:mo + 2 + {k + 2} * ndim]")
+    out += [
+        "    width = shape[ndim - 1]",
+        "    contribution = np.empty(width, np.float64)",
+        "    index = np.zeros(ndim, np.int64)",
+        "    " + " = ".join(f"p{k}" for k in range(arity)) + " = 0",
+    ]
+    for j, name in enumerate(inputs):
+        if name in used:
+            out.append(f"    spread{j} = np.empty(width, vals.dtype)")
+    out += ["    for row in range(n // width):",
+            "        po = row * width",
+            "        g_ = adj[oy + po:oy + po + width]"]
+    if "y" in used:
+        out.append("        y_ = vals[oy + po:oy + po + width]")
+    for j, name in enumerate(inputs):
+        if name in used:
+            out += [f"        if s{j}[ndim - 1] == 1:",
+                    f"            {name}_ = vals[o{j} + p{j}:o{j} + p{j} + width]",
+                    "        else:",
+                    f"            spread{j}[:] = vals[o{j} + p{j}]",
+                    f"            {name}_ = spread{j}"]
+    for k, partial in enumerate(op.partials):
+        if partial is None:
+            continue
+        names = _names_in(partial)
+        out += [f"        if w{k}:",
+                "            for i in range(width):"]
+        for name in [*inputs, "y"]:
+            if name in names:
+                out.append(f"                {name} = {name}_[i]")
+        out += [f"                contribution[i] = g_[i] * ({partial})",
+                f"            if s{k}[ndim - 1] == 1:",
+                f"                adj{k} = adj[o{k} + p{k}:o{k} + p{k} + width]",
+                "                for i in range(width):",
+                f"                    adj{k}[i] += contribution[i]",
+                "            else:",
+                f"                adj[o{k} + p{k}] += contribution.sum()"]
+    out += ["        d = ndim - 2",
+            "        while d >= 0:  # the next row: move every operand's offset",
+            "            index[d] += 1"]
+    for k in range(arity):
+        out.append(f"            p{k} += s{k}[d]")
+    out += ["            if index[d] < shape[d]:",
+            "                break"]
+    for k in range(arity):
+        out.append(f"            p{k} -= s{k}[d] * shape[d]")
+    out += ["            index[d] = 0",
+            "            d -= 1"]
+    return out
+
+
 def _reduce(op) -> str:
+    """Reductions walk the input's rows (its last dim): along a reduced last dim ``g`` and
+    ``y`` are one value per row, else they are a row of the output's; either way each row
+    is a vectorizable loop over views."""
     (partial,) = op.partials
     used = _names_in(partial)
-    loads = []
+    loads = ["g = g_[i]"]
     if "x" in used:
-        loads.append("x = vals[ox + i]")
+        loads.append("x = x_[i]")
     if "y" in used:
-        loads.append("y = vals[oy + py]")
+        loads.append("y = y_[i]")
     lines = [
         "",
         "",
@@ -138,27 +178,58 @@ def _reduce(op) -> str:
         f'    """{op.grad_fn}: d/dx = {partial}"""',
         "    n = c0  # elements reduced into each output",
         "    ndim = meta[mo]",
+        "    if nx == 0:",
+        "        return",
         "    if ndim == 0:  # reduced to a single value",
-        "        py = 0",
         "        g = adj[oy]",
-        "        for i in range(nx):",
     ]
-    lines += ["            " + load for load in loads]
+    if "y" in used:
+        lines.append("        y = vals[oy]")
+    if "x" in used:
+        lines.append("        x_ = vals[ox:ox + nx]")
+    lines += ["        adj_x = adj[ox:ox + nx]",
+              "        for i in range(nx):"]
+    if "x" in used:
+        lines.append("            x = x_[i]")
     lines += [
-        f"            adj[ox + i] += g * ({partial})",
+        f"            adj_x[i] += g * ({partial})",
         "        return",
         "    shape = meta[mo + 1:mo + 1 + ndim]",
         "    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims",
+        "    width = shape[ndim - 1]",
+        "    spread_g = np.empty(width, adj.dtype)",
+    ]
+    if "y" in used:
+        lines.append("    spread_y = np.empty(width, vals.dtype)")
+    lines += [
         "    index = np.zeros(ndim, np.int64)",
         "    py = 0",
-        "    for i in range(nx):",
-        "        g = adj[oy + py]",
+        "    for row in range(nx // width):",
+        "        px = ox + row * width",
+        "        adj_x = adj[px:px + width]",
     ]
-    lines += ["        " + load for load in loads]
+    if "x" in used:
+        lines.append("        x_ = vals[px:px + width]")
     lines += [
-        f"        adj[ox + i] += g * ({partial})",
-        "        d = ndim - 1",
-        "        while d >= 0:",
+        "        if strides[ndim - 1] == 0:  # reduced along the last dim",
+        "            spread_g[:] = adj[oy + py]",
+        "            g_ = spread_g",
+    ]
+    if "y" in used:
+        lines += ["            spread_y[:] = vals[oy + py]",
+                  "            y_ = spread_y"]
+    lines += [
+        "        else:",
+        "            g_ = adj[oy + py:oy + py + width]",
+    ]
+    if "y" in used:
+        lines.append("            y_ = vals[oy + py:oy + py + width]")
+    lines += ["        for i in range(width):"]
+    lines += ["            " + load for load in loads]
+    lines += [
+        f"            adj_x[i] += g * ({partial})",
+        "        d = ndim - 2",
+        "        while d >= 0:  # the next row",
         "            index[d] += 1",
         "            py += strides[d]",
         "            if index[d] < shape[d]:",

@@ -52,6 +52,22 @@ def strided_add(dst, dst_base, src, src_base, meta, mo, strided_is_dst):
     count = 1
     for d in range(ndim):
         count *= shape[d]
+    contiguous = True  # the strided side is one block (a slice of rows, a reshape)
+    step = 1
+    for d in range(ndim - 1, -1, -1):
+        if shape[d] != 1 and strides[d] != step:
+            contiguous = False
+        step *= shape[d]
+    if contiguous:
+        if strided_is_dst:
+            block = dst[dst_base + offset:dst_base + offset + count]
+            source = src[src_base:src_base + count]
+        else:
+            block = dst[dst_base:dst_base + count]
+            source = src[src_base + offset:src_base + offset + count]
+        for i in range(count):
+            block[i] += source[i]
+        return
     index = np.zeros(ndim, np.int64)
     p = offset
     for i in range(count):
@@ -190,12 +206,11 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                 ready[node] = 1
                 start = nodes[node, N_OFFSET]
                 size = nodes[node, N_SIZE]
+                # views, not offset indexing: LLVM vectorizes loops over a view only
                 if nodes[node, N_DTYPE] == DTYPE_F32:
-                    for i in range(start, start + size):
-                        adj32[i] = 0.0
+                    adj32[start:start + size] = 0.0
                 else:
-                    for i in range(start, start + size):
-                        adj64[i] = 0.0
+                    adj64[start:start + size] = 0.0
         code = entries[e, E_OP]
         kind = kinds[code]
         if kind == CAST:
@@ -205,11 +220,15 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                 o_out = nodes[out, N_OFFSET]
                 size = nodes[out, N_SIZE]
                 if nodes[src, N_DTYPE] == DTYPE_F32:
+                    target32 = adj32[o_in:o_in + size]
+                    source64 = adj64[o_out:o_out + size]
                     for i in range(size):
-                        adj32[o_in + i] += adj64[o_out + i]
+                        target32[i] += source64[i]
                 else:
+                    target64 = adj64[o_in:o_in + size]
+                    source32 = adj32[o_out:o_out + size]
                     for i in range(size):
-                        adj64[o_in + i] += adj32[o_out + i]
+                        target64[i] += source32[i]
         elif nodes[out, N_DTYPE] == DTYPE_F32:
             _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals32, adj32)
         else:
