@@ -324,8 +324,10 @@ class Tape:
         Reusing one avoids the page faults of touching fresh memory every step."""
         current = self.arenas[code]
         spares = self.spare_arenas[code]
-        for i, spare in enumerate(spares):
-            # references: the list, the loop variable, getrefcount's argument
+        for i in range(len(spares)):
+            spare = spares[i]
+            # references: the list, the local, getrefcount's argument (an enumerate()
+            # would hold one more in its result tuple: no spare would ever qualify)
             if sys.getrefcount(spare) <= 3 and spare.shape[0] >= current.shape[0] // 2:
                 spares[i] = current
                 return spare
