@@ -35,7 +35,7 @@ def _op_tables():
         from ..ops.registry import OPS
 
         kinds = np.array([op.kind for op in OPS], np.int64)
-        saves = np.array([op.saves_mask() for op in OPS], np.int64)
+        saves = np.array([op.sweep_mask() for op in OPS], np.int64)
         _tables = (kinds, saves)
     return _tables
 

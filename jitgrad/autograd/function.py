@@ -438,7 +438,8 @@ def reverse_sweep(tape, tables, adj, roots, seeds, reached, ready, kinds, saves,
 
     def run_down_to(bottom: int) -> int:
         return accumulate(entries, consts, nodes, refs, meta, tape.arenas[0], tape.arenas[1],
-                          adj[0], adj[1], bottom, top, reached, ready, kinds, retain)
+                          adj[0], adj[1], bottom, top, reached, ready, kinds, saves,
+                          retain)
 
     for entry, what in stops:
         if isinstance(what, _Recorded):

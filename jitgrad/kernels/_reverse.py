@@ -16,8 +16,12 @@ def reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     g_ = adj[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            adj0[i] += g_[i] * (-1.0)
+        if w0 == 2:
+            for i in range(n):
+                adj0[i] = g_[i] * (-1.0)
+        else:
+            for i in range(n):
+                adj0[i] += g_[i] * (-1.0)
 
 
 @kernel
@@ -27,9 +31,14 @@ def reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (y)
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (y)
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (y)
 
 
 @kernel
@@ -39,9 +48,14 @@ def reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (1.0 / x)
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (1.0 / x)
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (1.0 / x)
 
 
 @kernel
@@ -51,9 +65,14 @@ def reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (0.5 / y)
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (0.5 / y)
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (0.5 / y)
 
 
 @kernel
@@ -63,9 +82,14 @@ def reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (cos(x))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (cos(x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (cos(x))
 
 
 @kernel
@@ -75,9 +99,14 @@ def reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (-sin(x))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (-sin(x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (-sin(x))
 
 
 @kernel
@@ -87,9 +116,14 @@ def reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (1.0 + y * y)
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (1.0 + y * y)
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (1.0 + y * y)
 
 
 @kernel
@@ -99,9 +133,14 @@ def reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (1.0 - y * y)
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (1.0 - y * y)
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (1.0 - y * y)
 
 
 @kernel
@@ -111,9 +150,14 @@ def reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (y * (1.0 - y))
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (y * (1.0 - y))
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (y * (1.0 - y))
 
 
 @kernel
@@ -123,9 +167,14 @@ def reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (positive(x))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (positive(x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (positive(x))
 
 
 @kernel
@@ -135,9 +184,14 @@ def reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (sign(x))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (sign(x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (sign(x))
 
 
 @kernel
@@ -147,9 +201,14 @@ def reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (1.0 / (1.0 + x))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (1.0 / (1.0 + x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (1.0 / (1.0 + x))
 
 
 @kernel
@@ -159,9 +218,14 @@ def reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (y + 1.0)
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (y + 1.0)
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (y + 1.0)
 
 
 @kernel
@@ -171,9 +235,14 @@ def reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (-(y * y))
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (-(y * y))
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (-(y * y))
 
 
 @kernel
@@ -182,8 +251,12 @@ def reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     g_ = adj[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            adj0[i] += g_[i] * (1.0)
+        if w0 == 2:
+            for i in range(n):
+                adj0[i] = g_[i] * (1.0)
+        else:
+            for i in range(n):
+                adj0[i] += g_[i] * (1.0)
 
 
 @kernel
@@ -193,9 +266,14 @@ def reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (in_range(x, c0, c1))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (in_range(x, c0, c1))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (in_range(x, c0, c1))
 
 
 @kernel
@@ -204,8 +282,12 @@ def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
     g_ = adj[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            adj0[i] += g_[i] * (c0)
+        if w0 == 2:
+            for i in range(n):
+                adj0[i] = g_[i] * (c0)
+        else:
+            for i in range(n):
+                adj0[i] += g_[i] * (c0)
 
 
 @kernel
@@ -214,8 +296,12 @@ def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
     g_ = adj[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            adj0[i] += g_[i] * (1.0 / c0)
+        if w0 == 2:
+            for i in range(n):
+                adj0[i] = g_[i] * (1.0 / c0)
+        else:
+            for i in range(n):
+                adj0[i] += g_[i] * (1.0 / c0)
 
 
 @kernel
@@ -225,9 +311,14 @@ def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
     x_ = vals[o0:o0 + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            x = x_[i]
-            adj0[i] += g_[i] * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
 
 
 @kernel
@@ -237,9 +328,14 @@ def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, 
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
-        for i in range(n):
-            y = y_[i]
-            adj0[i] += g_[i] * (y * log(c0))
+        if w0 == 2:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] = g_[i] * (y * log(c0))
+        else:
+            for i in range(n):
+                y = y_[i]
+                adj0[i] += g_[i] * (y * log(c0))
 
 
 @kernel
@@ -249,12 +345,20 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         g_ = adj[oy:oy + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                adj0[i] += g_[i] * (1.0)
+            if w0 == 2:
+                for i in range(n):
+                    adj0[i] = g_[i] * (1.0)
+            else:
+                for i in range(n):
+                    adj0[i] += g_[i] * (1.0)
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                adj1[i] += g_[i] * (1.0)
+            if w1 == 2:
+                for i in range(n):
+                    adj1[i] = g_[i] * (1.0)
+            else:
+                for i in range(n):
+                    adj1[i] += g_[i] * (1.0)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -307,12 +411,20 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         g_ = adj[oy:oy + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                adj0[i] += g_[i] * (1.0)
+            if w0 == 2:
+                for i in range(n):
+                    adj0[i] = g_[i] * (1.0)
+            else:
+                for i in range(n):
+                    adj0[i] += g_[i] * (1.0)
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                adj1[i] += g_[i] * (-1.0)
+            if w1 == 2:
+                for i in range(n):
+                    adj1[i] = g_[i] * (-1.0)
+            else:
+                for i in range(n):
+                    adj1[i] += g_[i] * (-1.0)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -367,14 +479,24 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         b_ = vals[o1:o1 + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                b = b_[i]
-                adj0[i] += g_[i] * (b)
+            if w0 == 2:
+                for i in range(n):
+                    b = b_[i]
+                    adj0[i] = g_[i] * (b)
+            else:
+                for i in range(n):
+                    b = b_[i]
+                    adj0[i] += g_[i] * (b)
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                a = a_[i]
-                adj1[i] += g_[i] * (a)
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    adj1[i] = g_[i] * (a)
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    adj1[i] += g_[i] * (a)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -443,15 +565,26 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         b_ = vals[o1:o1 + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                b = b_[i]
-                adj0[i] += g_[i] * (1.0 / b)
+            if w0 == 2:
+                for i in range(n):
+                    b = b_[i]
+                    adj0[i] = g_[i] * (1.0 / b)
+            else:
+                for i in range(n):
+                    b = b_[i]
+                    adj0[i] += g_[i] * (1.0 / b)
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                adj1[i] += g_[i] * (-a / (b * b))
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] = g_[i] * (-a / (b * b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] += g_[i] * (-a / (b * b))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -522,17 +655,30 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         y_ = vals[oy:oy + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                adj0[i] += g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] = g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] += g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                y = y_[i]
-                adj1[i] += g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    y = y_[i]
+                    adj1[i] = g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    y = y_[i]
+                    adj1[i] += g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -605,16 +751,28 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         b_ = vals[o1:o1 + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                adj0[i] += g_[i] * ((a > b) + 0.5 * (a == b))
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] = g_[i] * ((a > b) + 0.5 * (a == b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] += g_[i] * ((a > b) + 0.5 * (a == b))
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                adj1[i] += g_[i] * ((b > a) + 0.5 * (a == b))
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] = g_[i] * ((b > a) + 0.5 * (a == b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] += g_[i] * ((b > a) + 0.5 * (a == b))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -685,16 +843,28 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         b_ = vals[o1:o1 + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                adj0[i] += g_[i] * ((a < b) + 0.5 * (a == b))
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] = g_[i] * ((a < b) + 0.5 * (a == b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] += g_[i] * ((a < b) + 0.5 * (a == b))
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                a = a_[i]
-                b = b_[i]
-                adj1[i] += g_[i] * ((b < a) + 0.5 * (a == b))
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] = g_[i] * ((b < a) + 0.5 * (a == b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] += g_[i] * ((b < a) + 0.5 * (a == b))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -764,14 +934,24 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
         cond_ = vals[o2:o2 + n]
         if w0:
             adj0 = adj[o0:o0 + n]
-            for i in range(n):
-                cond = cond_[i]
-                adj0[i] += g_[i] * (cond)
+            if w0 == 2:
+                for i in range(n):
+                    cond = cond_[i]
+                    adj0[i] = g_[i] * (cond)
+            else:
+                for i in range(n):
+                    cond = cond_[i]
+                    adj0[i] += g_[i] * (cond)
         if w1:
             adj1 = adj[o1:o1 + n]
-            for i in range(n):
-                cond = cond_[i]
-                adj1[i] += g_[i] * (1.0 - cond)
+            if w1 == 2:
+                for i in range(n):
+                    cond = cond_[i]
+                    adj1[i] = g_[i] * (1.0 - cond)
+            else:
+                for i in range(n):
+                    cond = cond_[i]
+                    adj1[i] += g_[i] * (1.0 - cond)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -851,8 +1031,8 @@ def reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo):
 
 
 @kernel
-def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
-    """SumBackward0: d/dx = 1.0"""
+def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """SumBackward0: d/dx = 1.0 (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
     if nx == 0:
@@ -860,8 +1040,12 @@ def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
     if ndim == 0:  # reduced to a single value
         g = adj[oy]
         adj_x = adj[ox:ox + nx]
-        for i in range(nx):
-            adj_x[i] += g * (1.0)
+        if fresh:
+            for i in range(nx):
+                adj_x[i] = g * (1.0)
+        else:
+            for i in range(nx):
+                adj_x[i] += g * (1.0)
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
@@ -877,9 +1061,14 @@ def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
             g_ = spread_g
         else:
             g_ = adj[oy + py:oy + py + width]
-        for i in range(width):
-            g = g_[i]
-            adj_x[i] += g * (1.0)
+        if fresh:
+            for i in range(width):
+                g = g_[i]
+                adj_x[i] = g * (1.0)
+        else:
+            for i in range(width):
+                g = g_[i]
+                adj_x[i] += g * (1.0)
         d = ndim - 2
         while d >= 0:  # the next row
             index[d] += 1
@@ -892,8 +1081,8 @@ def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo):
 
 
 @kernel
-def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
-    """MeanBackward0: d/dx = 1.0 / n"""
+def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """MeanBackward0: d/dx = 1.0 / n (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
     if nx == 0:
@@ -901,8 +1090,12 @@ def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
     if ndim == 0:  # reduced to a single value
         g = adj[oy]
         adj_x = adj[ox:ox + nx]
-        for i in range(nx):
-            adj_x[i] += g * (1.0 / n)
+        if fresh:
+            for i in range(nx):
+                adj_x[i] = g * (1.0 / n)
+        else:
+            for i in range(nx):
+                adj_x[i] += g * (1.0 / n)
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
@@ -918,9 +1111,14 @@ def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
             g_ = spread_g
         else:
             g_ = adj[oy + py:oy + py + width]
-        for i in range(width):
-            g = g_[i]
-            adj_x[i] += g * (1.0 / n)
+        if fresh:
+            for i in range(width):
+                g = g_[i]
+                adj_x[i] = g * (1.0 / n)
+        else:
+            for i in range(width):
+                g = g_[i]
+                adj_x[i] += g * (1.0 / n)
         d = ndim - 2
         while d >= 0:  # the next row
             index[d] += 1
@@ -933,8 +1131,8 @@ def reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo):
 
 
 @kernel
-def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
-    """ProdBackward0: d/dx = y / x"""
+def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """ProdBackward0: d/dx = y / x (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
     if nx == 0:
@@ -944,9 +1142,14 @@ def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
         y = vals[oy]
         x_ = vals[ox:ox + nx]
         adj_x = adj[ox:ox + nx]
-        for i in range(nx):
-            x = x_[i]
-            adj_x[i] += g * (y / x)
+        if fresh:
+            for i in range(nx):
+                x = x_[i]
+                adj_x[i] = g * (y / x)
+        else:
+            for i in range(nx):
+                x = x_[i]
+                adj_x[i] += g * (y / x)
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
@@ -967,11 +1170,18 @@ def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
         else:
             g_ = adj[oy + py:oy + py + width]
             y_ = vals[oy + py:oy + py + width]
-        for i in range(width):
-            g = g_[i]
-            x = x_[i]
-            y = y_[i]
-            adj_x[i] += g * (y / x)
+        if fresh:
+            for i in range(width):
+                g = g_[i]
+                x = x_[i]
+                y = y_[i]
+                adj_x[i] = g * (y / x)
+        else:
+            for i in range(width):
+                g = g_[i]
+                x = x_[i]
+                y = y_[i]
+                adj_x[i] += g * (y / x)
         d = ndim - 2
         while d >= 0:  # the next row
             index[d] += 1
@@ -984,8 +1194,8 @@ def reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo):
 
 
 @kernel
-def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
-    """LogsumexpBackward0: d/dx = exp(x - y)"""
+def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """LogsumexpBackward0: d/dx = exp(x - y) (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
     if nx == 0:
@@ -995,9 +1205,14 @@ def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
         y = vals[oy]
         x_ = vals[ox:ox + nx]
         adj_x = adj[ox:ox + nx]
-        for i in range(nx):
-            x = x_[i]
-            adj_x[i] += g * (exp(x - y))
+        if fresh:
+            for i in range(nx):
+                x = x_[i]
+                adj_x[i] = g * (exp(x - y))
+        else:
+            for i in range(nx):
+                x = x_[i]
+                adj_x[i] += g * (exp(x - y))
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
@@ -1018,11 +1233,18 @@ def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
         else:
             g_ = adj[oy + py:oy + py + width]
             y_ = vals[oy + py:oy + py + width]
-        for i in range(width):
-            g = g_[i]
-            x = x_[i]
-            y = y_[i]
-            adj_x[i] += g * (exp(x - y))
+        if fresh:
+            for i in range(width):
+                g = g_[i]
+                x = x_[i]
+                y = y_[i]
+                adj_x[i] = g * (exp(x - y))
+        else:
+            for i in range(width):
+                g = g_[i]
+                x = x_[i]
+                y = y_[i]
+                adj_x[i] += g * (exp(x - y))
         d = ndim - 2
         while d >= 0:  # the next row
             index[d] += 1
@@ -1035,8 +1257,8 @@ def reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo):
 
 
 @kernel
-def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo):
-    """LinalgVectorNormBackward0: d/dx = where(y == 0.0, 0.0, x / y)"""
+def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """LinalgVectorNormBackward0: d/dx = where(y == 0.0, 0.0, x / y) (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
     ndim = meta[mo]
     if nx == 0:
@@ -1046,9 +1268,14 @@ def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo):
         y = vals[oy]
         x_ = vals[ox:ox + nx]
         adj_x = adj[ox:ox + nx]
-        for i in range(nx):
-            x = x_[i]
-            adj_x[i] += g * (where(y == 0.0, 0.0, x / y))
+        if fresh:
+            for i in range(nx):
+                x = x_[i]
+                adj_x[i] = g * (where(y == 0.0, 0.0, x / y))
+        else:
+            for i in range(nx):
+                x = x_[i]
+                adj_x[i] += g * (where(y == 0.0, 0.0, x / y))
         return
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
@@ -1069,11 +1296,18 @@ def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo):
         else:
             g_ = adj[oy + py:oy + py + width]
             y_ = vals[oy + py:oy + py + width]
-        for i in range(width):
-            g = g_[i]
-            x = x_[i]
-            y = y_[i]
-            adj_x[i] += g * (where(y == 0.0, 0.0, x / y))
+        if fresh:
+            for i in range(width):
+                g = g_[i]
+                x = x_[i]
+                y = y_[i]
+                adj_x[i] = g * (where(y == 0.0, 0.0, x / y))
+        else:
+            for i in range(width):
+                g = g_[i]
+                x = x_[i]
+                y = y_[i]
+                adj_x[i] += g * (where(y == 0.0, 0.0, x / y))
         d = ndim - 2
         while d >= 0:  # the next row
             index[d] += 1
@@ -1152,23 +1386,23 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, 
 
 
 @kernel
-def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo):
+def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
     if code == 36:  # sum
-        reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 37:  # sum_dim
-        reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 38:  # mean
-        reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 39:  # mean_dim
-        reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 40:  # prod
-        reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 41:  # prod_dim
-        reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 42:  # logsumexp
-        reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 43:  # norm
-        reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo)
+        reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel

@@ -59,11 +59,14 @@ def _contiguous(op, indent: str) -> list[str]:
         used = _names_in(partial)
         out.append(f"{indent}if w{k}:")
         out.append(f"{indent}    adj{k} = adj[o{k}:o{k} + n]")
-        out.append(f"{indent}    for i in range(n):")
-        for name in [*op.inputs, "y"]:
-            if name in used:
-                out.append(f"{indent}        {name} = {name}_[i]")
-        out.append(f"{indent}        adj{k}[i] += g_[i] * ({partial})")
+        # w == 2: the sweep's first write to this adjoint, which it did not clear first
+        for test, store in ((f"if w{k} == 2:", "="), ("else:", "+=")):
+            out.append(f"{indent}    {test}")
+            out.append(f"{indent}        for i in range(n):")
+            for name in [*op.inputs, "y"]:
+                if name in used:
+                    out.append(f"{indent}            {name} = {name}_[i]")
+            out.append(f"{indent}            adj{k}[i] {store} g_[i] * ({partial})")
     return out
 
 
@@ -174,8 +177,8 @@ def _reduce(op) -> str:
         "",
         "",
         "@kernel",
-        f"def {_function_name(op)}(vals, adj, ox, oy, nx, c0, meta, mo):",
-        f'    """{op.grad_fn}: d/dx = {partial}"""',
+        f"def {_function_name(op)}(vals, adj, ox, oy, nx, c0, meta, mo, fresh):",
+        f'    """{op.grad_fn}: d/dx = {partial} (``fresh``: the first write, assign)"""',
         "    n = c0  # elements reduced into each output",
         "    ndim = meta[mo]",
         "    if nx == 0:",
@@ -188,11 +191,17 @@ def _reduce(op) -> str:
     if "x" in used:
         lines.append("        x_ = vals[ox:ox + nx]")
     lines += ["        adj_x = adj[ox:ox + nx]",
-              "        for i in range(nx):"]
+              "        if fresh:",
+              "            for i in range(nx):"]
     if "x" in used:
-        lines.append("            x = x_[i]")
+        lines.append("                x = x_[i]")
+    lines += [f"                adj_x[i] = g * ({partial})",
+              "        else:",
+              "            for i in range(nx):"]
+    if "x" in used:
+        lines.append("                x = x_[i]")
     lines += [
-        f"            adj_x[i] += g * ({partial})",
+        f"                adj_x[i] += g * ({partial})",
         "        return",
         "    shape = meta[mo + 1:mo + 1 + ndim]",
         "    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims",
@@ -224,10 +233,11 @@ def _reduce(op) -> str:
     ]
     if "y" in used:
         lines.append("            y_ = vals[oy + py:oy + py + width]")
-    lines += ["        for i in range(width):"]
-    lines += ["            " + load for load in loads]
+    for test, store in (("if fresh:", "="), ("else:", "+=")):
+        lines += [f"        {test}", "            for i in range(width):"]
+        lines += ["                " + load for load in loads]
+        lines += [f"                adj_x[i] {store} g * ({partial})"]
     lines += [
-        f"            adj_x[i] += g * ({partial})",
         "        d = ndim - 2",
         "        while d >= 0:  # the next row",
         "            index[d] += 1",
@@ -292,7 +302,7 @@ def source() -> str:
             parts.append(_matmul(op))
     ew = "vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo"
     parts.append(_dispatcher(ELEMENTWISE, "reverse_elementwise", ew, ew))
-    red = "vals, adj, ox, oy, nx, c0, meta, mo"
+    red = "vals, adj, ox, oy, nx, c0, meta, mo, fresh"
     parts.append(_dispatcher(REDUCE, "reverse_reduce", red, red))
     mm = "vals, adj, oa, ob, oy, w0, w1, meta, mo"
     parts.append(_dispatcher(MATMUL, "reverse_matmul", mm, mm))

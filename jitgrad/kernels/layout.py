@@ -39,3 +39,7 @@ DTYPE_F64 = 1
 OK = 0
 ERR_FREED = 1
 ERR_VERSION = 2
+
+# the sweeps' per-op mask table: bits 0-2 input k's value is read by the derivative, bit 3
+# the output's; bits WRITES_SHIFT + k: the reverse step writes input k's whole adjoint
+WRITES_SHIFT = 4

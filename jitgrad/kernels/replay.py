@@ -396,7 +396,7 @@ def _reverse_general(kind, code, row, oy, o0, o1, o2, w0, w1, w2, c0, c1, genera
     elif not w0:
         return
     elif kind == REDUCE:
-        reverse_reduce(code, vals, adj, o0, oy, size, c0, meta, mo)
+        reverse_reduce(code, vals, adj, o0, oy, size, c0, meta, mo, False)
     elif kind == RESTRIDE:
         strided_add(adj, o0, adj, oy, meta, mo, True)
     elif kind == PLACE:

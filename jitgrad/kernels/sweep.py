@@ -27,6 +27,7 @@ from .layout import (
     E_WIDTH,
     ERR_FREED,
     ERR_VERSION,
+    WRITES_SHIFT,
     N_DTYPE,
     N_ENTRY,
     N_GRAD,
@@ -155,7 +156,9 @@ def mark_reached(entries, nodes, versions, roots, n_entries, reached, saves_mask
 
 
 @kernel
-def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
+def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj, fresh):
+    """Entry ``e``'s reverse step. Bit k of ``fresh``: input k's adjoint is written here
+    for the first time and was not cleared: the step assigns instead of adding."""
     out = entries[e, E_OUT]
     in0 = entries[e, E_IN0]
     in1 = entries[e, E_IN1]
@@ -165,16 +168,18 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
     o0 = nodes[in0, N_OFFSET] if in0 >= 0 else 0
     o1 = nodes[in1, N_OFFSET] if in1 >= 0 else 0
     o2 = nodes[in2, N_OFFSET] if in2 >= 0 else 0
-    w0 = in0 >= 0 and nodes[in0, N_GRAD] != 0
-    w1 = in1 >= 0 and nodes[in1, N_GRAD] != 0
-    w2 = in2 >= 0 and nodes[in2, N_GRAD] != 0
+    # 0: no gradient wanted, 1: accumulate, 2: assign (the first write)
+    w0 = (2 if fresh & 1 else 1) if in0 >= 0 and nodes[in0, N_GRAD] != 0 else 0
+    w1 = (2 if fresh & 2 else 1) if in1 >= 0 and nodes[in1, N_GRAD] != 0 else 0
+    w2 = (2 if fresh & 4 else 1) if in2 >= 0 and nodes[in2, N_GRAD] != 0 else 0
     if kind == ELEMENTWISE:
         reverse_elementwise(code, vals, adj, o0, o1, o2, oy, nodes[out, N_SIZE], w0, w1, w2,
                             consts[e, E_C0], consts[e, E_C1], meta, mo)
     elif not w0 and not w1:
         return
     elif kind == REDUCE:
-        reverse_reduce(code, vals, adj, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo)
+        reverse_reduce(code, vals, adj, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo,
+                       fresh & 1 != 0)
     elif kind == MATMUL:
         reverse_matmul(code, vals, adj, o0, o1, oy, w0, w1, meta, mo)
     elif kind == RESTRIDE:
@@ -189,7 +194,7 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj):
 
 @kernel
 def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
-               n_entries, reached, ready, kinds, retain, count=True):
+               n_entries, reached, ready, kinds, saves_mask, retain, count=True):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
     same offsets as values, in buffers reused from one backward to the next: a node's
     adjoint is zeroed when it is first written (``ready``), so only the graph's nodes are
@@ -200,10 +205,21 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
         out = entries[e, E_OUT]
         if not reached[out]:
             continue
+        code = entries[e, E_OP]
+        kind = kinds[code]
+        mo = entries[e, E_META]
+        # steps that write each element of an input's adjoint exactly once may assign on
+        # the first write instead of clearing first (one pass less over the adjoint)
+        whole = (kind == REDUCE or kind == CAST
+                 or (kind == ELEMENTWISE and (mo < 0 or meta[mo] == 0)))
+        fresh = 0
         for k in range(3):
             node = entries[e, E_IN0 + k]
             if node >= 0 and not ready[node] and nodes[node, N_GRAD]:
                 ready[node] = 1
+                if whole and (saves_mask[code] >> (WRITES_SHIFT + k)) & 1:
+                    fresh |= 1 << k
+                    continue
                 start = nodes[node, N_OFFSET]
                 size = nodes[node, N_SIZE]
                 # views, not offset indexing: LLVM vectorizes loops over a view only
@@ -211,8 +227,6 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                     adj32[start:start + size] = 0.0
                 else:
                     adj64[start:start + size] = 0.0
-        code = entries[e, E_OP]
-        kind = kinds[code]
         if kind == CAST:
             src = entries[e, E_IN0]
             if src >= 0 and nodes[src, N_GRAD]:
@@ -221,18 +235,22 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                 size = nodes[out, N_SIZE]
                 if nodes[src, N_DTYPE] == DTYPE_F32:
                     target32 = adj32[o_in:o_in + size]
+                    if fresh:
+                        target32[:] = 0.0
                     source64 = adj64[o_out:o_out + size]
                     for i in range(size):
                         target32[i] += source64[i]
                 else:
                     target64 = adj64[o_in:o_in + size]
+                    if fresh:
+                        target64[:] = 0.0
                     source32 = adj32[o_out:o_out + size]
                     for i in range(size):
                         target64[i] += source32[i]
         elif nodes[out, N_DTYPE] == DTYPE_F32:
-            _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals32, adj32)
+            _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals32, adj32, fresh)
         else:
-            _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals64, adj64)
+            _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals64, adj64, fresh)
         if not retain:
             entries[e, E_FREED] = 1
     if not count:
@@ -256,7 +274,8 @@ def reverse_sweep(entries, consts, nodes, versions, refs, meta, vals32, vals64, 
     if status != OK:
         return status, entry, 0, 0
     pending = accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
-                         entry, n_entries, reached, ready, kinds, retain, count)
+                         entry, n_entries, reached, ready, kinds, saves_mask, retain,
+                         count)
     return OK, -1, pending, n_leaves
 
 

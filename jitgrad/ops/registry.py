@@ -69,6 +69,19 @@ class OpDef:
             mask |= 1 << 3
         return mask
 
+    def sweep_mask(self) -> int:
+        """``saves_mask`` plus, at bit 4 + k, whether a reverse step that sees operands of
+        the output's shape writes every element of input k's adjoint exactly once (so the
+        sweep may let it assign on its first write instead of clearing first)."""
+        mask = self.saves_mask()
+        if self.kind == ELEMENTWISE:
+            for k, partial in enumerate(self.partials):
+                if partial is not None:
+                    mask |= 1 << (4 + k)
+        elif self.kind in (REDUCE, CAST):
+            mask |= 1 << 4
+        return mask
+
 
 OPS: list[OpDef] = []
 BY_NAME: dict[str, OpDef] = {}
