@@ -13,6 +13,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _dtype as dt
+from . import _vmath_forward
 from .ops.registry import BY_NAME
 from .recording import (
     SCALAR_FORWARD,
@@ -576,8 +577,8 @@ NUMPY_FORWARD = {
     "exp": lambda x, c0, c1, out: np.exp(x, out=out),
     "log": lambda x, c0, c1, out: np.log(x, out=out),
     "sqrt": lambda x, c0, c1, out: np.sqrt(x, out=out),
-    "sin": lambda x, c0, c1, out: np.sin(x, out=out),
-    "cos": lambda x, c0, c1, out: np.cos(x, out=out),
+    "sin": _vmath_forward.sin,  # vectorized for large float64 arrays
+    "cos": _vmath_forward.cos,
     "tan": lambda x, c0, c1, out: np.tan(x, out=out),
     "tanh": lambda x, c0, c1, out: np.tanh(x, out=out),
     "sigmoid": _stable_sigmoid,

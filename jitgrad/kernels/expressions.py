@@ -5,6 +5,7 @@ Scalar helpers work on one element; ``matmul``/``mT`` on 2-D blocks.
 import numpy as np
 
 from .jit import inline_kernel, kernel
+from .vmath import like, vcos, vsin
 
 
 @inline_kernel
@@ -34,12 +35,14 @@ def sqrt(v):
 
 @inline_kernel
 def sin(v):
-    return np.sin(v)
+    # vectorizable in the generated loops (np.sin is a scalar libm call); computed in
+    # float64, a float32 ``v`` gets its float32 result back, as from np.sin
+    return like(v, vsin(float(v)))
 
 
 @inline_kernel
 def cos(v):
-    return np.cos(v)
+    return like(v, vcos(float(v)))
 
 
 @inline_kernel
