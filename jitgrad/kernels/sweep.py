@@ -27,7 +27,6 @@ from .layout import (
     E_WIDTH,
     ERR_FREED,
     ERR_VERSION,
-    WRITES_SHIFT,
     N_DTYPE,
     N_ENTRY,
     N_GRAD,
@@ -35,6 +34,7 @@ from .layout import (
     N_SIZE,
     N_WIDTH,
     OK,
+    WRITES_SHIFT,
 )
 
 
