@@ -340,33 +340,54 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
     if record:
         inputs = [_cast_input(t, result) for t in inputs]
     arrays = [t._value() for t in inputs]
-    shapes = [a.shape for a in arrays]
-    shape = shapes[0] if len(shapes) == 1 else broadcast_shape(
-        _op_label(name), *shapes)
     if not record:
         arrays = [a if a.dtype == result.numpy else a.astype(result.numpy) for a in arrays]
-        with np.errstate(all="ignore"):
-            value = NUMPY_FORWARD[name](*arrays, c0, c1, None)
+        try:
+            with np.errstate(all="ignore"):
+                value = NUMPY_FORWARD[name](*arrays, c0, c1, None)
+        except ValueError:
+            if len(arrays) > 1:  # operands that do not broadcast: torch's error
+                broadcast_shape(_op_label(name), *[a.shape for a in arrays])
+            raise
         value = np.asarray(value, dtype=result.numpy)
+        shape = value.shape
         if not shape:
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, value, None, result, shape, -1, -1)
+    shapes = [a.shape for a in arrays]
+    shape = shapes[0] if len(shapes) == 1 else broadcast_shape(
+        _op_label(name), *shapes)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
-    ins = [_input_node(tape, t, op, k) for k, t in enumerate(inputs)]
-    node, slot = _new_output_node(tape, result, shape)
-    if name in _MAY_WARN:
-        with np.errstate(all="ignore"):
-            NUMPY_FORWARD[name](*arrays, c0, c1, slot)
-    else:
-        NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+    in0 = _input_node(tape, inputs[0], op, 0)
+    in1 = in2 = -1
     if len(inputs) == 1:
         meta = -1
     else:
-        meta = broadcast_meta(shape, shapes)
-        meta = 0 if meta == [0] else tape.add_meta(meta)  # meta[0] is a shared 0
-    tape.record(op.code, node, *_pad3(ins), meta, c0, c1)
+        in1 = _input_node(tape, inputs[1], op, 1)
+        if len(inputs) == 3:
+            in2 = _input_node(tape, inputs[2], op, 2)
+        if shapes[0] == shape and shapes[1] == shape and (len(shapes) == 2 or
+                                                          shapes[2] == shape):
+            meta = 0  # meta[0] is a shared 0: operands have the output's shape
+        else:
+            meta = tape.add_meta(broadcast_meta(shape, shapes))
+    code = dtype_code(result)
+    size = 1
+    for s in shape:
+        size *= s
+    node, offset = tape.record_output(op.code, code, shape, size, in0, in1, in2, meta, c0, c1)
+    slot = tape.arenas[code][offset:offset + size].reshape(shape)
+    try:
+        if name in _MAY_WARN:
+            with np.errstate(all="ignore"):
+                NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+        else:
+            NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+    except BaseException:
+        tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
+        raise
     if not shape:
         return _output(tape, None, slot.item(), result, (), node, op.code)
     return _output(tape, slot, None, result, shape, node, op.code)
@@ -968,7 +989,9 @@ def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor
     t = input if dtype is None else to_dtype(input, dtype)
     if t.dtype is dt.bool_:
         t = to_dtype(t, dt.int64)
-    return _reduce("sum", t, dim, keepdim, lambda x, axis: np.sum(x, axis=axis), "sum_dim")
+    # the ufuncs' reduce directly: np.sum/np.max/... add microseconds of Python per call
+    return _reduce("sum", t, dim, keepdim, lambda x, axis: np.add.reduce(x, axis=axis),
+                   "sum_dim")
 
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
@@ -977,20 +1000,23 @@ def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tenso
 
 
 def _mean_forward(x, axis):
-    if x.size == 0:  # NumPy would warn "Mean of empty slice"; the mean is nan
-        return np.full(np.sum(x, axis=axis).shape, np.nan, x.dtype)
-    return np.mean(x, axis=axis)
+    total = np.add.reduce(x, axis=axis)  # np.mean's own sum, without its Python layers
+    if x.size == 0:  # the mean of nothing is nan (NumPy would also warn)
+        return np.full(np.shape(total), np.nan, x.dtype)
+    return total / (x.size // np.size(total))
 
 
 def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
     t = input if dtype is None else to_dtype(input, dtype)
-    return _reduce("prod", t, dim, keepdim, lambda x, axis: np.prod(x, axis=axis), "prod_dim")
+    return _reduce("prod", t, dim, keepdim, lambda x, axis: np.multiply.reduce(x, axis=axis),
+                   "prod_dim")
 
 
 def _logsumexp_forward(x, axis):
-    peak = np.max(x, axis=axis, keepdims=True) if x.size else np.zeros((1,) * x.ndim)
+    peak = (np.maximum.reduce(x, axis=axis, keepdims=True) if x.size
+            else np.zeros((1,) * x.ndim))
     peak = np.where(np.isfinite(peak), peak, 0)
-    total = np.sum(np.exp(x - peak), axis=axis, keepdims=True)
+    total = np.add.reduce(np.exp(x - peak), axis=axis, keepdims=True)
     return np.squeeze(np.log(total) + peak, axis=axis)
 
 

@@ -168,6 +168,51 @@ class Tape:
         self.n_entries = entry + 1
         return entry
 
+    def record_output(self, code: int, dtype_code: int, shape: tuple, size: int, in0: int,
+                      in1: int, in2: int, meta: int, c0: float = 0.0,
+                      c1: float = 0.0) -> tuple[int, int]:
+        """``new_node`` + ``record`` in one step (the per-op cost of array graphs): the
+        output node, recorded as produced by a new entry; returns (node, arena offset). The
+        caller writes the value into the slot next (nothing refers to the node before)."""
+        offset = self.used[dtype_code]
+        if offset + size > self.arenas[dtype_code].shape[0]:
+            offset = self.alloc(dtype_code, size)
+        else:
+            self.used[dtype_code] = offset + size
+        node = self.n_nodes
+        entry = self.n_entries
+        versions = self.versions
+        entry_row = _ENTRY.pack(
+            code, node, in0, in1, in2, meta,
+            versions[in0] if in0 >= 0 else 0,
+            versions[in1] if in1 >= 0 else 0,
+            versions[in2] if in2 >= 0 else 0,
+            0, c0, c1)
+        self._append_rows(node, _NODE.pack(offset, size, dtype_code, 1, entry), entry_row)
+        self.shapes.append(shape)
+        self.n_nodes = node + 1
+        self.n_entries = entry + 1
+        return node, offset
+
+    def _append_rows(self, node: int, node_row: bytes, entry_row: bytes) -> None:
+        try:
+            self.entries += entry_row
+        except BufferError:
+            self._unpin()
+            self.entries += entry_row
+        try:
+            self.nodes += node_row
+            self.versions.append(0)
+            self.refs.append(1)
+        except BufferError:
+            self._unpin()  # copies, which may hold part of this row: cut it off
+            del self.nodes[node * _NODE_BYTES:]
+            del self.versions[node:]
+            del self.refs[node:]
+            self.nodes += node_row
+            self.versions.append(0)
+            self.refs.append(1)
+
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
         """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs."""
@@ -189,23 +234,7 @@ class Tape:
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        try:
-            self.entries += entry_row
-        except BufferError:
-            self._unpin()
-            self.entries += entry_row
-        try:
-            self.nodes += node_row
-            versions.append(0)
-            self.refs.append(1)
-        except BufferError:
-            self._unpin()  # copies, which may hold part of this row: cut it off
-            del self.nodes[node * _NODE_BYTES:]
-            del self.versions[node:]
-            del self.refs[node:]
-            self.nodes += node_row
-            self.versions.append(0)
-            self.refs.append(1)
+        self._append_rows(node, node_row, entry_row)
         self.shapes.append(())
         self.n_nodes = node + 1
         self.n_entries = entry + 1

@@ -506,10 +506,45 @@ def _inplace_method(name: str, compute):
     return method
 
 
-Tensor.add_ = _inplace_method("add_", F.add)
-Tensor.sub_ = _inplace_method("sub_", F.sub)
-Tensor.mul_ = _inplace_method("mul_", F.mul)
-Tensor.div_ = _inplace_method("div_", F.div)
+def _arithmetic_inplace_method(name: str, compute, ufunc):
+    """``add_``/``sub_``/``mul_``/``div_``: when nothing is recorded and the operand has the
+    tensor's float dtype (or is a Python number), the ufunc writes into the tensor's memory
+    directly (the optimizer-loop case: one pass, no temporary); anything else, and every
+    error, takes the general path."""
+    general = _inplace_method(name, compute)
+
+    def method(self, other, *args, **kwargs):
+        data = self._data
+        if (not args and not kwargs and data is not None and self.dtype.is_floating_point
+                and (not F._state.grad_enabled
+                     or not (self._requires_grad
+                             or (type(other) is Tensor and other._requires_grad)))):
+            kind = type(other)
+            operand = None
+            if kind is Tensor:
+                if other.dtype is self.dtype:
+                    operand = other._value()
+            elif kind is float or kind is int:
+                operand = other
+            if operand is not None:
+                try:
+                    with np.errstate(all="ignore"):
+                        ufunc(data, operand, out=data)
+                except (ValueError, TypeError):
+                    pass  # not broadcastable to the tensor, read-only memory: the message
+                else:
+                    _bump_version(self)
+                    return self
+        return general(self, other, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+Tensor.add_ = _arithmetic_inplace_method("add_", F.add, np.add)
+Tensor.sub_ = _arithmetic_inplace_method("sub_", F.sub, np.subtract)
+Tensor.mul_ = _arithmetic_inplace_method("mul_", F.mul, np.multiply)
+Tensor.div_ = _arithmetic_inplace_method("div_", F.div, np.divide)
 Tensor.pow_ = _inplace_method("pow_", F.pow)
 Tensor.clamp_ = _inplace_method("clamp_", F.clamp)
 Tensor.__iadd__ = Tensor.add_
