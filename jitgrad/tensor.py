@@ -512,10 +512,12 @@ def _arithmetic_inplace_method(name: str, compute, ufunc):
     directly (the optimizer-loop case: one pass, no temporary); anything else, and every
     error, takes the general path."""
     general = _inplace_method(name, compute)
+    plain = F.inplace  # a compiled tape's recording wraps it to see in-place writes
 
     def method(self, other, *args, **kwargs):
         data = self._data
         if (not args and not kwargs and data is not None and self.dtype.is_floating_point
+                and F.inplace is plain
                 and (not F._state.grad_enabled
                      or not (self._requires_grad
                              or (type(other) is Tensor and other._requires_grad)))):

@@ -5,7 +5,7 @@ regenerate."""
 # fmt: off
 import numpy as np
 
-from .expressions import cos, exp, expm1, in_range, log, log1p, matmul, mT, positive, power, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import cos, exp, expm1, in_range, log, log1p, matmul, mT, positive, power, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, where  # noqa: F401, E501
 from .jit import inline_kernel, kernel
 
 
@@ -685,13 +685,13 @@ def scalar_forward(code, x0, x1, x2, c0, c1):
         return float(sqrt(x))
     elif code == 4:  # sin
         x = x0
-        return float(sin(x))
+        return float(scalar_sin(x))
     elif code == 5:  # cos
         x = x0
-        return float(cos(x))
+        return float(scalar_cos(x))
     elif code == 6:  # tan
         x = x0
-        return float(sin(x) / cos(x))
+        return float(scalar_sin(x) / scalar_cos(x))
     elif code == 7:  # tanh
         x = x0
         return float(tanh(x))
@@ -797,11 +797,11 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
     elif code == 4:  # sin
         x = x0
         if w0:
-            d0 = g * (cos(x))
+            d0 = g * (scalar_cos(x))
     elif code == 5:  # cos
         x = x0
         if w0:
-            d0 = g * (-sin(x))
+            d0 = g * (-scalar_sin(x))
     elif code == 6:  # tan
         if w0:
             d0 = g * (1.0 + y * y)

@@ -46,6 +46,17 @@ def cos(v):
 
 
 @inline_kernel
+def scalar_sin(v):
+    # one value at a time (the 0-d steps of compiled tapes): libm's call is the cheaper
+    return np.sin(v)
+
+
+@inline_kernel
+def scalar_cos(v):
+    return np.cos(v)
+
+
+@inline_kernel
 def tanh(v):
     return np.tanh(v)
 

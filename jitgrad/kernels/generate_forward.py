@@ -219,6 +219,19 @@ def _advance(indent: str) -> list[str]:
     ]
 
 
+_SCALAR_CALLS = {"sin": "scalar_sin", "cos": "scalar_cos"}
+
+
+def _scalar(expression: str) -> str:
+    """``expression`` for one value at a time: sin/cos as libm calls (the vectorizable
+    versions the loops use cost more per single value)."""
+    tree = ast.parse(expression, mode="eval")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            node.func.id = _SCALAR_CALLS.get(node.func.id, node.func.id)
+    return ast.unparse(tree)
+
+
 def _bindings(op, expressions, indent: str) -> list[str]:
     """Name the loaded operands as the expressions call them (only those they use)."""
     used = set()
@@ -233,7 +246,7 @@ def _scalar_forward() -> str:
     for i, op in enumerate(op for op in OPS if op.kind == ELEMENTWISE):
         lines.append(f"    {'if' if i == 0 else 'elif'} code == {op.code}:  # {op.name}")
         lines += _bindings(op, [op.forward], "        ")
-        lines.append(f"        return float({_forward_expression(op)})")
+        lines.append(f"        return float({_scalar(_forward_expression(op))})")
     lines.append("    return np.nan")
     return "\n".join(lines)
 
@@ -250,7 +263,7 @@ def _scalar_adjoints() -> str:
         for k, partial in enumerate(op.partials):
             if partial is not None:
                 lines.append(f"        if w{k}:")
-                lines.append(f"            d{k} = g * ({partial})")
+                lines.append(f"            d{k} = g * ({_scalar(partial)})")
     lines.append("    return d0, d1, d2")
     return "\n".join(lines)
 
@@ -264,7 +277,7 @@ def _dispatcher(kind: int, name: str, signature: str, step, call: str) -> str:
 
 
 def source() -> str:
-    functions = ", ".join(sorted(EXPRESSION_FUNCTIONS, key=str.lower))
+    functions = ", ".join(sorted({*EXPRESSION_FUNCTIONS, *_SCALAR_CALLS.values()}, key=str.lower))
     parts = [HEADER.format(functions=functions)]
     for op in OPS:
         if op.kind == ELEMENTWISE and _elementwise_name(op) == f"forward_{op.name}":

@@ -8,7 +8,7 @@ import numpy as np
 from .. import _dtype as dt
 from ..autograd.grad_mode import no_grad
 from ..tensor import Tensor
-from .optimizer import Optimizer, run_fused
+from .optimizer import Optimizer, kernels, run_fused
 
 
 class Adam(Optimizer):
@@ -57,7 +57,7 @@ class Adam(Optimizer):
     def step(self, closure: Callable | None = None):
         """One update of every parameter that has a gradient; returns ``closure()`` (run
         with grad enabled first) when given. Everything is checked before any change."""
-        from . import _kernels
+        _kernels = kernels()
 
         loss = self._evaluate(closure)
         plans = []

@@ -260,6 +260,20 @@ class Optimizer:
         return address
 
 
+_kernels_module = None
+
+
+def kernels():
+    """The optimizers' Numba kernels (``_kernels``), imported on first use: numba is not
+    imported with jitgrad, and an import statement per step costs microseconds."""
+    global _kernels_module
+    if _kernels_module is None:
+        from . import _kernels
+
+        _kernels_module = _kernels
+    return _kernels_module
+
+
 def run_fused(items: list, group_kernel: Callable, update: Callable, hyper: tuple,
               address: Callable) -> None:
     """Update parameters in place: one call of ``group_kernel`` per dtype in ``items``, or
@@ -270,8 +284,7 @@ def run_fused(items: list, group_kernel: Callable, update: Callable, hyper: tupl
     C-contiguous arrays in the kernel's row order (data, gradient, state...) and ``extra``
     its per-parameter kernel argument; ``hyper``: the scalar hyperparameters;
     ``address``: the (caching) address lookup for the long-lived buffers."""
-    from . import _kernels
-
+    _kernels = kernels()
     total = 0
     for _, buffers, _ in items:
         total += buffers[0].size

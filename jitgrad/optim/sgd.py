@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..autograd.grad_mode import no_grad
-from .optimizer import Optimizer, run_fused
+from .optimizer import Optimizer, kernels, run_fused
 
 
 class SGD(Optimizer):
@@ -49,7 +49,7 @@ class SGD(Optimizer):
     def step(self, closure: Callable | None = None):
         """One update of every parameter that has a gradient; returns ``closure()`` (run
         with grad enabled first) when given. Everything is checked before any change."""
-        from . import _kernels
+        _kernels = kernels()
 
         loss = self._evaluate(closure)
         plans = []
