@@ -46,6 +46,7 @@ _CHECK_VALUES = 1 << 24  # arena elements between liveness checks
 # a tape whose entries are all freed restarts once it is this large (entries, values)
 _RESTART_ENTRIES = 1 << 12
 _RESTART_VALUES = 1 << 15
+_REUSE_SIZE = 1 << 16  # gradients from this many elements on reuse dropped ones' memory
 
 _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
@@ -70,6 +71,7 @@ class Tape:
         self.arenas = [np.empty(_INITIAL_ARENA, d) for d in _ARENA_DTYPES]
         self.used = [0, 0]
         self.spare_arenas: list[list[np.ndarray]] = [[], []]
+        self.handed_out: list[np.ndarray] = []  # large gradients given out, for reuse
         self.adjoints = [np.empty(0, d) for d in _ARENA_DTYPES]
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
@@ -364,6 +366,26 @@ class Tape:
         if len(spares) > 2:
             spares.pop(0)
         return np.empty(current.shape[0], current.dtype)
+
+    def copy_out(self, values: np.ndarray, shape: tuple) -> np.ndarray:
+        """A new array holding ``values`` (a gradient handed to the user). A large one
+        reuses the memory of an earlier one that nobody refers to any more (``x.grad =
+        None`` each step): fresh memory would cost its page faults again every step."""
+        size = values.shape[0]
+        if size < _REUSE_SIZE:
+            return values.reshape(shape).copy()
+        pool = self.handed_out
+        for i in range(len(pool)):
+            old = pool[i]
+            # references: the list, the local, getrefcount's argument
+            if sys.getrefcount(old) <= 3 and old.shape[0] == size and old.dtype == values.dtype:
+                np.copyto(old, values)
+                return old.reshape(shape)
+        result = values.copy()
+        pool.append(result)
+        if len(pool) > 4:
+            pool.pop(0)
+        return result.reshape(shape)
 
     def release(self, node: int, generation: int) -> None:
         """A tensor referring to ``node`` died."""

@@ -217,3 +217,21 @@ def test_a_stale_view_of_the_tables_does_not_break_recording():
     z.backward()
     assert y.grad.tolist() == [2.0, 2.0, 2.0]
     del stale
+
+
+def test_large_gradients_reuse_dropped_memory_and_never_kept_memory():
+    x = torch.tensor(np.linspace(-1.0, 1.0, 1 << 17), requires_grad=True)
+    (x * x).sum().backward()
+    kept = x.grad
+    kept_copy = kept.numpy().copy()
+    x.grad = None
+    (x * 3.0).sum().backward()  # `kept` is alive: its memory must not be reused
+    np.testing.assert_array_equal(kept.numpy(), kept_copy)
+    np.testing.assert_array_equal(x.grad.numpy(), 3.0)
+    first = x.grad.numpy()
+    pointer = first.__array_interface__["data"][0]
+    del first
+    x.grad = None  # dropped: the next gradient may take its memory
+    (x * 5.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), 5.0)
+    assert x.grad.numpy().__array_interface__["data"][0] == pointer

@@ -200,7 +200,7 @@ def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
         if not shape:
             result[node] = adjoints[dtype_code][offset].item()
         else:
-            result[node] = adjoints[dtype_code][offset:offset + size].reshape(shape).copy()
+            result[node] = tape.copy_out(adjoints[dtype_code][offset:offset + size], shape)
     return result
 
 
@@ -250,7 +250,7 @@ def _backward_scalar(output: Tensor) -> bool:
         if owner is not None:
             offset, size, code = tape.node_location(leaf)
             if shapes[leaf]:
-                adjoint = adj[code][offset:offset + size].reshape(shapes[leaf]).copy()
+                adjoint = tape.copy_out(adj[code][offset:offset + size], shapes[leaf])
             else:
                 adjoint = adj[code][offset].item()
             _accumulate_grad(owner, adjoint, False)
@@ -258,7 +258,7 @@ def _backward_scalar(output: Tensor) -> bool:
         if reached[retained]:
             offset, size, code = tape.node_location(retained)
             shape = tape.shapes[retained]
-            adjoint = (adj[code][offset:offset + size].reshape(shape).copy() if shape
+            adjoint = (tape.copy_out(adj[code][offset:offset + size], shape) if shape
                        else adj[code][offset].item())
             _accumulate_grad(owner, adjoint, False)
     return True
