@@ -226,20 +226,20 @@ def _backward_scalar(output: Tensor) -> bool:
     offset, size, code = tape.node_location(node)
     if size != 1:
         return False
-    mark_reached, sweep_tape = _sweep_kernels()
-    kinds, saves = _op_tables()
+    sweep_tape = (_kernels or _sweep_kernels())[1]
+    kinds, saves = _tables or _op_tables()
     n_nodes = tape.n_nodes
-    reached = np.zeros(n_nodes, np.uint8)
-    ready = np.zeros(n_nodes, np.uint8)
+    flags = np.zeros(2 * n_nodes, np.uint8)
+    reached, ready = flags[:n_nodes], flags[n_nodes:]
     ready[node] = 1  # the root, seeded with 1 below
-    leaves = np.empty(n_nodes, np.int64)
+    leaves = np.empty(n_nodes + 1, np.int64)
+    leaves[n_nodes] = node
     adj = tape.adjoint_buffers()
     adj[code][offset] = 1.0
-    roots = np.array([node], np.int64)
     status, entry, pending, n_leaves = sweep_tape(
         tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
-        tape.arenas[1], adj[0], adj[1], roots, reached, ready, kinds, saves, False, leaves,
-        tape.restartable())
+        tape.arenas[1], adj[0], adj[1], leaves[n_nodes:], reached, ready, kinds, saves, False,
+        leaves, tape.restartable())
     if status != 0:
         _raise_sweep_error(tape, status, entry)
     tape.after_backward(pending)
@@ -251,6 +251,11 @@ def _backward_scalar(output: Tensor) -> bool:
             offset, size, code = tape.node_location(leaf)
             if shapes[leaf]:
                 adjoint = tape.copy_out(adj[code][offset:offset + size], shapes[leaf])
+            elif owner._grad is None:  # the usual 0-d case: a new 0-d gradient
+                grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
+                _init(grad, None, adj[code][offset].item(), owner.dtype, ())
+                owner._grad = grad
+                continue
             else:
                 adjoint = adj[code][offset].item()
             _accumulate_grad(owner, adjoint, False)
