@@ -32,6 +32,7 @@ import numpy as np
 from . import functions as F
 from .autograd import engine
 from .autograd import forward_ad as fwd
+from .autograd import second_order
 from .autograd.grad_mode import enable_grad
 from .kernels.layout import E_IN0, N_ENTRY, N_GRAD
 from .recording import node_of
@@ -727,9 +728,11 @@ def hessian(func: Callable, argnums=0) -> Callable:
 
 def hvp(func: Callable, primals, tangents):
     """The Hessian-vector product of a scalar function: forward-over-reverse, as
-    ``jvp(grad(func), primals, tangents)[1]`` but with one tangent sweep over the recorded
-    gradient (the Hessian is never formed). Returns one Tensor per primal (a tuple when there
-    are several).
+    ``jvp(grad(func), primals, tangents)[1]`` but over one recording of ``func`` (the
+    Hessian is never formed). A tangent sweep and a reverse sweep that carries each adjoint's
+    tangent run in one Numba call; a recording that sweep does not take (custom Functions,
+    hooks, values modified in place) has its gradient recorded instead and one tangent sweep
+    run over that. Returns one Tensor per primal (a tuple when there are several).
 
     >>> import jitgrad as torch
     >>> from jitgrad.func import hvp
@@ -747,12 +750,30 @@ def hvp(func: Callable, primals, tangents):
         return jvp(grad(func, argnums=nums if len(nums) > 1 else 0), primals, tangents)[1]
     out = _check_scalar(call.output, "hvp")
     tape = call.tape
-    gradients = _reverse_recorded(call, out)
     seeds = [(_node(t, tape), d.to(t.dtype)) for t, d in zip(call.inputs, directions)]
-    result = _tangent_sweep(tape, seeds, call.start, tape.n_entries, gradients)
+    result = _second_order(call, out, seeds)
+    if result is None:
+        gradients = _reverse_recorded(call, out)
+        result = _tangent_sweep(tape, seeds, call.start, tape.n_entries, gradients)
     call.finish()
     result = [_output(r, call.as_numpy) for r in call.group(result)]
     return result[0] if len(result) == 1 else tuple(result)
+
+
+def _second_order(call: _Call, out: Tensor, seeds: list) -> list | None:
+    """``H v`` by the second-order sweep, one Tensor per input; None where the recording
+    needs the recorded-gradient path."""
+    if not out._requires_grad:
+        return [_zeros_like(t) for t in call.inputs]
+    root = _node(out, call.tape)
+    if root < 0:
+        return None
+    found = second_order.hessian_vector_product(call.tape, root, call.start, seeds)
+    if found is None:
+        return None
+    return [_zeros_like(t) if value is None else
+            Tensor._wrap(value, t.dtype) if value.ndim else F._scalar_tensor(value.item(), t.dtype)
+            for value, t in zip(found, call.inputs)]
 
 
 def _reverse_recorded(call: _Call, out: Tensor) -> list:

@@ -936,10 +936,43 @@ def _reduced_shape(shape: tuple, dims: tuple, keepdim: bool) -> tuple:
     return tuple(s for d, s in enumerate(shape) if d not in dims)
 
 
+_REDUCE_LAYOUTS: dict = {}  # (shape, dim, keepdim) -> what _reduce derives from them
+
+
+def _reduce_layout(name: str, shape: tuple, dim, keepdim: bool) -> tuple:
+    """(dims, output shape, elements per output, meta of the entry, or None for a full
+    reduction) of a reduction; remembered per shape and dim (a training loop asks for the
+    same few every step)."""
+    key = (shape, dim, keepdim) if dim is None or type(dim) is int else None
+    layout = _REDUCE_LAYOUTS.get(key) if key is not None else None
+    if layout is not None:
+        return layout
+    ndim = len(shape)
+    dims = _dims(dim, ndim, name)
+    out_shape = () if dim is None and not keepdim else _reduced_shape(shape, dims, keepdim)
+    keep_shape = _reduced_shape(shape, dims, True)
+    count = 1
+    for d in dims:
+        count *= shape[d]
+    if len(keep_shape) == 0 or all(s == 1 for s in keep_shape):
+        meta = None  # a full reduction: the tape's meta[0] is a shared 0
+    else:
+        strides, step = [0] * ndim, 1
+        for d in range(ndim - 1, -1, -1):
+            if keep_shape[d] != 1:
+                strides[d] = step
+            step *= keep_shape[d]
+        meta = (ndim, *shape, *strides)
+    layout = (dims, out_shape, count, meta)
+    if key is not None and len(_REDUCE_LAYOUTS) < 4096:
+        _REDUCE_LAYOUTS[key] = layout
+    return layout
+
+
 def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None) -> Tensor:
     t = _check_tensor(input, name)
-    ndim = t.ndim
-    dims = _dims(dim, ndim, name)
+    ndim = len(t._shape)
+    dims, out_shape, count, layout_meta = _reduce_layout(name, tuple(t._shape), dim, keepdim)
     full_reduction = dim is None
     op_name = name if full_reduction or dim_name is None else dim_name
     x = t._value()
@@ -948,11 +981,6 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
         raise RuntimeError(
             f"{name}(): could not infer output dtype. Input dtype must be either a floating "
             f"point or complex dtype. Got: {t.dtype.name.capitalize()}")
-    out_shape = () if full_reduction and not keepdim else _reduced_shape(t.shape, dims, keepdim)
-    keep_shape = _reduced_shape(t.shape, dims, True)
-    count = 1
-    for d in dims:
-        count *= t.shape[d]
     record = _recording(t) and result.is_floating_point
     axis = dims if ndim else None
     with np.errstate(all="ignore"):
@@ -966,19 +994,15 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
-    node, slot = _new_output_node(tape, result, out_shape)
-    slot[...] = value.reshape(out_shape)
-    if len(keep_shape) == 0 or all(s == 1 for s in keep_shape):
-        meta = 0  # a full reduction: the tape's meta[0] is a shared 0
-    else:
-        strides, step = [0] * ndim, 1
-        for d in range(ndim - 1, -1, -1):
-            if keep_shape[d] != 1:
-                strides[d] = step
-            step *= keep_shape[d]
-        meta = tape.add_meta([ndim, *t.shape, *strides])
+    meta = 0 if layout_meta is None else tape.add_meta(layout_meta)
     code = BY_NAME[op_name].code
-    tape.record(code, node, src, -1, -1, meta, float(count))
+    size = 1
+    for s in out_shape:
+        size *= s
+    node, offset = tape.record_output(code, dtype_code(result), out_shape, size, src, -1, -1,
+                                      meta, float(count))
+    slot = tape.arenas[dtype_code(result)][offset:offset + size].reshape(out_shape)
+    slot[...] = value.reshape(out_shape)
     if not out_shape:
         return _output(tape, None, float(slot), result, (), node, code)
     return _output(tape, slot, None, result, out_shape, node, code)

@@ -43,3 +43,9 @@ ERR_VERSION = 2
 # the sweeps' per-op mask table: bits 0-2 input k's value is read by the derivative, bit 3
 # the output's; bits WRITES_SHIFT + k: the reverse step writes input k's whole adjoint
 WRITES_SHIFT = 4
+
+# the second-order sweep's per-op table (generated into _hvp.py): bits 0-2 its step reads
+# input k's tangent, bit 3 the output's; bits FLOWS_SHIFT + k: input k's tangent flows into
+# the output's (the tangent sweep reads it); bit HAS_SECOND_ORDER: the sweep has a step
+FLOWS_SHIFT = 4
+HAS_SECOND_ORDER = 1 << 7
