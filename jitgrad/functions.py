@@ -1350,11 +1350,12 @@ def _gather(name: str, t: Tensor, flat_index: np.ndarray, shape: tuple, _unused)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
-    node, slot = _new_output_node(tape, t.dtype, shape)
-    slot[...] = values
-    meta = tape.add_meta([flat_index.size, *flat_index.tolist()])
+    meta = tape.add_index_meta(flat_index)
     code = BY_NAME[name].code
-    tape.record(code, node, src, -1, -1, meta)
+    node, offset = tape.record_output(code, dtype_code(t.dtype), shape, flat_index.size, src,
+                                      -1, -1, meta)
+    slot = tape.arenas[dtype_code(t.dtype)][offset:offset + flat_index.size].reshape(shape)
+    slot[...] = values
     if not shape:
         return _output(tape, None, float(slot), t.dtype, (), node, code)
     return _output(tape, slot, None, t.dtype, shape, node, code)

@@ -262,6 +262,21 @@ class Tape:
         offset = self.entry_field(entry, E_META)
         return list(self.meta[offset:offset + count])
 
+    def add_index_meta(self, index: np.ndarray) -> int:
+        """``add_meta([index.size, *index])`` for an integer array, without making Python
+        ints of its elements."""
+        raw = np.ascontiguousarray(index, np.int64).tobytes()
+        offset = len(self.meta)
+        try:
+            self.meta.append(index.size)
+            self.meta.frombytes(raw)
+        except BufferError:
+            self._unpin()
+            del self.meta[offset:]
+            self.meta.append(index.size)
+            self.meta.frombytes(raw)
+        return offset
+
     def add_meta(self, values) -> int:
         offset = len(self.meta)
         try:
