@@ -1180,11 +1180,12 @@ def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0) ->
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
-    node, slot = _new_output_node(tape, t.dtype, view.shape)
-    slot[...] = view
-    meta = tape.add_meta([view.ndim, *view.shape, *strides, offset])
+    meta = tape.add_meta((view.ndim, *view.shape, *strides, offset))
     code = BY_NAME[name].code
-    tape.record(code, node, src, -1, -1, meta)
+    arena = dtype_code(t.dtype)
+    node, offset = tape.record_output(code, arena, view.shape, view.size, src, -1, -1, meta)
+    slot = tape.arenas[arena][offset:offset + view.size].reshape(view.shape)
+    slot[...] = view
     if view.ndim == 0:
         return _output(tape, None, float(slot), t.dtype, (), node, code)
     return _output(tape, slot, None, t.dtype, view.shape, node, code)
@@ -1454,12 +1455,19 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
         return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
-    ins = [node_of(tape, a), node_of(tape, b)]
-    node, slot = _new_output_node(tape, result, out_shape)
-    np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
-    meta = tape.add_meta([batch, a3.shape[0], b3.shape[0], rows, inner, cols])
+    in0, in1 = node_of(tape, a), node_of(tape, b)
+    meta = tape.add_meta((batch, a3.shape[0], b3.shape[0], rows, inner, cols))
     code = BY_NAME[name].code
-    tape.record(code, node, ins[0], ins[1], -1, meta)
+    arena = dtype_code(result)
+    size = batch * rows * cols
+    node, offset = tape.record_output(code, arena, out_shape, size, in0, in1, -1, meta)
+    slot = tape.arenas[arena][offset:offset + size]
+    try:
+        np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
+    except BaseException:
+        tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
+        raise
+    slot = slot.reshape(out_shape)
     if not out_shape:
         return _output(tape, None, float(slot), result, (), node, code)
     return _output(tape, slot, None, result, out_shape, node, code)

@@ -46,6 +46,8 @@ WRITES_SHIFT = 4
 
 # the second-order sweep's per-op table (generated into _hvp.py): bits 0-2 its step reads
 # input k's tangent, bit 3 the output's; bits FLOWS_SHIFT + k: input k's tangent flows into
-# the output's (the tangent sweep reads it); bit HAS_SECOND_ORDER: the sweep has a step
+# the output's (the tangent sweep reads it); bit HAS_SECOND_ORDER: the sweep has a step;
+# bit KEEPS_PARTIAL: a unary op whose partial is kept from its tangent step for its reverse step
 FLOWS_SHIFT = 4
 HAS_SECOND_ORDER = 1 << 7
+KEEPS_PARTIAL = 1 << 8
