@@ -311,6 +311,9 @@ def _cast_input(t: Tensor, d: dt.dtype) -> Tensor:
     return to_dtype(t, d)
 
 
+_BROADCASTS: dict = {}  # operand shapes -> (output shape, entry meta or None when equal)
+
+
 def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
                  result=None) -> Tensor:
     """Apply elementwise op ``name`` to tensors ``inputs`` (promoted to ``result``)."""
@@ -354,9 +357,24 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         if not shape:
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, value, None, result, shape, -1, -1)
-    shapes = [a.shape for a in arrays]
-    shape = shapes[0] if len(shapes) == 1 else broadcast_shape(
-        _op_label(name), *shapes)
+    if len(arrays) == 1:
+        shape = arrays[0].shape
+        size = arrays[0].size
+        layout = None
+    else:
+        shapes = tuple([a.shape for a in arrays])
+        cached = _BROADCASTS.get(shapes)
+        if cached is None:
+            shape = broadcast_shape(_op_label(name), *shapes)
+            layout = None if all(s == shape for s in shapes) else tuple(
+                broadcast_meta(shape, list(shapes)))
+            size = 1
+            for s in shape:
+                size *= s
+            if len(_BROADCASTS) < 4096:
+                _BROADCASTS[shapes] = shape, size, layout
+        else:
+            shape, size, layout = cached
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
@@ -368,15 +386,9 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         in1 = _input_node(tape, inputs[1], op, 1)
         if len(inputs) == 3:
             in2 = _input_node(tape, inputs[2], op, 2)
-        if shapes[0] == shape and shapes[1] == shape and (len(shapes) == 2 or
-                                                          shapes[2] == shape):
-            meta = 0  # meta[0] is a shared 0: operands have the output's shape
-        else:
-            meta = tape.add_meta(broadcast_meta(shape, shapes))
+        # meta[0] is a shared 0: operands have the output's shape
+        meta = 0 if layout is None else tape.add_meta(layout)
     code = dtype_code(result)
-    size = 1
-    for s in shape:
-        size *= s
     node, offset = tape.record_output(op.code, code, shape, size, in0, in1, in2, meta, c0, c1)
     slot = tape.arenas[code][offset:offset + size].reshape(shape)
     try:
