@@ -16,6 +16,8 @@ W2-backward    backward through that chain
 W3-1e3         Rosenbrock value + gradient, n = 1,000, float64
 W3-1e6         Rosenbrock value + gradient, n = 1,000,000, float64
 W4             one SGD step of a 64-128-10 tanh MLP, log-softmax CE, digits batch 64, float32
+W4-nn          one epoch (28 steps) of the same MLP as ``nn.Sequential(nn.Linear, nn.Tanh,
+               nn.Linear)``, ``nn.functional.cross_entropy``, ``optim.SGD(momentum=0.9)``
 W5-1e4         Hessian-vector product of ``sum(sin(x) * x**2)``, n = 10,000, float64
 W5-1e6         the same at n = 1,000,000
 W6-1e6         JVP of ``tanh(x) * exp(-x**2)``, n = 1,000,000, float64
@@ -24,10 +26,11 @@ W7-chain       W2's chain with 25,000 iterations (100,000 ops) recorded once by
 W7-rosen       a Rosenbrock written as a Python loop over 12,500 scalars, the same way
 =============  ==============================================================================
 
-W5-W7 measure features (``jitgrad.func.hvp``/``jvp``, ``jitgrad.compile``) that are checked
-first: where jitgrad lacks one, the row says "not available". W5 takes each library's best
-method (its functional transform or a double backward), W6 its best forward-mode API
-(``func.jvp`` or ``autograd.forward_ad``); W7 in ``--quick`` mode runs
+W4-nn runs on the torch-like libraries only. W5-W7 measure features
+(``jitgrad.func.hvp``/``jvp``, ``jitgrad.compile``) that are checked first: where jitgrad
+lacks one, the row says "not available". W5 takes each library's best method (its
+functional transform or a double backward), W6 its best forward-mode API (``func.jvp`` or
+``autograd.forward_ad``); W7 in ``--quick`` mode runs
 programs a tenth of the size (jitgrad's fixed cost per replay then weighs more).
 
 How it times: warm-up runs first (Numba compilation, JAX tracing and first-call allocations
@@ -262,6 +265,35 @@ def w4_step(lib, state: W4State):
     return loss
 
 
+# -- W4-nn: the same model through nn, a loss function and an optimizer, one epoch --------------
+def w4nn_setup(lib):
+    """``nn.Sequential(Linear, Tanh, Linear)`` holding W4's initial parameters (torch's
+    ``(out, in)`` weight layout), SGD with momentum 0.9, the digits batches as tensors."""
+    batches, params = w4_data()
+    model = lib.nn.Sequential(lib.nn.Linear(64, W4_HIDDEN), lib.nn.Tanh(),
+                              lib.nn.Linear(W4_HIDDEN, 10))
+    with lib.no_grad():
+        for layer, (weight, bias) in zip((model[0], model[2]), (params[:2], params[2:])):
+            layer.weight.copy_(lib.tensor(np.ascontiguousarray(weight.T)))
+            layer.bias.copy_(lib.tensor(bias))
+    optimizer = lib.optim.SGD(model.parameters(), lr=W4_LR, momentum=0.9)
+    batches = [(lib.tensor(X, dtype=lib.float32), lib.tensor(y, dtype=lib.int64))
+               for X, y in batches]
+    return model, optimizer, batches
+
+
+def w4nn_epoch(lib, state):
+    """One pass over the digits batches: zero_grad, cross_entropy, backward, step."""
+    model, optimizer, batches = state
+    loss = None
+    for X, y in batches:
+        optimizer.zero_grad()
+        loss = lib.nn.functional.cross_entropy(model(X), y)
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
 # -- W5: Hessian-vector product ------------------------------------------------------------------
 def w5_f(lib, x):
     # lib: a torch-like module, or jax.numpy / autograd.numpy (the same expression works)
@@ -478,7 +510,7 @@ def f_w4(fn: Functional):
 
 # -- the cases -----------------------------------------------------------------------------------
 CORE_CASES = ("W1", "W2-record", "W2-backward", "W3-1e3", "W3-1e6", "W4")
-FEATURE_CASES = ("W5-1e4", "W5-1e6", "W6-1e6", "W7-chain", "W7-rosen")
+FEATURE_CASES = ("W4-nn", "W5-1e4", "W5-1e6", "W6-1e6", "W7-chain", "W7-rosen")
 CASES = CORE_CASES + FEATURE_CASES
 W3_SIZES = {"W3-1e3": 1_000, "W3-1e6": 1_000_000}
 W5_SIZES = {"W5-1e4": 10_000, "W5-1e6": 1_000_000}
@@ -490,6 +522,7 @@ GOALS = {  # torch time / jitgrad time must be at least this
     "W3-1e3": 2.0,
     "W3-1e6": 1.2,
     "W4": 1.0,
+    "W4-nn": 1.2,
     "W5-1e4": 3.0,
     "W5-1e6": 1.5,
     "W6-1e6": 1.5,
@@ -504,6 +537,7 @@ DESCRIPTIONS = {
     "W3-1e3": "Rosenbrock f+grad, n=1e3, f64",
     "W3-1e6": "Rosenbrock f+grad, n=1e6, f64",
     "W4": "MLP 64-128-10 SGD step, batch 64, f32",
+    "W4-nn": "W4 via nn.Linear/cross_entropy/SGD(momentum), 1 epoch",
     "W5-1e4": "HVP of sum(sin(x)*x**2), n=1e4, f64",
     "W5-1e6": "HVP of sum(sin(x)*x**2), n=1e6, f64",
     "W6-1e6": "JVP of tanh(x)*exp(-x**2), n=1e6, f64",
@@ -552,6 +586,8 @@ def skip_reason(case: str, libname: str, all_peers: bool = False) -> str | None:
         return None
     if libname == "jax" and case.startswith("W2"):
         return "skipped: eager JAX takes ~10 s per 40k-op chain (use --all-peers)"
+    if libname in FUNCTIONAL and case == "W4-nn":
+        return "skipped: the case is torch's nn/optim API (W4 is the functional version)"
     if libname in FUNCTIONAL and case.startswith("W7"):
         return ("skipped: jax.jit of a 100k-op unrolled program takes minutes and eager "
                 "peers seconds per run (use --all-peers)")
@@ -637,6 +673,13 @@ def _torch_like_runner(case: str, lib, mode: str) -> Runner:
             last["loss"] = w4_step(lib, state)
 
         return Runner(run, result=lambda: _sum(state.params[2]), number=20)
+    if case == "W4-nn":
+        state = w4nn_setup(lib)
+
+        def run():
+            last["loss"] = w4nn_epoch(lib, state)
+
+        return Runner(run, result=lambda: _sum(state[0][2].weight))
     if case in W5_SIZES:
         return next(iter(_w5_runners(case, lib).values()))
     if case == "W6-1e6":

@@ -56,10 +56,10 @@ def _set(enabled: bool, check_nan: bool) -> None:
 
 
 def _trace_recordings(tape) -> None:
-    """Wrap this tape's two recording methods so each new entry keeps the user's stack."""
+    """Wrap this tape's recording methods so each new entry keeps the user's stack."""
     if "record" in tape.__dict__:
         return
-    record, record_scalar = tape.record, tape.record_scalar
+    record, record_scalar, record_output = tape.record, tape.record_scalar, tape.record_output
     traces = tape.__dict__.setdefault("anomaly_traces", {})
 
     def remember() -> None:
@@ -76,13 +76,19 @@ def _trace_recordings(tape) -> None:
         remember()
         return node
 
+    def traced_record_output(*args, **kwargs):
+        result = record_output(*args, **kwargs)
+        remember()
+        return result
+
     tape.record = traced_record
     tape.record_scalar = traced_record_scalar
+    tape.record_output = traced_record_output
 
 
 def _stop_tracing(tape) -> None:
-    tape.__dict__.pop("record", None)
-    tape.__dict__.pop("record_scalar", None)
+    for name in ("record", "record_scalar", "record_output"):
+        tape.__dict__.pop(name, None)
     tape.__dict__.pop("anomaly_traces", None)
 
 
