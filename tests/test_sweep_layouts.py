@@ -75,3 +75,14 @@ def test_reduction_along_dims(shape, dim, op, keepdim):
 def test_strided_views(index):
     x = np.random.default_rng(0).standard_normal((4, 5))
     _check(lambda t: t[index] * 2.0, [x])
+
+
+def test_several_slices_of_one_input_add_up():
+    # the first slice the sweep meets clears the rest of the input's adjoint and copies
+    # itself in; the others add: every element must get every contribution once
+    x = np.random.default_rng(2).standard_normal(9)
+    _check(lambda t: (t[1:] * 2.0).sum() + (t[:-1] * 3.0).sum() + t[2:4].sum() * t[4:5].sum()
+           + t[3:].reshape(2, 3)[:, 1:].sum(), [x])
+    t = jitgrad.tensor(x, requires_grad=True)
+    (t[1:] * 2.0).sum().backward()
+    np.testing.assert_array_equal(t.grad.numpy(), [0.0] + [2.0] * 8)

@@ -39,6 +39,21 @@ from .layout import (
 
 
 @kernel
+def view_block(meta, mo):
+    """(offset, count) when the strided layout at ``meta[mo:]`` (ndim, shape, strides,
+    offset) is one contiguous block of its source, else (-1, count)."""
+    ndim = meta[mo]
+    count = 1
+    contiguous = True
+    for d in range(ndim - 1, -1, -1):
+        size = meta[mo + 1 + d]
+        if size != 1 and meta[mo + 1 + ndim + d] != count:
+            contiguous = False
+        count *= size
+    return (meta[mo + 1 + 2 * ndim] if contiguous else -1), count
+
+
+@kernel
 def strided_add(dst, dst_base, src, src_base, meta, mo, strided_is_dst):
     """For every multi-index i of ``shape``: dst[p] += src[q], where the strided side is
     addressed ``offset + i . strides`` and the other side is contiguous.
@@ -50,16 +65,8 @@ def strided_add(dst, dst_base, src, src_base, meta, mo, strided_is_dst):
     shape = meta[mo + 1:mo + 1 + ndim]
     strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]
     offset = meta[mo + 1 + 2 * ndim]
-    count = 1
-    for d in range(ndim):
-        count *= shape[d]
-    contiguous = True  # the strided side is one block (a slice of rows, a reshape)
-    step = 1
-    for d in range(ndim - 1, -1, -1):
-        if shape[d] != 1 and strides[d] != step:
-            contiguous = False
-        step *= shape[d]
-    if contiguous:
+    block, count = view_block(meta, mo)
+    if block >= 0:  # the strided side is one block (a slice of rows, a reshape)
         if strided_is_dst:
             block = dst[dst_base + offset:dst_base + offset + count]
             source = src[src_base:src_base + count]
@@ -183,7 +190,11 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj, fresh
     elif kind == MATMUL:
         reverse_matmul(code, vals, adj, o0, o1, oy, w0, w1, meta, mo)
     elif kind == RESTRIDE:
-        strided_add(adj, o0, adj, oy, meta, mo, True)
+        if fresh & 1:  # one block, the rest of the input's adjoint cleared: copy it there
+            block, count = view_block(meta, mo)
+            adj[o0 + block:o0 + block + count] = adj[oy:oy + count]
+        else:
+            strided_add(adj, o0, adj, oy, meta, mo, True)
     elif kind == PLACE:
         strided_add(adj, o0, adj, oy, meta, mo, False)
     elif kind == GATHER:
@@ -222,6 +233,17 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                     continue
                 start = nodes[node, N_OFFSET]
                 size = nodes[node, N_SIZE]
+                if kind == RESTRIDE:  # a slice: clear around it, copy into it
+                    block, count = view_block(meta, mo)
+                    if block >= 0:
+                        fresh = 1
+                        if nodes[node, N_DTYPE] == DTYPE_F32:
+                            adj32[start:start + block] = 0.0
+                            adj32[start + block + count:start + size] = 0.0
+                        else:
+                            adj64[start:start + block] = 0.0
+                            adj64[start + block + count:start + size] = 0.0
+                        continue
                 # views, not offset indexing: LLVM vectorizes loops over a view only
                 if nodes[node, N_DTYPE] == DTYPE_F32:
                     adj32[start:start + size] = 0.0
