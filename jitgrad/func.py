@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from . import functions as F
-from .autograd import engine
+from .autograd import engine, second_order
 from .autograd import forward_ad as fwd
-from .autograd import second_order
 from .autograd.grad_mode import enable_grad
 from .kernels.layout import E_IN0, N_ENTRY, N_GRAD
 from .recording import node_of

@@ -256,9 +256,7 @@ class Tensor:
     def backward(self, gradient=None, retain_graph=None, create_graph: bool = False,
                  inputs=None) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf of the graph."""
-        from .autograd.engine import backward
-
-        backward(self, gradient, retain_graph, create_graph, inputs)
+        _engine().backward(self, gradient, retain_graph, create_graph, inputs)
 
     # -- printing ------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -313,6 +311,19 @@ class Tensor:
             tape = self._tape
             if tape.generation == self._gen:
                 tape.refs[node] -= 1
+
+
+_engine_module = None
+
+
+def _engine():
+    """``autograd.engine``, imported once on first use (it imports this module)."""
+    global _engine_module
+    if _engine_module is None:
+        from .autograd import engine
+
+        _engine_module = engine
+    return _engine_module
 
 
 def _init(t: Tensor, data, item, d: dt.dtype, shape) -> None:

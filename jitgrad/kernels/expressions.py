@@ -92,6 +92,24 @@ def power(base, exponent):
 
 
 @inline_kernel
+def product_exponent(exponent):
+    """Whether ``power`` computes ``base ** exponent`` by products, without a pow() call.
+    Generated loops test it once, before a loop version that uses ``power_by_products``:
+    with a pow() call left in the loop (even one never taken) LLVM may not vectorize it."""
+    return exponent == 1.0 or exponent == 2.0 or exponent == 0.0 or exponent == -1.0
+
+
+@inline_kernel
+def power_by_products(base, exponent):
+    """``power`` for an exponent ``product_exponent`` accepted, the same results without
+    branches: every candidate is computed and the exponent's is selected."""
+    result = 1.0 / base
+    result = base * 0.0 + 1.0 if exponent == 0.0 else result
+    result = base * base if exponent == 2.0 else result
+    return base if exponent == 1.0 else result
+
+
+@inline_kernel
 def where(condition, if_true, if_false):
     return if_true if condition else if_false
 
