@@ -191,7 +191,7 @@ def _every_target_valid(index: np.ndarray, classes: int, ignore_index: int) -> b
     masks are only computed when this fails)."""
     if not index.size:
         return False
-    low, high = index.min(), index.max()
+    low, high = np.minimum.reduce(index), np.maximum.reduce(index)
     return 0 <= low and high < classes and not low <= ignore_index <= high
 
 
@@ -257,7 +257,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         index = target.numpy()
         if _every_target_valid(index, input.shape[1], ignore_index):
             # the common case in fewer recorded ops: -log_softmax(x)[i, t] = lse(x_i) - x[i, t]
-            picked = input[np.arange(index.size), index]
+            # x[i, t_i] as one gather at flat positions (indexing would rebuild them)
+            flat = np.arange(0, index.size * input.shape[1], input.shape[1]) + index
+            picked = T._gather("index", input, flat, (index.size,), None)
             return _reduce(T.logsumexp(input, 1) - picked, reduction)
     class_dim = 0 if input.ndim == 1 else 1
     logp = T.log_softmax(input, class_dim)
