@@ -1,0 +1,91 @@
+"""Hessian-vector products by one second-order sweep (``jitgrad/kernels/second_order.py``).
+
+``func.hvp`` records the function once and asks :func:`hessian_vector_product` for ``H v``
+over that recording: a tangent sweep and a reverse sweep carrying adjoints and their
+tangents, in one Numba call. Where the recording holds something that sweep does not take (a
+custom Function, a hook, an op without a second-order step, a value modified in place) the
+answer is None and the caller records the gradient with ``create_graph=True`` instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.registry import OPS
+from . import forward_ad as fwd
+from .function import needs_python
+
+_tables = None
+
+
+def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per opcode: kind, the reverse sweep's mask, the second-order table (ops registered
+    after the table was generated have no second-order step)."""
+    global _tables
+    if _tables is None or _tables[0].shape[0] != len(OPS):
+        from ..kernels._hvp import SECOND_ORDER
+
+        second = np.zeros(len(OPS), np.int64)
+        known = min(len(OPS), SECOND_ORDER.shape[0])
+        second[:known] = SECOND_ORDER[:known]
+        _tables = (np.array([op.kind for op in OPS], np.int64),
+                   np.array([op.sweep_mask() for op in OPS], np.int64), second)
+    return _tables
+
+
+def _scratch(tape) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Buffers for the adjoints' tangents and for kept partials, as large as the adjoint
+    buffers and kept with the tape like them (fresh memory on every call would cost page
+    faults)."""
+    adj = tape.adjoint_buffers()
+    kept = tape.__dict__.get("second_order_scratch")
+    if kept is None or any(k.shape[0] < a.shape[0] for k, a in zip(kept[0], adj)):
+        kept = tuple([np.empty(a.shape[0], a.dtype) for a in adj] for _ in range(2))
+        tape.__dict__["second_order_scratch"] = kept
+    return kept
+
+
+_sweep = None
+
+
+def _kernel():
+    global _sweep
+    if _sweep is None:  # Numba loads on first use, not at import
+        from ..kernels.second_order import second_order_sweep
+
+        _sweep = second_order_sweep
+    return _sweep
+
+
+def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | None:
+    """``H v`` for the scalar node ``root`` recorded from entry ``start`` on, with respect
+    to the seed nodes: ``seeds`` is (node, direction Tensor) per input (node -1: the input
+    was not used). Returns per input an ndarray of its shape, or None where the root does
+    not depend on it; None instead of the list where the recording needs the recorded
+    (``create_graph``) path."""
+    if needs_python(tape):  # custom Functions, hooks, anomaly detection
+        return None
+    kinds, sweep_masks, second = _op_tables()
+    n_nodes = tape.n_nodes
+    flags = np.zeros((3, n_nodes), np.uint8)
+    reached, ready, needed = flags[0], flags[1], flags[2]
+    adj = tape.adjoint_buffers()
+    adj_tan, part = _scratch(tape)
+    with fwd.borrowed_buffers(tape, 1) as (tangents, active):
+        for node, direction in seeds:
+            if node >= 0:
+                fwd._write_seed(tape, tangents, active, node, direction, 0)
+        status = _kernel()(
+            tape.entries, tape.nodes, tape.versions, tape.meta, tape.arenas[0],
+            tape.arenas[1], tangents[0], tangents[1], adj[0], adj[1], adj_tan[0], adj_tan[1],
+            part[0], part[1], root, start, kinds, sweep_masks, second, active, reached, ready,
+            needed)
+    if status != 0:
+        return None
+    result = []
+    for node, _ in seeds:
+        if node < 0 or not ready[node]:
+            result.append(None)
+            continue
+        offset, size, code = tape.node_location(node)
+        result.append(adj_tan[code][offset:offset + size].reshape(tape.shapes[node]).copy())
+    return result
