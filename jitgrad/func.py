@@ -8,9 +8,10 @@ Tensors). Given NumPy arrays they return NumPy arrays. They compose: ``grad(grad
 
 How they run: the function is recorded once on the tape; reverse transforms are one reverse
 sweep per cotangent (Numba), forward transforms one tangent sweep (Numba) for up to a chunk of
-directions at once. ``hvp`` and ``hessian`` are forward-over-reverse: the gradient is
-recorded with ``create_graph=True`` and one tangent sweep runs over the whole recording
-(never a dense Hessian for ``hvp``). Inside another transform (or when the arguments, or
+directions at once. ``hvp`` is forward-over-reverse in one Numba call over the recording
+(a tangent sweep, then a reverse sweep carrying each adjoint's tangent, its steps generated
+in ``kernels/_hvp.py``), never a dense Hessian; ``hessian`` is ``jacfwd(jacrev)``. Inside
+another transform (or when the arguments, or
 tensors the function closes over, require grad) every transform records its result, so the
 outer transform can differentiate it again.
 

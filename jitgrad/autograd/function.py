@@ -93,10 +93,36 @@ def _add_leaf(leaf: Tensor) -> dict:
     return hooks
 
 
+def hooked_leaf_on(tape) -> bool:
+    """Whether a leaf with hooks has a node on ``tape``'s current generation (a hooked leaf
+    of another thread's tape, or of an ended generation, cannot be reached by its sweeps)."""
+    for ref, hooks in list(_leaf_hooks.values()):
+        leaf = ref()
+        if (leaf is not None and hooks and leaf._tape is tape
+                and leaf._gen == tape.generation and leaf._node >= 0):
+            return True
+    return False
+
+
+def reaches_python(tape, reached) -> bool:
+    """Whether a sweep that marked the nodes ``reached`` met something Python must run: a
+    recorded Function, a tensor hook or a hooked leaf (anomaly detection is the caller's)."""
+    state = _callbacks(tape)
+    if state is not None:
+        if any(reached[node] for node in state.hooks):
+            return True
+        if any(node >= 0 and reached[node] for recorded in state.functions.values()
+               for node in recorded.outputs):
+            return True
+    if not _leaf_hooks:
+        return False
+    return any(reached[node] and _hooks_of_leaf(leaf) for node, leaf in tape.leaves.items())
+
+
 def needs_python(tape) -> bool:
     """Whether a reverse sweep on ``tape`` must stop for Python (Functions, hooks, anomaly
     detection): the engine's test before its one-kernel fast path."""
-    if _anomaly.enabled or _leaf_hooks:
+    if _anomaly.enabled or (_leaf_hooks and hooked_leaf_on(tape)):
         return True
     state = tape.__dict__.get("python_callbacks")
     return (state is not None and state.generation == tape.generation

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..ops.registry import OPS
 from . import forward_ad as fwd
-from .function import needs_python
+from .anomaly_mode import is_anomaly_enabled
+from .function import reaches_python
 
 _tables = None
 
@@ -62,7 +63,7 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | N
     was not used). Returns per input an ndarray of its shape, or None where the root does
     not depend on it; None instead of the list where the recording needs the recorded
     (``create_graph``) path."""
-    if needs_python(tape):  # custom Functions, hooks, anomaly detection
+    if is_anomaly_enabled():  # its checks run in the recorded path
         return None
     kinds, sweep_masks, second = _op_tables()
     n_nodes = tape.n_nodes
@@ -79,7 +80,7 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | N
             tape.arenas[1], tangents[0], tangents[1], adj[0], adj[1], adj_tan[0], adj_tan[1],
             part[0], part[1], root, start, kinds, sweep_masks, second, active, reached, ready,
             needed)
-    if status != 0:
+    if status != 0 or reaches_python(tape, reached):  # Functions and hooks run in Python
         return None
     result = []
     for node, _ in seeds:
