@@ -280,6 +280,24 @@ def test_hooks_take_the_recorded_path(monkeypatch):
     np.testing.assert_allclose(hv, expected, rtol=1e-14)
 
 
+def test_hooks_and_functions_elsewhere_on_the_tape_keep_the_fast_path(monkeypatch):
+    # a hooked leaf and a custom Function recorded earlier in the same tape generation,
+    # alive but not part of f's graph: the sweep does not reach them
+    leaf = jitgrad.tensor([1.0, 2.0], requires_grad=True)
+    calls = []
+    leaf.register_hook(lambda g: calls.append(1))
+    (leaf * leaf).sum().backward()
+    kept = jitgrad.tanh(leaf) * 3.0  # a pending graph holding the leaf
+    x, v = np.array([0.3, 1.1]), np.array([1.0, -1.0])
+    hv = _fast_hvp(monkeypatch, lambda t: (jitgrad.sin(t) * t ** 2).sum(), (x,), (v,))
+    expected = ((2 - x ** 2) * np.sin(x) + 4 * x * np.cos(x)) * v
+    np.testing.assert_allclose(hv, expected, rtol=1e-13)
+    kept.sum().backward()
+    assert calls == [1, 1]  # the hook still runs for its own graph
+    np.testing.assert_allclose(leaf.grad.numpy(), 2 * leaf.detach().numpy()
+                               + 3.0 * (1 - np.tanh(leaf.detach().numpy()) ** 2))
+
+
 def test_nested_hvp_keeps_the_composable_path():
     torch = pytest.importorskip("torch")
     x0, v0 = np.array([0.3, -1.2, 0.8]), np.array([1.0, 0.5, -2.0])
