@@ -327,3 +327,16 @@ def test_repeated_transforms_do_not_grow_the_tape(transform):
     for _ in range(10):
         calls[transform]()
     assert sum(current_tape().used) <= used
+
+
+def test_large_results_kept_by_the_caller_are_never_reused():
+    # big tangents and hvp results reuse dropped results' memory: kept ones must survive
+    x = np.linspace(-1.0, 1.0, 1 << 17)
+    f = lambda t: (jitgrad.sin(t) * t ** 2).sum()
+    kept = [func.jvp(jitgrad.sin, (x,), (np.full_like(x, k),))[1] for k in range(1, 6)]
+    kept += [func.hvp(f, (x,), (np.full_like(x, k),)) for k in range(1, 6)]
+    for k, tangent in enumerate(kept[:5], start=1):
+        np.testing.assert_allclose(tangent, k * np.cos(x), rtol=1e-15)
+    hessian_diagonal = (2 - x ** 2) * np.sin(x) + 4 * x * np.cos(x)
+    for k, hv in enumerate(kept[5:], start=1):
+        np.testing.assert_allclose(hv, k * hessian_diagonal, rtol=1e-12, atol=1e-14)

@@ -241,8 +241,9 @@ def _read_tangent(tape, tangents, node: int, row: int) -> Tensor:
     offset, size, code = tape.node_location(node)
     shape = tape.shapes[node]
     d = float32 if code == 0 else F.dt.float64
-    value = tangents[code][row, offset:offset + size].reshape(shape).copy()
-    return Tensor._wrap(value, d) if shape else F._scalar_tensor(value.item(), d)
+    if not shape:
+        return F._scalar_tensor(tangents[code][row, offset].item(), d)
+    return Tensor._wrap(tape.copy_out(tangents[code][row, offset:offset + size], shape), d)
 
 
 _kinds = None

@@ -88,5 +88,5 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | N
             result.append(None)
             continue
         offset, size, code = tape.node_location(node)
-        result.append(adj_tan[code][offset:offset + size].reshape(tape.shapes[node]).copy())
+        result.append(tape.copy_out(adj_tan[code][offset:offset + size], tape.shapes[node]))
     return result
