@@ -248,3 +248,26 @@ def test_missing_jvp_and_direct_instantiation():
     with pytest.raises(RuntimeError, match="call the static method apply"):
         NoJvp()
     assert fwAD.current_level() is None
+
+
+def test_a_function_elsewhere_in_the_generation_keeps_the_one_kernel_sweep(monkeypatch):
+    from jitgrad.autograd import function
+
+    calls = []
+    original = function.reverse_sweep
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(function, "reverse_sweep", spy)
+    x = jitgrad.tensor([1.0, 2.0], requires_grad=True)
+    pending = Cube.apply(x)  # a custom Function on the tape, not part of the next graph
+    y = jitgrad.tensor([0.5, -1.5], requires_grad=True)
+    (jitgrad.sin(y) * y).sum().backward()
+    assert calls == []  # the sweep reached no Function: one Numba call
+    np.testing.assert_allclose(y.grad.numpy(), np.cos([0.5, -1.5]) * [0.5, -1.5]
+                               + np.sin([0.5, -1.5]), rtol=1e-6)
+    pending.sum().backward()  # this one reaches the Function: Python runs its backward
+    assert calls == [1]
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 12.0])

@@ -17,7 +17,8 @@ from ..kernels.layout import E_OUT, ERR_FREED, N_ENTRY
 from ..recording import FREED_GRAPH, node_of
 from ..tape import _state
 from ..tensor import Tensor, _bump_version, _init
-from .function import needs_python
+from .anomaly_mode import is_anomaly_enabled
+from .function import needs_python, reaches_python
 
 _FREED_MESSAGE = (
     "Trying to backward through the graph a second time (or directly access saved tensors "
@@ -106,6 +107,15 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
     entries = consts = nodes = versions = refs = meta = None
     if python_sweep:  # the Numba fast path views the tables itself
         entries, consts, nodes, versions, refs, meta = tape.tables()
+        if not create_graph and not is_anomaly_enabled():
+            # Functions or hooks somewhere in this generation: only those this sweep
+            # reaches need the sweep that stops for Python
+            probe = np.zeros(tape.n_nodes, np.uint8)
+            status, _, _ = mark_reached(entries, nodes, versions, roots, tape.n_entries,
+                                        probe, saves, np.empty(tape.n_nodes, np.int64))
+            if status == 0 and not reaches_python(tape, probe):
+                python_sweep = False
+                entries = consts = nodes = versions = refs = meta = None
     try:
         if create_graph:
             status, entry, _ = mark_reached(entries, nodes, versions, roots, tape.n_entries,
