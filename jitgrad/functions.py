@@ -389,8 +389,8 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         # meta[0] is a shared 0: operands have the output's shape
         meta = 0 if layout is None else tape.add_meta(layout)
     code = dtype_code(result)
-    node, offset = tape.record_output(op.code, code, shape, size, in0, in1, in2, meta, c0, c1)
-    slot = tape.arenas[code][offset:offset + size].reshape(shape)
+    node, slot = tape.record_output(op.code, code, shape, size, in0, in1, in2, meta, c0, c1)
+    slot = slot.reshape(shape)
     try:
         if name in _MAY_WARN:
             with np.errstate(all="ignore"):
@@ -1011,9 +1011,9 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
     size = 1
     for s in out_shape:
         size *= s
-    node, offset = tape.record_output(code, dtype_code(result), out_shape, size, src, -1, -1,
-                                      meta, float(count))
-    slot = tape.arenas[dtype_code(result)][offset:offset + size].reshape(out_shape)
+    node, slot = tape.record_output(code, dtype_code(result), out_shape, size, src, -1, -1,
+                                    meta, float(count))
+    slot = slot.reshape(out_shape)
     slot[...] = value.reshape(out_shape)
     if not out_shape:
         return _output(tape, None, float(slot), result, (), node, code)
@@ -1194,9 +1194,9 @@ def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0) ->
     src = node_of(tape, t)
     meta = tape.add_meta((view.ndim, *view.shape, *strides, offset))
     code = BY_NAME[name].code
-    arena = dtype_code(t.dtype)
-    node, offset = tape.record_output(code, arena, view.shape, view.size, src, -1, -1, meta)
-    slot = tape.arenas[arena][offset:offset + view.size].reshape(view.shape)
+    node, slot = tape.record_output(code, dtype_code(t.dtype), view.shape, view.size, src, -1,
+                                    -1, meta)
+    slot = slot.reshape(view.shape)
     slot[...] = view
     if view.ndim == 0:
         return _output(tape, None, float(slot), t.dtype, (), node, code)
@@ -1365,9 +1365,9 @@ def _gather(name: str, t: Tensor, flat_index: np.ndarray, shape: tuple, _unused)
     src = node_of(tape, t)
     meta = tape.add_index_meta(flat_index)
     code = BY_NAME[name].code
-    node, offset = tape.record_output(code, dtype_code(t.dtype), shape, flat_index.size, src,
-                                      -1, -1, meta)
-    slot = tape.arenas[dtype_code(t.dtype)][offset:offset + flat_index.size].reshape(shape)
+    node, slot = tape.record_output(code, dtype_code(t.dtype), shape, flat_index.size, src,
+                                    -1, -1, meta)
+    slot = slot.reshape(shape)
     slot[...] = values
     if not shape:
         return _output(tape, None, float(slot), t.dtype, (), node, code)
@@ -1470,10 +1470,8 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
     in0, in1 = node_of(tape, a), node_of(tape, b)
     meta = tape.add_meta((batch, a3.shape[0], b3.shape[0], rows, inner, cols))
     code = BY_NAME[name].code
-    arena = dtype_code(result)
-    size = batch * rows * cols
-    node, offset = tape.record_output(code, arena, out_shape, size, in0, in1, -1, meta)
-    slot = tape.arenas[arena][offset:offset + size]
+    node, slot = tape.record_output(code, dtype_code(result), out_shape, batch * rows * cols,
+                                    in0, in1, -1, meta)
     try:
         np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
     except BaseException:

@@ -172,10 +172,11 @@ class Tape:
 
     def record_output(self, code: int, dtype_code: int, shape: tuple, size: int, in0: int,
                       in1: int, in2: int, meta: int, c0: float = 0.0,
-                      c1: float = 0.0) -> tuple[int, int]:
+                      c1: float = 0.0) -> tuple[int, np.ndarray]:
         """``new_node`` + ``record`` in one step (the per-op cost of array graphs): the
-        output node, recorded as produced by a new entry; returns (node, arena offset). The
-        caller writes the value into the slot next (nothing refers to the node before)."""
+        output node, recorded as produced by a new entry; returns the node and its slot (a
+        flat view of the arena). The caller writes the value into the slot next (nothing
+        refers to the node before)."""
         offset = self.used[dtype_code]
         if offset + size > self.arenas[dtype_code].shape[0]:
             offset = self.alloc(dtype_code, size)
@@ -194,7 +195,7 @@ class Tape:
         self.shapes.append(shape)
         self.n_nodes = node + 1
         self.n_entries = entry + 1
-        return node, offset
+        return node, self.arenas[dtype_code][offset:offset + size]
 
     def _append_rows(self, node: int, node_row: bytes, entry_row: bytes) -> None:
         try:

@@ -55,39 +55,29 @@ def _set(enabled: bool, check_nan: bool) -> None:
         _stop_tracing(tape)
 
 
+_RECORDING_METHODS = ("record", "record_scalar", "record_output")  # each appends one entry
+
+
 def _trace_recordings(tape) -> None:
     """Wrap this tape's recording methods so each new entry keeps the user's stack."""
     if "record" in tape.__dict__:
         return
-    record, record_scalar, record_output = tape.record, tape.record_scalar, tape.record_output
     traces = tape.__dict__.setdefault("anomaly_traces", {})
 
-    def remember() -> None:
-        stack = traceback.extract_stack(limit=_TRACE_DEPTH + 3)[:-3]
-        traces[(tape.generation, tape.n_entries - 1)] = stack
+    def traced(record):
+        def wrapper(*args, **kwargs):
+            result = record(*args, **kwargs)
+            stack = traceback.extract_stack(limit=_TRACE_DEPTH + 2)[:-2]
+            traces[(tape.generation, tape.n_entries - 1)] = stack
+            return result
+        return wrapper
 
-    def traced_record(*args, **kwargs):
-        entry = record(*args, **kwargs)
-        remember()
-        return entry
-
-    def traced_record_scalar(*args, **kwargs):
-        node = record_scalar(*args, **kwargs)
-        remember()
-        return node
-
-    def traced_record_output(*args, **kwargs):
-        result = record_output(*args, **kwargs)
-        remember()
-        return result
-
-    tape.record = traced_record
-    tape.record_scalar = traced_record_scalar
-    tape.record_output = traced_record_output
+    for name in _RECORDING_METHODS:
+        setattr(tape, name, traced(getattr(tape, name)))
 
 
 def _stop_tracing(tape) -> None:
-    for name in ("record", "record_scalar", "record_output"):
+    for name in _RECORDING_METHODS:
         tape.__dict__.pop(name, None)
     tape.__dict__.pop("anomaly_traces", None)
 

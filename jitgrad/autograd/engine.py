@@ -14,6 +14,7 @@ import numpy as np
 
 from .._dtype import float32
 from ..kernels.layout import E_OUT, ERR_FREED, N_ENTRY
+from ..ops.registry import OPS
 from ..recording import FREED_GRAPH, node_of
 from ..tape import _state
 from ..tensor import Tensor, _bump_version, _init
@@ -32,9 +33,7 @@ _tables = None  # op tables for the kernels, built on first use
 
 def _op_tables():
     global _tables
-    if _tables is None:
-        from ..ops.registry import OPS
-
+    if _tables is None or _tables[0].shape[0] != len(OPS):
         kinds = np.array([op.kind for op in OPS], np.int64)
         saves = np.array([op.sweep_mask() for op in OPS], np.int64)
         _tables = (kinds, saves)
@@ -180,8 +179,6 @@ def _free_reached(tape, reached) -> None:
 
 
 def _raise_sweep_error(tape, status: int, entry: int):
-    from ..ops.registry import OPS
-
     if status == ERR_FREED:
         raise RuntimeError(_FREED_MESSAGE)
     op = OPS[tape.entry_op(entry)]
@@ -205,13 +202,18 @@ def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
             if node in adjoints:
                 result[node] = adjoints[node]
             continue
-        offset, size, dtype_code = tape.node_location(node)
-        shape = tape.shapes[node]
-        if not shape:
-            result[node] = adjoints[dtype_code][offset].item()
-        else:
-            result[node] = tape.copy_out(adjoints[dtype_code][offset:offset + size], shape)
+        result[node] = _adjoint(tape, adjoints, node)
     return result
+
+
+def _adjoint(tape, adjoints, node: int):
+    """The adjoint of ``node`` after a sweep, handed out: a Python float for a 0-d value,
+    else a new array (reusing a dropped gradient's memory when large)."""
+    offset, size, dtype_code = tape.node_location(node)
+    shape = tape.shapes[node]
+    if not shape:
+        return adjoints[dtype_code][offset].item()
+    return tape.copy_out(adjoints[dtype_code][offset:offset + size], shape)
 
 
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph: bool = False,
@@ -237,7 +239,7 @@ def _backward_scalar(output: Tensor) -> bool:
     if size != 1:
         return False
     sweep_tape = (_kernels or _sweep_kernels())[1]
-    kinds, saves = _tables or _op_tables()
+    kinds, saves = _op_tables()
     n_nodes = tape.n_nodes
     flags = np.zeros(2 * n_nodes, np.uint8)
     reached, ready = flags[:n_nodes], flags[n_nodes:]
@@ -254,28 +256,20 @@ def _backward_scalar(output: Tensor) -> bool:
         _raise_sweep_error(tape, status, entry)
     tape.after_backward(pending)
     sinks = tape.leaves
-    shapes = tape.shapes
     for leaf in leaves[:n_leaves].tolist():
         owner = sinks.get(leaf)
-        if owner is not None:
-            offset, size, code = tape.node_location(leaf)
-            if shapes[leaf]:
-                adjoint = tape.copy_out(adj[code][offset:offset + size], shapes[leaf])
-            elif owner._grad is None:  # the usual 0-d case: a new 0-d gradient
-                grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
-                _init(grad, None, adj[code][offset].item(), owner.dtype, ())
-                owner._grad = grad
-                continue
-            else:
-                adjoint = adj[code][offset].item()
-            _accumulate_grad(owner, adjoint, False)
+        if owner is None:
+            continue
+        if owner._grad is None and not tape.shapes[leaf]:  # the usual 0-d case, inline
+            grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
+            offset, _, code = tape.node_location(leaf)
+            _init(grad, None, adj[code][offset].item(), owner.dtype, ())
+            owner._grad = grad
+        else:
+            _accumulate_grad(owner, _adjoint(tape, adj, leaf), False)
     for retained, owner in list(tape.retained.items()):
         if reached[retained]:
-            offset, size, code = tape.node_location(retained)
-            shape = tape.shapes[retained]
-            adjoint = (tape.copy_out(adj[code][offset:offset + size], shape) if shape
-                       else adj[code][offset].item())
-            _accumulate_grad(owner, adjoint, False)
+            _accumulate_grad(owner, _adjoint(tape, adj, retained), False)
     return True
 
 

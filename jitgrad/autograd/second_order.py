@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.registry import OPS
 from . import forward_ad as fwd
 from .anomaly_mode import is_anomaly_enabled
+from .engine import _op_tables as engine_tables
 from .function import reaches_python
 
-_tables = None
+_second = None
 
 
 def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per opcode: kind, the reverse sweep's mask, the second-order table (ops registered
-    after the table was generated have no second-order step)."""
-    global _tables
-    if _tables is None or _tables[0].shape[0] != len(OPS):
+    """Per opcode: kind and the reverse sweep's mask (the engine's tables), and the
+    second-order table (ops registered after it was generated have no second-order step)."""
+    global _second
+    kinds, masks = engine_tables()
+    if _second is None or _second.shape[0] != kinds.shape[0]:
         from ..kernels._hvp import SECOND_ORDER
 
-        second = np.zeros(len(OPS), np.int64)
-        known = min(len(OPS), SECOND_ORDER.shape[0])
-        second[:known] = SECOND_ORDER[:known]
-        _tables = (np.array([op.kind for op in OPS], np.int64),
-                   np.array([op.sweep_mask() for op in OPS], np.int64), second)
-    return _tables
+        _second = np.zeros(kinds.shape[0], np.int64)
+        known = min(kinds.shape[0], SECOND_ORDER.shape[0])
+        _second[:known] = SECOND_ORDER[:known]
+    return kinds, masks, _second
 
 
 def _scratch(tape) -> tuple[list[np.ndarray], list[np.ndarray]]:
