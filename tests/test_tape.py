@@ -152,6 +152,37 @@ def test_import_compiles_nothing():
     assert out.stdout.strip() == "False"
 
 
+_FREEZE_PROBE = """
+import gc, sys, weakref
+import jitgrad as torch
+gc.disable()  # only jitgrad's own collection may free the cycle below
+
+class Cycle:
+    pass
+
+garbage = Cycle()
+garbage.me = garbage  # cyclic garbage made before numba is loaded
+dead = weakref.ref(garbage)
+del garbage
+x = torch.ones(2, requires_grad=True)
+(x * 3).sum().backward()  # loads numba
+print(gc.get_freeze_count() > 0, dead() is None, x.grad.tolist())
+"""
+
+
+@pytest.mark.parametrize("setting, frozen", [("1", "True"), ("0", "False")])
+def test_loading_numba_freezes_its_objects_and_no_garbage(setting, frozen):
+    """numba's objects leave the cyclic collector's generations once it is loaded (exit
+    and full collections stop traversing them); garbage made before is collected first,
+    never frozen; JITGRAD_GC_FREEZE=0 turns it off."""
+    env = dict(os.environ, JITGRAD_GC_FREEZE=setting)
+    out = subprocess.run([sys.executable, "-c", _FREEZE_PROBE], capture_output=True,
+                         text=True, check=True, env=env)
+    is_frozen, collected, *grad = out.stdout.split()
+    assert is_frozen == frozen and grad == ["[3.0,", "3.0]"], out.stdout
+    if setting == "1":
+        assert collected == "True", "garbage made before numba was loaded got frozen"
+
 def test_every_kernel_is_cached_and_compiled_one_way():
     """Kernels are made with jitgrad.kernels.jit (cache=True, NumPy error model), never
     with parallel=True or object mode."""

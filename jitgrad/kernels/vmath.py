@@ -29,12 +29,12 @@ import math
 from fractions import Fraction
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic, overload
-from numba.np.numpy_support import as_dtype
 
-from .jit import inline_kernel, kernel
+from .jit import inline_kernel, kernel  # isort: skip  (numba is loaded there, first)
+from llvmlite import ir  # isort: skip
+from numba import types  # isort: skip
+from numba.extending import intrinsic, overload  # isort: skip
+from numba.np.numpy_support import as_dtype  # isort: skip
 
 # |x| up to which the reduction is accurate: k = rint(x*2/pi) < 2**29 keeps the error of the
 # last (rounded) product k*PIO2_3 below 2**-130

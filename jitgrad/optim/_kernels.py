@@ -24,12 +24,12 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
-from ..kernels.jit import kernel
+from ..kernels.jit import kernel  # isort: skip  (numba is loaded there, first)
+import numba  # isort: skip
+from numba import types  # isort: skip
+from numba.extending import intrinsic  # isort: skip
 
 
 @intrinsic
