@@ -542,7 +542,7 @@ class _DualCall:
                         j = first + r - starts[index]
                         if 0 <= j < size:
                             slot[r, j] = 1.0
-                fwd.run_tangent_sweep(tape, buffers, active, call.start, stop)
+                fwd.run_tangent_sweep(tape, buffers, active, call.start, stop, out_nodes)
                 for node, column in zip(out_nodes, columns):
                     if node >= 0 and node < active.shape[0] and active[node]:
                         offset, size, code = tape.node_location(node)
@@ -586,7 +586,8 @@ def _tangent_sweep(tape, seeds: list, start: int, stop: int, outputs: list) -> l
         for node, tangent in seeds:
             if node >= 0:
                 fwd._write_seed(tape, buffers, active, node, tangent, 0)
-        fwd.run_tangent_sweep(tape, buffers, active, start, stop)
+        wanted = [_node(o, tape) for o in outputs]
+        fwd.run_tangent_sweep(tape, buffers, active, start, stop, wanted)
         result = []
         for o in outputs:
             node = _node(o, tape)

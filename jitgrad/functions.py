@@ -1459,7 +1459,10 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
     for s in batch_shape:
         batch *= s
     a3 = av.reshape(-1, rows, inner).astype(result.numpy, copy=False)
-    b3 = bv.reshape(-1, inner, cols).astype(result.numpy, copy=False)
+    if BY_NAME[name].transposed_b:  # b is stored (cols, inner): multiply by its transpose
+        b3 = bv.reshape(-1, cols, inner).astype(result.numpy, copy=False).transpose(0, 2, 1)
+    else:
+        b3 = bv.reshape(-1, inner, cols).astype(result.numpy, copy=False)
     if not record:
         value = np.matmul(a3, b3).reshape(out_shape)
         if not out_shape:
@@ -1521,6 +1524,27 @@ def mm(input: Tensor, mat2: Tensor) -> Tensor:
             f"{mat2.shape[0]}x{mat2.shape[1]})")
     return _matmul_record("mm", input, mat2, (), input.shape[0], input.shape[1],
                           mat2.shape[1], (input.shape[0], mat2.shape[1]))
+
+
+def linear(input: Tensor, weight: Tensor) -> Tensor:
+    """``input @ weight.T`` for a weight stored ``(out_features, in_features)``, as one
+    recorded product that reads the weight in place (no transposed copy); every leading dim
+    of ``input`` is a row."""
+    if weight.ndim != 2 or input.ndim == 0:
+        raise RuntimeError(f"linear: expected a 2-D weight and an input of at least 1 dim, "
+                           f"got {input.ndim}-D input and {weight.ndim}-D weight")
+    cols, inner = weight.shape
+    if input.shape[-1] != inner:
+        rows = int(np.prod(input.shape[:-1], dtype=np.int64))
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({rows}x{input.shape[-1]} and "
+            f"{inner}x{cols}): linear's input needs {inner} features (its last dim), as the "
+            f"weight {list(weight.shape)} says")
+    rows = 1
+    for s in input.shape[:-1]:
+        rows *= s
+    return _matmul_record("linear", input, weight, (), rows, inner, cols,
+                          tuple(input.shape[:-1]) + (cols,))
 
 
 def bmm(input: Tensor, mat2: Tensor) -> Tensor:

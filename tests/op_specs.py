@@ -153,6 +153,10 @@ SPECS = [
     OpSpec("mm", lambda L, a, b: a @ b, [(3, 4), (4, 2)], np.matmul),
     OpSpec("bmm", lambda L, a, b: L.bmm(a, b), [(2, 3, 4), (2, 4, 2)], np.matmul),
     OpSpec("matmul", lambda L, a, b: a @ b, [(2, 3, 4), (4, 2)], np.matmul),
+    # a linear layer's product: the weight (out, in) is read in place; rows from every
+    # leading dim of the input
+    OpSpec("linear", lambda L, a, w: L.nn.functional.linear(a, w), [(2, 3, 4), (5, 4)],
+           lambda a, w: a @ w.T),
 ]
 
 BY_OP = {spec.op: spec for spec in SPECS}

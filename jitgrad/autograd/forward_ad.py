@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import functions as F
 from .._dtype import float32
-from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT, E_VER0
+from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT, E_VER0, TANGENT_SCRATCH
 from ..ops.registry import (
     BY_NAME,
     CAST,
@@ -199,8 +199,10 @@ class borrowed_buffers:  # noqa: N801 - used as a function in a with statement
         pool = self.tape.__dict__.setdefault("tangent_pool", {})
         cached = pool.pop(self.k, None)
         used = self.tape.used
-        if cached is None or any(b.shape[1] < used[code] for code, b in enumerate(cached)):
-            cached = [np.empty((self.k, max(used[code], 1) * 5 // 4), dtype)
+        if cached is None or any(b.shape[1] < used[code] + TANGENT_SCRATCH
+                                 for code, b in enumerate(cached)):
+            # room after the arena's columns for the fused sweep's scratch slots
+            cached = [np.empty((self.k, max(used[code], 1) * 5 // 4 + TANGENT_SCRATCH), dtype)
                       for code, dtype in enumerate((np.float32, np.float64))]
         self.buffers = cached
         return cached, np.zeros(self.tape.n_nodes, np.uint8)
@@ -256,19 +258,34 @@ def _kinds_table() -> np.ndarray:
     return _kinds
 
 
-def run_tangent_sweep(tape, tangents, active, start: int, stop: int) -> None:
+def run_tangent_sweep(tape, tangents, active, start: int, stop: int,
+                      keep: list | None = None) -> None:
     """Numba tangent sweep over entries ``[start, stop)``, handing custom Functions' entries
-    to their ``jvp`` in Python."""
-    from ..kernels.tangent import tangent_sweep
+    to their ``jvp`` in Python. ``keep``: the only nodes whose tangents the caller reads
+    afterwards (None: any); given, large elementwise runs are swept block by block and the
+    other tangents may be left out of the buffers."""
+    from ..kernels.tangent import tangent_sweep, tangent_sweep_fused
 
     kinds = _kinds_table()
+    if keep is not None:
+        kept = np.zeros(tape.n_nodes, np.uint8)
+        for node in keep:
+            if node >= 0:
+                kept[node] = 1
+        scratch = [b.shape[1] - TANGENT_SCRATCH if b.shape[1] - TANGENT_SCRATCH >= tape.used[c]
+                   else -1 for c, b in enumerate(tangents)]
     e = start
     while e < stop:
         entries, consts, nodes, versions, _, meta = tape.tables()
         try:
             reuse = _reusable_partials(entries, versions, start, stop)
-            e = tangent_sweep(entries, consts, nodes, meta, tape.arenas[0], tape.arenas[1],
-                              tangents[0], tangents[1], e, stop, kinds, active, reuse)
+            if keep is None:
+                e = tangent_sweep(entries, consts, nodes, meta, tape.arenas[0], tape.arenas[1],
+                                  tangents[0], tangents[1], e, stop, kinds, active, reuse)
+            else:
+                e = tangent_sweep_fused(entries, consts, nodes, meta, tape.arenas[0],
+                                        tape.arenas[1], tangents[0], tangents[1], e, stop,
+                                        kinds, active, reuse, kept, scratch[0], scratch[1])
         finally:
             del entries, consts, nodes, versions, meta
         if e < stop:
@@ -407,12 +424,13 @@ def _jvp(tape, op, row, inputs, ins, out) -> Tensor | None:
 
         batch, batch_a, batch_b, rows, inner, cols = rules._meta(tape, row, 6)
         a = F.reshape(rules._node_tensor(tape, inputs[0]), batch_a, rows, inner)
-        b = F.reshape(rules._node_tensor(tape, inputs[1]), batch_b, inner, cols)
+        b_dims = (cols, inner) if op.transposed_b else (inner, cols)
+        b = F.reshape(rules._node_tensor(tape, inputs[1]), batch_b, *b_dims)
         total = None
         for k, (t, jvp) in enumerate(zip(ins, matmul_tangents(op))):
             if t is None:
                 continue
-            shape = (batch_a, rows, inner) if k == 0 else (batch_b, inner, cols)
+            shape = (batch_a, rows, inner) if k == 0 else (batch_b, *b_dims)
             term = rules._evaluate(jvp, {"a": a, "b": b, "t": F.reshape(t, *shape)})
             total = term if total is None else total + term
         return F.reshape(total, *out_shape)

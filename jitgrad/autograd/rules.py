@@ -161,7 +161,8 @@ def _vjp(tape, op, row, inputs, out, g, c0, c1):
     elif kind == MATMUL:
         batch, batch_a, batch_b, rows, inner, cols = _meta(tape, row, 6)
         a = F.reshape(_node_tensor(tape, inputs[0]), batch_a, rows, inner)
-        b = F.reshape(_node_tensor(tape, inputs[1]), batch_b, inner, cols)
+        b_dims = (cols, inner) if op.transposed_b else (inner, cols)
+        b = F.reshape(_node_tensor(tape, inputs[1]), batch_b, *b_dims)
         env = {"a": a, "b": b, "g": F.reshape(g, batch, rows, cols)}
         for k, (node, vjp) in enumerate(zip(inputs, op.partials)):
             if _wants(tape, node):

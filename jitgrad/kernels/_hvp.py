@@ -34,8 +34,8 @@ from .jit import kernel
 SECOND_ORDER = np.array([
     144, 145, 145, 145, 401, 401, 145, 145, 145, 144, 144, 145, 145, 145, 144, 144, 144,
     144, 144, 144, 144, 401, 145, 176, 176, 179, 179, 179, 176, 176, 176, 179, 179, 179,
-    179, 179, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144, 144, 144,
-    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 0, 0,
+    179, 179, 179, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144, 144,
+    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 0, 0,
 ], np.int64)
 
 
@@ -1634,6 +1634,44 @@ def hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
 
 
 @kernel
+def hvp_linear(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
+    """MmBackward0, per batch: a += matmul(g, b), b += matmul(mT(g), a), and their tangents
+    into adj_tan"""
+    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
+    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
+    size_a, size_b = batch_a * rows * inner, batch_b * inner * cols
+    all_a = vals[oa:oa + size_a].reshape((batch_a, rows, inner))
+    all_b = vals[ob:ob + size_b].reshape((batch_b, cols, inner))
+    all_da = tan[oa:oa + size_a].reshape((batch_a, rows, inner))
+    all_db = tan[ob:ob + size_b].reshape((batch_b, cols, inner))
+    all_g = adj[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+    all_dg = adj_tan[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+    adj_a = adj[oa:oa + size_a].reshape((batch_a, rows, inner))
+    adj_b = adj[ob:ob + size_b].reshape((batch_b, cols, inner))
+    adj_tan_a = adj_tan[oa:oa + size_a].reshape((batch_a, rows, inner))
+    adj_tan_b = adj_tan[ob:ob + size_b].reshape((batch_b, cols, inner))
+    for q in range(batch):
+        ka = q if batch_a > 1 else 0
+        kb = q if batch_b > 1 else 0
+        a = all_a[ka]
+        b = all_b[kb]
+        da = all_da[ka]
+        db = all_db[kb]
+        g = all_g[q]
+        dg = all_dg[q]
+        if w0:
+            adj_a[ka] += matmul(g, b)
+            if t1:
+                adj_tan_a[ka] += matmul(g, db)
+            adj_tan_a[ka] += matmul(dg, b)
+        if w1:
+            adj_b[kb] += matmul(mT(g), a)
+            if t0:
+                adj_tan_b[kb] += matmul(mT(g), da)
+            adj_tan_b[kb] += matmul(mT(dg), a)
+
+
+@kernel
 def hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
     """SumBackward0: d/dx = 1.0, its tangent 0.0 (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
@@ -2127,21 +2165,21 @@ def keep_elementwise(code, vals, tan, part, o0, oy, n, a0, c0, c1):
 
 @kernel
 def hvp_reduce(code, vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 36:  # sum
+    if code == 37:  # sum
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 37:  # sum_dim
+    elif code == 38:  # sum_dim
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 38:  # mean
+    elif code == 39:  # mean
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 39:  # mean_dim
+    elif code == 40:  # mean_dim
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 40:  # prod
+    elif code == 41:  # prod
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 41:  # prod_dim
+    elif code == 42:  # prod_dim
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 42:  # logsumexp
+    elif code == 43:  # logsumexp
         hvp_logsumexp(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 43:  # norm
+    elif code == 44:  # norm
         hvp_norm(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
 
 
@@ -2157,3 +2195,5 @@ def hvp_matmul(code, vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, 
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
     elif code == 35:  # matmul
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+    elif code == 36:  # linear
+        hvp_linear(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)

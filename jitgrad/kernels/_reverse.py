@@ -1031,6 +1031,28 @@ def reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo):
 
 
 @kernel
+def reverse_linear(vals, adj, oa, ob, oy, w0, w1, meta, mo):
+    """MmBackward0: a += matmul(g, b), b += matmul(mT(g), a), per batch"""
+    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
+    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
+    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
+    all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
+    all_g = adj[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+    adj_a = adj[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
+    adj_b = adj[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
+    for k in range(batch):
+        ka = k if batch_a > 1 else 0
+        kb = k if batch_b > 1 else 0
+        a = all_a[ka]
+        b = all_b[kb]
+        g = all_g[k]
+        if w0:
+            adj_a[ka] += matmul(g, b)
+        if w1:
+            adj_b[kb] += matmul(mT(g), a)
+
+
+@kernel
 def reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
     """SumBackward0: d/dx = 1.0 (``fresh``: the first write, assign)"""
     n = c0  # elements reduced into each output
@@ -1387,21 +1409,21 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, 
 
 @kernel
 def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 36:  # sum
+    if code == 37:  # sum
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 37:  # sum_dim
+    elif code == 38:  # sum_dim
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 38:  # mean
+    elif code == 39:  # mean
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 39:  # mean_dim
+    elif code == 40:  # mean_dim
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 40:  # prod
+    elif code == 41:  # prod
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 41:  # prod_dim
+    elif code == 42:  # prod_dim
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 42:  # logsumexp
+    elif code == 43:  # logsumexp
         reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 43:  # norm
+    elif code == 44:  # norm
         reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
 
 
@@ -1417,3 +1439,5 @@ def reverse_matmul(code, vals, adj, oa, ob, oy, w0, w1, meta, mo):
         reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
     elif code == 35:  # matmul
         reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+    elif code == 36:  # linear
+        reverse_linear(vals, adj, oa, ob, oy, w0, w1, meta, mo)

@@ -22,7 +22,7 @@ import ast
 import sys
 from pathlib import Path
 
-from ..ops.registry import ELEMENTWISE, EXPRESSION_FUNCTIONS, OPS, REDUCE, _names_in
+from ..ops.registry import ELEMENTWISE, EXPRESSION_FUNCTIONS, MATMUL, OPS, REDUCE, _names_in
 
 TARGET = Path(__file__).with_name("_forward.py")
 
@@ -276,6 +276,34 @@ def _dispatcher(kind: int, name: str, signature: str, step, call: str) -> str:
     return "\n".join(lines)
 
 
+def _matmul() -> str:
+    """``forward_matmul``: y = a @ b per batch; an op declared ``transposed_b`` stores b
+    as (cols, inner) and multiplies by its transpose."""
+    lines = ["", "", "@kernel", "def forward_matmul(code, vals, oa, ob, oy, meta, mo):",
+             '    """y = a @ b per batch, ``meta[mo:] = batch, batch_a, batch_b, rows, inner, '
+             'cols``."""',
+             "    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]",
+             "    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]",
+             "    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))",
+             "    all_y = vals[oy:oy + batch * rows * cols].reshape((batch, rows, cols))"]
+    transposed = [op for op in OPS if op.kind == MATMUL and op.transposed_b]
+    if transposed:
+        codes = " or ".join(f"code == {op.code}" for op in transposed)
+        names = ", ".join(op.name for op in transposed)
+        lines += [f"    if {codes}:  # {names}",
+                  "        all_bt = vals[ob:ob + batch_b * inner * cols].reshape("
+                  "(batch_b, cols, inner))",
+                  "        for k in range(batch):",
+                  "            all_y[k] = np.dot(all_a[k if batch_a > 1 else 0],",
+                  "                              all_bt[k if batch_b > 1 else 0].T)",
+                  "        return"]
+    lines += ["    all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, inner, cols))",
+              "    for k in range(batch):",
+              "        all_y[k] = np.dot(all_a[k if batch_a > 1 else 0], "
+              "all_b[k if batch_b > 1 else 0])"]
+    return "\n".join(lines)
+
+
 def source() -> str:
     functions = ", ".join(sorted({*EXPRESSION_FUNCTIONS, *_SCALAR_CALLS.values()}, key=str.lower))
     parts = [HEADER.format(functions=functions)]
@@ -299,6 +327,7 @@ def source() -> str:
     parts.append(_dispatcher(ELEMENTWISE, "forward_elementwise", ew, _elementwise_name, ew))
     red = "vals, ox, oy, nx, ny, c0, meta, mo"
     parts.append(_dispatcher(REDUCE, "forward_reduce", red, _reduction_name, red))
+    parts.append(_matmul())
     return "\n".join(parts) + "\n"
 
 

@@ -51,3 +51,9 @@ WRITES_SHIFT = 4
 FLOWS_SHIFT = 4
 HAS_SECOND_ORDER = 1 << 7
 KEEPS_PARTIAL = 1 << 8
+
+# tangent buffers: columns reserved after the arena's for the scratch slots of the blocked
+# runs of ``kernels.tangent.tangent_sweep_fused`` (TANGENT_RUN entries of TANGENT_BLOCK)
+TANGENT_BLOCK = 4096
+TANGENT_RUN = 16
+TANGENT_SCRATCH = TANGENT_RUN * TANGENT_BLOCK

@@ -24,7 +24,13 @@ one seen while recording. A failed guard stops the replay and returns its number
 import numpy as np
 
 from ..ops.registry import CAST, ELEMENTWISE, GATHER, MATMUL, PLACE, REDUCE, RESTRIDE, SCATTER
-from ._forward import forward_elementwise, forward_reduce, scalar_adjoints, scalar_forward
+from ._forward import (
+    forward_elementwise,
+    forward_matmul,
+    forward_reduce,
+    scalar_adjoints,
+    scalar_forward,
+)
 from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
 from .jit import inline_kernel, kernel
 from .layout import E_IN0, E_OUT
@@ -282,18 +288,6 @@ def gather_copy(dst, dst_base, src, src_base, meta, mo):
 
 
 @kernel
-def forward_matmul(vals, oa, ob, oy, meta, mo):
-    """y = a @ b per batch, ``meta[mo:] = batch, batch_a, batch_b, rows, inner, cols``."""
-    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
-    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
-    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
-    all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, inner, cols))
-    all_y = vals[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
-    for k in range(batch):
-        all_y[k] = np.dot(all_a[k if batch_a > 1 else 0], all_b[k if batch_b > 1 else 0])
-
-
-@kernel
 def _forward_general(kind, code, row, oy, o0, o1, o2, c0, c1, general, meta, vals):
     size = general[row, G_SIZE]
     mo = general[row, G_META]
@@ -317,7 +311,7 @@ def _forward_general(kind, code, row, oy, o0, o1, o2, c0, c1, general, meta, val
         vals[oy:oy + size] = 0.0
         indexed_add(vals, oy, vals, o0, meta, mo, True)
     elif kind == MATMUL:
-        forward_matmul(vals, o0, o1, oy, meta, mo)
+        forward_matmul(code, vals, o0, o1, oy, meta, mo)
 
 
 @kernel

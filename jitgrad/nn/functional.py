@@ -65,7 +65,7 @@ def log_softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:
 # -- layers -------------------------------------------------------------------------------------
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias``; ``weight`` is ``(out_features, in_features)``."""
-    out = T.matmul(input, weight.t())
+    out = T.linear(input, weight)  # one recorded product, reading the weight in place
     return out if bias is None else out + bias
 
 

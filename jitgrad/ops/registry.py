@@ -54,6 +54,15 @@ class OpDef:
     forward: str | None = None        # scalar forward expression (elementwise only)
     code: int = -1                    # opcode, assigned at registration
     saves: frozenset = field(default_factory=frozenset)  # names whose values the rule reads
+    # matmul kind: the second operand is stored as (cols, inner), y = a @ mT(b) (a linear
+    # layer's weight, read in place instead of copied out transposed); its partials are
+    # written for that layout
+    transposed_b: bool = False
+
+    @property
+    def b_dims(self) -> str:
+        """The matmul kind's second operand's matrix dims, as the kernels name them."""
+        return "cols, inner" if self.transposed_b else "inner, cols"
 
     @property
     def arity(self) -> int:
