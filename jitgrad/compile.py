@@ -2715,6 +2715,9 @@ def _validate_entry(program: _Program, e: int, kind: int, require) -> None:
                 batch_b in (1, batch) and nodes[a, N_SIZE] == batch_a * rows * inner and
                 nodes[b, N_SIZE] == batch_b * inner * cols and size == batch * rows * cols,
                 f"{what}: sizes")
+        if ins[2] >= 0:  # a bias row
+            require(nodes[ins[2], N_DTYPE] == code and nodes[ins[2], N_SIZE] == cols,
+                    f"{what}: bias")
     elif kind == CAST:
         x = ins[0]
         require(x >= 0 and nodes[x, N_SIZE] == size and nodes[x, N_DTYPE] != code,

@@ -1449,11 +1449,18 @@ def stack(tensors, dim: int = 0) -> Tensor:
 
 # -- matrix products -----------------------------------------------------------------------
 def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: int, inner: int,
-                   cols: int, out_shape: tuple) -> Tensor:
+                   cols: int, out_shape: tuple, bias: Tensor | None = None) -> Tensor:
+    """``a @ b`` (``bias``: plus that row of ``cols`` values, for ``linear_bias``)."""
     result = dt.promote(a.dtype, b.dtype)
-    record = _recording(a, b) and result.is_floating_point
+    if bias is not None:
+        result = dt.promote(result, bias.dtype)
+        record = _recording(a, b, bias) and result.is_floating_point
+    else:
+        record = _recording(a, b) and result.is_floating_point
     if record:
         a, b = _cast_input(a, result), _cast_input(b, result)
+        if bias is not None:
+            bias = _cast_input(bias, result)
     av, bv = a._value(), b._value()
     batch = 1
     for s in batch_shape:
@@ -1464,19 +1471,26 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
     else:
         b3 = bv.reshape(-1, inner, cols).astype(result.numpy, copy=False)
     if not record:
-        value = np.matmul(a3, b3).reshape(out_shape)
+        value = np.matmul(a3, b3)
+        if bias is not None:
+            value += bias._value().astype(result.numpy, copy=False)
+        value = value.reshape(out_shape)
         if not out_shape:
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, np.asarray(value, order="C"), None, result, out_shape, -1, -1)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     in0, in1 = node_of(tape, a), node_of(tape, b)
+    in2 = -1 if bias is None else node_of(tape, bias)
     meta = tape.add_meta((batch, a3.shape[0], b3.shape[0], rows, inner, cols))
     code = BY_NAME[name].code
     node, slot = tape.record_output(code, dtype_code(result), out_shape, batch * rows * cols,
-                                    in0, in1, -1, meta)
+                                    in0, in1, in2, meta)
     try:
-        np.matmul(a3, b3, out=slot.reshape(batch, rows, cols))
+        out3 = slot.reshape(batch, rows, cols)
+        np.matmul(a3, b3, out=out3)
+        if bias is not None:
+            np.add(out3, bias._value(), out=out3)
     except BaseException:
         tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
         raise
@@ -1526,10 +1540,10 @@ def mm(input: Tensor, mat2: Tensor) -> Tensor:
                           mat2.shape[1], (input.shape[0], mat2.shape[1]))
 
 
-def linear(input: Tensor, weight: Tensor) -> Tensor:
-    """``input @ weight.T`` for a weight stored ``(out_features, in_features)``, as one
-    recorded product that reads the weight in place (no transposed copy); every leading dim
-    of ``input`` is a row."""
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``input @ weight.T (+ bias)`` for a weight stored ``(out_features, in_features)``,
+    as one recorded product that reads the weight in place (no transposed copy) and adds
+    the bias row; every leading dim of ``input`` is a row."""
     if weight.ndim != 2 or input.ndim == 0:
         raise RuntimeError(f"linear: expected a 2-D weight and an input of at least 1 dim, "
                            f"got {input.ndim}-D input and {weight.ndim}-D weight")
@@ -1543,8 +1557,17 @@ def linear(input: Tensor, weight: Tensor) -> Tensor:
     rows = 1
     for s in input.shape[:-1]:
         rows *= s
-    return _matmul_record("linear", input, weight, (), rows, inner, cols,
-                          tuple(input.shape[:-1]) + (cols,))
+    out_shape = tuple(input.shape[:-1]) + (cols,)
+    if bias is None:
+        return _matmul_record("linear", input, weight, (), rows, inner, cols, out_shape)
+    if tuple(bias.shape) != (cols,):
+        if bias.numel() == cols or bias.ndim == 0 or bias.shape == (1,):
+            # other shapes that broadcast to the rows: a product and an add
+            return _matmul_record("linear", input, weight, (), rows, inner, cols,
+                                  out_shape) + bias
+        raise RuntimeError(f"linear: the bias has shape {list(bias.shape)}; it must have "
+                           f"{cols} values (out_features), shape [{cols}]")
+    return _matmul_record("linear_bias", input, weight, (), rows, inner, cols, out_shape, bias)
 
 
 def bmm(input: Tensor, mat2: Tensor) -> Tensor:

@@ -157,6 +157,8 @@ SPECS = [
     # leading dim of the input
     OpSpec("linear", lambda L, a, w: L.nn.functional.linear(a, w), [(2, 3, 4), (5, 4)],
            lambda a, w: a @ w.T),
+    OpSpec("linear_bias", lambda L, a, w, c: L.nn.functional.linear(a, w, c),
+           [(2, 3, 4), (5, 4), (5,)], lambda a, w, c: a @ w.T + c),
 ]
 
 BY_OP = {spec.op: spec for spec in SPECS}

@@ -319,6 +319,88 @@ def test_linear_matches_torch(shape, bias):
         _assert_close(p.grad, tp.grad)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_is_one_product_named_as_torch(bias):
+    """A 2-D linear records one entry that reads the weight in place (no transposed copy,
+    no separate bias add), named as torch names it."""
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.Linear(4, 3, bias=bias), torch.nn.Linear(4, 3, bias=bias)
+    x = np.ones((2, 4), np.float32)
+    out, tout = ours(jitgrad.tensor(x)), theirs(torch.tensor(x))
+    assert type(out.grad_fn).__name__ == type(tout.grad_fn).__name__
+    leaves = [f[0] for f in out.grad_fn.next_functions if f[0] is not None]
+    assert all(type(f).__name__ == "AccumulateGrad" for f in leaves)
+    assert {id(f.variable) for f in leaves} == {id(p) for p in ours.parameters()}
+
+
+@pytest.mark.parametrize("wanted", ["bias", "weight", "input"])
+def test_linear_gradient_of_one_operand_alone(wanted):
+    """Only one operand requires grad (the others are constants): the sweep still runs the
+    product's step for it."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((5, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)
+    tensors = {name: jitgrad.tensor(v, requires_grad=name == wanted)
+               for name, v in (("input", x), ("weight", w), ("bias", b))}
+    out = F.linear(tensors["input"], tensors["weight"], tensors["bias"])
+    (out * out).sum().backward()
+    g = 2 * (x @ w.T + b)
+    expected = {"input": g @ w, "weight": g.T @ x, "bias": g.sum(0)}[wanted]
+    np.testing.assert_allclose(tensors[wanted].grad.numpy(), expected, rtol=1e-12)
+
+
+def test_linear_second_order_and_forward_mode():
+    """The fused product under create_graph, func.hvp (the second-order sweep), jvp and
+    forward_ad, against the same model written with a transposed weight and an add."""
+    from jitgrad import func
+    from jitgrad.autograd import forward_ad as fwad
+
+    rng = np.random.default_rng(4)
+    w1, b1 = jitgrad.tensor(rng.standard_normal((6, 4))), jitgrad.tensor(rng.standard_normal(6))
+    w2 = jitgrad.tensor(rng.standard_normal((1, 6)))
+    x, v = jitgrad.tensor(rng.standard_normal((3, 4))), jitgrad.tensor(rng.standard_normal((3, 4)))
+
+    def fused(x):
+        return F.linear(jitgrad.tanh(F.linear(x, w1, b1)), w2).sum()
+
+    def plain(x):
+        return jitgrad.matmul(jitgrad.tanh(jitgrad.matmul(x, w1.t()) + b1), w2.t()).sum()
+
+    np.testing.assert_allclose(func.hvp(fused, (x,), (v,)).numpy(),
+                               func.hvp(plain, (x,), (v,)).numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(func.hessian(fused)(x).numpy(), func.hessian(plain)(x).numpy(),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(func.jvp(fused, (x,), (v,))[1].numpy(),
+                               func.jvp(plain, (x,), (v,))[1].numpy(), rtol=1e-12)
+    for f in (fused, plain):
+        with fwad.dual_level():
+            t = fwad.unpack_dual(f(fwad.make_dual(x, v))).tangent
+        np.testing.assert_allclose(t.numpy(), func.jvp(plain, (x,), (v,))[1].numpy(),
+                                   rtol=1e-12)
+    # the bias alone moving: a direction on the bias
+    vb = jitgrad.tensor(rng.standard_normal(6))
+    g = lambda b: F.linear(x, w1, b)  # noqa: E731
+    np.testing.assert_allclose(func.jvp(g, (b1,), (vb,))[1].numpy(),
+                               np.broadcast_to(vb.numpy(), (3, 6)), rtol=1e-12)
+    with fwad.dual_level():
+        t = fwad.unpack_dual(g(fwad.make_dual(b1, vb))).tangent
+    np.testing.assert_allclose(t.numpy(), np.broadcast_to(vb.numpy(), (3, 6)), rtol=1e-12)
+
+
+def test_linear_in_a_compiled_tape():
+    rng = np.random.default_rng(5)
+    w, b = jitgrad.tensor(rng.standard_normal((3, 4))), jitgrad.tensor(rng.standard_normal(3))
+    f = lambda x: jitgrad.tanh(F.linear(x, w, b)).sum()  # noqa: E731
+    x0 = rng.standard_normal((2, 4))
+    tape = jitgrad.compile(f, x0)
+    x1 = rng.standard_normal((2, 4))
+    value, grad = tape.value_and_grad(x1)
+    xt = jitgrad.tensor(x1, requires_grad=True)
+    expected = f(xt)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12)
+
+
 def test_linear_float32_and_repeated_steps():
     torch = pytest.importorskip("torch")
     theirs = torch.nn.Linear(6, 2)

@@ -430,9 +430,11 @@ def _jvp(tape, op, row, inputs, ins, out) -> Tensor | None:
         for k, (t, jvp) in enumerate(zip(ins, matmul_tangents(op))):
             if t is None:
                 continue
-            shape = (batch_a, rows, inner) if k == 0 else (batch_b, *b_dims)
+            shape = ((batch_a, rows, inner), (batch_b, *b_dims), (1, 1, cols))[k]
             term = rules._evaluate(jvp, {"a": a, "b": b, "t": F.reshape(t, *shape)})
             total = term if total is None else total + term
+        if tuple(total.shape) != (batch, rows, cols):  # the bias row's term alone
+            total = F.expand(total, batch, rows, cols)
         return F.reshape(total, *out_shape)
     if kind in (RESTRIDE, PLACE):
         ndim = tape.meta[row[E_META]]

@@ -167,6 +167,9 @@ def _vjp(tape, op, row, inputs, out, g, c0, c1):
         for k, (node, vjp) in enumerate(zip(inputs, op.partials)):
             if _wants(tape, node):
                 contribution = _evaluate(vjp, env)
+                if k == 2:  # a bias row: its vjp is per row, summed over all of them
+                    yield k, F.reshape(F.sum(contribution, dim=(0, 1)), *tape.shapes[node])
+                    continue
                 if contribution.shape[0] != (batch_a, batch_b)[k]:
                     contribution = F.sum(contribution, dim=0, keepdim=True)
                 yield k, F.reshape(contribution, *tape.shapes[node])

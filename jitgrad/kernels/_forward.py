@@ -980,36 +980,42 @@ def forward_elementwise(code, vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
 
 @kernel
 def forward_reduce(code, vals, ox, oy, nx, ny, c0, meta, mo):
-    if code == 37:  # sum
+    if code == 38:  # sum
         forward_sum(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 38:  # sum_dim
+    elif code == 39:  # sum_dim
         forward_sum(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 39:  # mean
+    elif code == 40:  # mean
         forward_mean(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 40:  # mean_dim
+    elif code == 41:  # mean_dim
         forward_mean(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 41:  # prod
+    elif code == 42:  # prod
         forward_prod(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 42:  # prod_dim
+    elif code == 43:  # prod_dim
         forward_prod(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 43:  # logsumexp
+    elif code == 44:  # logsumexp
         forward_logsumexp(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 44:  # norm
+    elif code == 45:  # norm
         forward_norm(vals, ox, oy, nx, ny, c0, meta, mo)
 
 
 @kernel
-def forward_matmul(code, vals, oa, ob, oy, meta, mo):
-    """y = a @ b per batch, ``meta[mo:] = batch, batch_a, batch_b, rows, inner, cols``."""
+def forward_matmul(code, vals, oa, ob, oc, oy, meta, mo):
+    """y = a @ b per batch, ``meta[mo:] = batch, batch_a, batch_b, rows, inner, cols``, plus the row c for an op with a third operand."""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
     rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
     all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
     all_y = vals[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
-    if code == 36:  # linear
+    if code == 36 or code == 37:  # linear, linear_bias
         all_bt = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
         for k in range(batch):
             all_y[k] = np.dot(all_a[k if batch_a > 1 else 0],
                               all_bt[k if batch_b > 1 else 0].T)
+        if code == 37:
+            c = vals[oc:oc + cols]
+            for k in range(batch):
+                y = all_y[k]
+                for r in range(rows):
+                    y[r] += c
         return
     all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, inner, cols))
     for k in range(batch):

@@ -34,8 +34,8 @@ from .jit import kernel
 SECOND_ORDER = np.array([
     144, 145, 145, 145, 401, 401, 145, 145, 145, 144, 144, 145, 145, 145, 144, 144, 144,
     144, 144, 144, 144, 401, 145, 176, 176, 179, 179, 179, 176, 176, 176, 179, 179, 179,
-    179, 179, 179, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144, 144,
-    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 0, 0,
+    179, 179, 179, 243, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144,
+    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 0, 0,
 ], np.int64)
 
 
@@ -1596,7 +1596,7 @@ def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
 
 
 @kernel
-def hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
+def hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo):
     """DotBackward0, per batch: a += matmul(g, mT(b)), b += matmul(mT(a), g), and their
     tangents into adj_tan"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
@@ -1634,7 +1634,7 @@ def hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
 
 
 @kernel
-def hvp_linear(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
+def hvp_linear(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo):
     """MmBackward0, per batch: a += matmul(g, b), b += matmul(mT(g), a), and their tangents
     into adj_tan"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
@@ -1669,6 +1669,53 @@ def hvp_linear(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
             if t0:
                 adj_tan_b[kb] += matmul(mT(g), da)
             adj_tan_b[kb] += matmul(mT(dg), a)
+
+
+@kernel
+def hvp_linear_bias(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo):
+    """AddmmBackward0, per batch: a += matmul(g, b), b += matmul(mT(g), a), and their tangents
+    into adj_tan"""
+    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
+    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
+    size_a, size_b = batch_a * rows * inner, batch_b * inner * cols
+    all_a = vals[oa:oa + size_a].reshape((batch_a, rows, inner))
+    all_b = vals[ob:ob + size_b].reshape((batch_b, cols, inner))
+    all_da = tan[oa:oa + size_a].reshape((batch_a, rows, inner))
+    all_db = tan[ob:ob + size_b].reshape((batch_b, cols, inner))
+    all_g = adj[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+    all_dg = adj_tan[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+    adj_a = adj[oa:oa + size_a].reshape((batch_a, rows, inner))
+    adj_b = adj[ob:ob + size_b].reshape((batch_b, cols, inner))
+    adj_tan_a = adj_tan[oa:oa + size_a].reshape((batch_a, rows, inner))
+    adj_tan_b = adj_tan[ob:ob + size_b].reshape((batch_b, cols, inner))
+    adj_c = adj[oc:oc + cols]
+    adj_tan_c = adj_tan[oc:oc + cols]
+    for q in range(batch):
+        ka = q if batch_a > 1 else 0
+        kb = q if batch_b > 1 else 0
+        a = all_a[ka]
+        b = all_b[kb]
+        da = all_da[ka]
+        db = all_db[kb]
+        g = all_g[q]
+        dg = all_dg[q]
+        if w0:
+            adj_a[ka] += matmul(g, b)
+            if t1:
+                adj_tan_a[ka] += matmul(g, db)
+            adj_tan_a[ka] += matmul(dg, b)
+        if w1:
+            adj_b[kb] += matmul(mT(g), a)
+            if t0:
+                adj_tan_b[kb] += matmul(mT(g), da)
+            adj_tan_b[kb] += matmul(mT(dg), a)
+        if w2:
+            part = g
+            for r in range(rows):
+                adj_c += part[r]
+            part = dg
+            for r in range(rows):
+                adj_tan_c += part[r]
 
 
 @kernel
@@ -2165,35 +2212,37 @@ def keep_elementwise(code, vals, tan, part, o0, oy, n, a0, c0, c1):
 
 @kernel
 def hvp_reduce(code, vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 37:  # sum
+    if code == 38:  # sum
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 38:  # sum_dim
+    elif code == 39:  # sum_dim
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 39:  # mean
+    elif code == 40:  # mean
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 40:  # mean_dim
+    elif code == 41:  # mean_dim
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 41:  # prod
+    elif code == 42:  # prod
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 42:  # prod_dim
+    elif code == 43:  # prod_dim
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 43:  # logsumexp
+    elif code == 44:  # logsumexp
         hvp_logsumexp(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 44:  # norm
+    elif code == 45:  # norm
         hvp_norm(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel
-def hvp_matmul(code, vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo):
+def hvp_matmul(code, vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo):
     if code == 31:  # dot
-        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
     elif code == 32:  # mv
-        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
     elif code == 33:  # mm
-        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
     elif code == 34:  # bmm
-        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
     elif code == 35:  # matmul
-        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+        hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
     elif code == 36:  # linear
-        hvp_linear(vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo)
+        hvp_linear(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
+    elif code == 37:  # linear_bias
+        hvp_linear_bias(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)

@@ -1009,7 +1009,7 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo):
+def reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):
     """DotBackward0: a += matmul(g, mT(b)), b += matmul(mT(a), g), per batch"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
     rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
@@ -1031,7 +1031,7 @@ def reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo):
 
 
 @kernel
-def reverse_linear(vals, adj, oa, ob, oy, w0, w1, meta, mo):
+def reverse_linear(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):
     """MmBackward0: a += matmul(g, b), b += matmul(mT(g), a), per batch"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
     rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
@@ -1050,6 +1050,33 @@ def reverse_linear(vals, adj, oa, ob, oy, w0, w1, meta, mo):
             adj_a[ka] += matmul(g, b)
         if w1:
             adj_b[kb] += matmul(mT(g), a)
+
+
+@kernel
+def reverse_linear_bias(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):
+    """AddmmBackward0: a += matmul(g, b), b += matmul(mT(g), a), c += g summed over rows, per batch"""
+    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
+    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
+    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
+    all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
+    all_g = adj[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+    adj_a = adj[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
+    adj_b = adj[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
+    adj_c = adj[oc:oc + cols]
+    for k in range(batch):
+        ka = k if batch_a > 1 else 0
+        kb = k if batch_b > 1 else 0
+        a = all_a[ka]
+        b = all_b[kb]
+        g = all_g[k]
+        if w0:
+            adj_a[ka] += matmul(g, b)
+        if w1:
+            adj_b[kb] += matmul(mT(g), a)
+        if w2:
+            part = g
+            for r in range(rows):
+                adj_c += part[r]
 
 
 @kernel
@@ -1409,35 +1436,37 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, 
 
 @kernel
 def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 37:  # sum
+    if code == 38:  # sum
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 38:  # sum_dim
+    elif code == 39:  # sum_dim
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 39:  # mean
+    elif code == 40:  # mean
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 40:  # mean_dim
+    elif code == 41:  # mean_dim
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 41:  # prod
+    elif code == 42:  # prod
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 42:  # prod_dim
+    elif code == 43:  # prod_dim
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 43:  # logsumexp
+    elif code == 44:  # logsumexp
         reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 44:  # norm
+    elif code == 45:  # norm
         reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel
-def reverse_matmul(code, vals, adj, oa, ob, oy, w0, w1, meta, mo):
+def reverse_matmul(code, vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):
     if code == 31:  # dot
-        reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+        reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
     elif code == 32:  # mv
-        reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+        reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
     elif code == 33:  # mm
-        reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+        reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
     elif code == 34:  # bmm
-        reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+        reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
     elif code == 35:  # matmul
-        reverse_dot(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+        reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
     elif code == 36:  # linear
-        reverse_linear(vals, adj, oa, ob, oy, w0, w1, meta, mo)
+        reverse_linear(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
+    elif code == 37:  # linear_bias
+        reverse_linear_bias(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)

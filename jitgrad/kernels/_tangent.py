@@ -1141,7 +1141,7 @@ def tangent_where(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, 
 
 
 @kernel
-def tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo):
+def tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):
     """DotBackward0: ty = matmul(t, b) with t = ta, + matmul(a, t) with t = tb, per batch (the
     transposes of the declared vjps)"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
@@ -1167,7 +1167,7 @@ def tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo):
 
 
 @kernel
-def tangent_linear(vals, tan, oa, ob, oy, a0, a1, meta, mo):
+def tangent_linear(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):
     """MmBackward0: ty = matmul(t, mT(b)) with t = ta, + mT(matmul(t, mT(a))) with t = tb, per
     batch (the transposes of the declared vjps)"""
     batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
@@ -1190,6 +1190,37 @@ def tangent_linear(vals, tan, oa, ob, oy, a0, a1, meta, mo):
             if a1:
                 t = all_tb[kb]
                 all_ty[q] += mT(matmul(t, mT(a)))
+
+
+@kernel
+def tangent_linear_bias(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):
+    """AddmmBackward0: ty = matmul(t, mT(b)) with t = ta, + mT(matmul(t, mT(a))) with t = tb, per
+    batch (the transposes of the declared vjps)"""
+    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]
+    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
+    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
+    all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
+    for r in range(tan.shape[0]):
+        row = tan[r]
+        all_ta = row[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
+        all_tb = row[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
+        all_ty = row[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
+        for q in range(batch):
+            ka = q if batch_a > 1 else 0
+            kb = q if batch_b > 1 else 0
+            a = all_a[ka]
+            b = all_b[kb]
+            if a0:
+                t = all_ta[ka]
+                all_ty[q] += matmul(t, mT(b))
+            if a1:
+                t = all_tb[kb]
+                all_ty[q] += mT(matmul(t, mT(a)))
+            if a2:
+                tc = row[oc:oc + cols]
+                ty = all_ty[q]
+                for i in range(rows):
+                    ty[i] += tc
 
 
 @kernel
@@ -1468,35 +1499,37 @@ def tangent_elementwise(code, vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, 
 
 @kernel
 def tangent_reduce(code, vals, tan, ox, oy, nx, c0, meta, mo):
-    if code == 37:  # sum
+    if code == 38:  # sum
         tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 38:  # sum_dim
+    elif code == 39:  # sum_dim
         tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 39:  # mean
+    elif code == 40:  # mean
         tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 40:  # mean_dim
+    elif code == 41:  # mean_dim
         tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 41:  # prod
+    elif code == 42:  # prod
         tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 42:  # prod_dim
+    elif code == 43:  # prod_dim
         tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 43:  # logsumexp
+    elif code == 44:  # logsumexp
         tangent_logsumexp(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 44:  # norm
+    elif code == 45:  # norm
         tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo)
 
 
 @kernel
-def tangent_matmul(code, vals, tan, oa, ob, oy, a0, a1, meta, mo):
+def tangent_matmul(code, vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):
     if code == 31:  # dot
-        tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo)
+        tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
     elif code == 32:  # mv
-        tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo)
+        tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
     elif code == 33:  # mm
-        tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo)
+        tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
     elif code == 34:  # bmm
-        tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo)
+        tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
     elif code == 35:  # matmul
-        tangent_dot(vals, tan, oa, ob, oy, a0, a1, meta, mo)
+        tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
     elif code == 36:  # linear
-        tangent_linear(vals, tan, oa, ob, oy, a0, a1, meta, mo)
+        tangent_linear(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
+    elif code == 37:  # linear_bias
+        tangent_linear_bias(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)

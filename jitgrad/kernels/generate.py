@@ -252,13 +252,23 @@ def _reduce(op) -> str:
 
 
 def _matmul(op) -> str:
-    vjp_a, vjp_b = op.partials
+    vjp_a, vjp_b = op.partials[:2]
+    bias = []
+    if op.arity == 3:  # c: a row added to every row of the product, its vjp summed over rows
+        bias = [
+            "        if w2:",
+            f"            part = {op.partials[2]}",
+            "            for r in range(rows):",
+            "                adj_c += part[r]",
+        ]
     return "\n".join([
         "",
         "",
         "@kernel",
-        f"def {_function_name(op)}(vals, adj, oa, ob, oy, w0, w1, meta, mo):",
-        f'    """{op.grad_fn}: a += {vjp_a}, b += {vjp_b}, per batch"""',
+        f"def {_function_name(op)}(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):",
+        f'    """{op.grad_fn}: a += {vjp_a}, b += {vjp_b}'
+        + (f", c += {op.partials[2]} summed over rows" if op.arity == 3 else "")
+        + ', per batch"""',
         "    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]",
         "    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]",
         "    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))",
@@ -266,6 +276,7 @@ def _matmul(op) -> str:
         "    all_g = adj[oy:oy + batch * rows * cols].reshape((batch, rows, cols))",
         "    adj_a = adj[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))",
         f"    adj_b = adj[ob:ob + batch_b * inner * cols].reshape((batch_b, {op.b_dims}))",
+        *(["    adj_c = adj[oc:oc + cols]"] if op.arity == 3 else []),
         "    for k in range(batch):",
         "        ka = k if batch_a > 1 else 0",
         "        kb = k if batch_b > 1 else 0",
@@ -276,6 +287,7 @@ def _matmul(op) -> str:
         f"            adj_a[ka] += {vjp_a}",
         "        if w1:",
         f"            adj_b[kb] += {vjp_b}",
+        *bias,
     ])
 
 
@@ -304,7 +316,7 @@ def source() -> str:
     parts.append(_dispatcher(ELEMENTWISE, "reverse_elementwise", ew, ew))
     red = "vals, adj, ox, oy, nx, c0, meta, mo, fresh"
     parts.append(_dispatcher(REDUCE, "reverse_reduce", red, red))
-    mm = "vals, adj, oa, ob, oy, w0, w1, meta, mo"
+    mm = "vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo"
     parts.append(_dispatcher(MATMUL, "reverse_matmul", mm, mm))
     return "\n".join(parts) + "\n"
 

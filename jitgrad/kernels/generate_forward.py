@@ -279,9 +279,9 @@ def _dispatcher(kind: int, name: str, signature: str, step, call: str) -> str:
 def _matmul() -> str:
     """``forward_matmul``: y = a @ b per batch; an op declared ``transposed_b`` stores b
     as (cols, inner) and multiplies by its transpose."""
-    lines = ["", "", "@kernel", "def forward_matmul(code, vals, oa, ob, oy, meta, mo):",
+    lines = ["", "", "@kernel", "def forward_matmul(code, vals, oa, ob, oc, oy, meta, mo):",
              '    """y = a @ b per batch, ``meta[mo:] = batch, batch_a, batch_b, rows, inner, '
-             'cols``."""',
+             'cols``, plus the row c for an op with a third operand."""',
              "    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]",
              "    rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]",
              "    all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))",
@@ -295,8 +295,19 @@ def _matmul() -> str:
                   "(batch_b, cols, inner))",
                   "        for k in range(batch):",
                   "            all_y[k] = np.dot(all_a[k if batch_a > 1 else 0],",
-                  "                              all_bt[k if batch_b > 1 else 0].T)",
-                  "        return"]
+                  "                              all_bt[k if batch_b > 1 else 0].T)"]
+    biased = [op for op in OPS if op.kind == MATMUL and op.arity == 3]
+    if biased:
+        if any(not op.transposed_b for op in biased):
+            raise ValueError("a matmul-kind op with a bias row must be declared transposed_b")
+        lines += [f"        if {' or '.join(f'code == {op.code}' for op in biased)}:",
+                  "            c = vals[oc:oc + cols]",
+                  "            for k in range(batch):",
+                  "                y = all_y[k]",
+                  "                for r in range(rows):",
+                  "                    y[r] += c"]
+    if transposed:
+        lines.append("        return")
     lines += ["    all_b = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, inner, cols))",
               "    for k in range(batch):",
               "        all_y[k] = np.dot(all_a[k if batch_a > 1 else 0], "

@@ -487,7 +487,7 @@ def _reduce(op) -> str:
 
 
 def _matmul(op) -> str:
-    signature = "vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo"
+    signature = "vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo"
     guards = {"g": None, "a": "t0", "b": "t1"}  # t0/t1: the operand has a tangent
     lines = [
         "",
@@ -509,6 +509,8 @@ def _matmul(op) -> str:
         f"    adj_b = adj[ob:ob + size_b].reshape((batch_b, {op.b_dims}))",
         "    adj_tan_a = adj_tan[oa:oa + size_a].reshape((batch_a, rows, inner))",
         f"    adj_tan_b = adj_tan[ob:ob + size_b].reshape((batch_b, {op.b_dims}))",
+        *(["    adj_c = adj[oc:oc + cols]", "    adj_tan_c = adj_tan[oc:oc + cols]"]
+          if op.arity == 3 else []),
         "    for q in range(batch):",
         "        ka = q if batch_a > 1 else 0",
         "        kb = q if batch_b > 1 else 0",
@@ -529,6 +531,16 @@ def _matmul(op) -> str:
             else:
                 lines += [f"            if {guard}:",
                           f"                adj_tan_{name}[{batch_index}] += {term}"]
+    if op.arity == 3:  # c, a row added to every row: vjp and its tangent summed over rows
+        lines += ["        if w2:", f"            part = {op.partials[2]}",
+                  "            for r in range(rows):", "                adj_c += part[r]"]
+        for moving, term in _matmul_terms(op, 2):
+            guard = guards[moving]
+            indent = "            " if guard is None else "                "
+            if guard is not None:
+                lines.append(f"            if {guard}:")
+            lines += [f"{indent}part = {term}", f"{indent}for r in range(rows):",
+                      f"{indent}    adj_tan_c += part[r]"]
     return "\n".join(lines)
 
 
@@ -582,7 +594,8 @@ def source() -> str:
     parts.append(_dispatcher(REDUCE, "hvp_reduce",
                              "vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh"))
     parts.append(_dispatcher(MATMUL, "hvp_matmul",
-                             "vals, tan, adj, adj_tan, oa, ob, oy, w0, w1, t0, t1, meta, mo"))
+                             "vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, "
+                             "mo"))
     return "\n".join(parts) + "\n"
 
 

@@ -286,12 +286,22 @@ def _reduce(op) -> str:
 
 
 def _matmul(op) -> str:
-    jvp_a, jvp_b = matmul_tangents(op)
+    jvp_a, jvp_b = matmul_tangents(op)[:2]
+    bias = []
+    if op.arity == 3:  # c, a row added to every row: its tangent reaches every row
+        jvp_c = transpose_linear(op.partials[2], result="tc")
+        bias = [
+            "            if a2:",
+            "                tc = row[oc:oc + cols]",
+            "                ty = all_ty[q]",
+            "                for i in range(rows):",
+            f"                    ty[i] += {jvp_c}",
+        ]
     return "\n".join([
         "",
         "",
         "@kernel",
-        f"def {_function_name(op)}(vals, tan, oa, ob, oy, a0, a1, meta, mo):",
+        f"def {_function_name(op)}(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):",
         _docstring(f"{op.grad_fn}: ty = {jvp_a} with t = ta, + {jvp_b} with t = tb, per "
                    f"batch (the transposes of the declared vjps)"),
         "    batch, batch_a, batch_b = meta[mo], meta[mo + 1], meta[mo + 2]",
@@ -314,6 +324,7 @@ def _matmul(op) -> str:
         "            if a1:",
         "                t = all_tb[kb]",
         f"                all_ty[q] += {jvp_b}",
+        *bias,
     ])
 
 
@@ -342,7 +353,8 @@ def source() -> str:
                              "vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, "
                              "meta, mo, fresh"))
     parts.append(_dispatcher(REDUCE, "tangent_reduce", "vals, tan, ox, oy, nx, c0, meta, mo"))
-    parts.append(_dispatcher(MATMUL, "tangent_matmul", "vals, tan, oa, ob, oy, a0, a1, meta, mo"))
+    parts.append(_dispatcher(MATMUL, "tangent_matmul",
+                             "vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo"))
     return "\n".join(parts) + "\n"
 
 

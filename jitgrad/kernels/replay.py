@@ -311,7 +311,7 @@ def _forward_general(kind, code, row, oy, o0, o1, o2, c0, c1, general, meta, val
         vals[oy:oy + size] = 0.0
         indexed_add(vals, oy, vals, o0, meta, mo, True)
     elif kind == MATMUL:
-        forward_matmul(code, vals, o0, o1, oy, meta, mo)
+        forward_matmul(code, vals, o0, o1, o2, oy, meta, mo)
 
 
 @kernel
@@ -386,7 +386,7 @@ def _reverse_general(kind, code, row, oy, o0, o1, o2, w0, w1, w2, c0, c1, genera
         reverse_elementwise(code, vals, adj, o0, o1, o2, oy, size, w0, w1, w2, c0, c1, meta,
                             mo)
     elif kind == MATMUL:
-        reverse_matmul(code, vals, adj, o0, o1, oy, w0, w1, meta, mo)
+        reverse_matmul(code, vals, adj, o0, o1, o2, oy, w0, w1, w2, meta, mo)
     elif not w0:
         return
     elif kind == REDUCE:

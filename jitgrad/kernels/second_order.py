@@ -104,7 +104,7 @@ def _second_order_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, 
         hvp_elementwise(code, vals, tan, adj, adj_tan, part, o0, o1, o2, oy,
                         nodes[out, N_SIZE], w0, w1, w2, consts[e, E_C0], consts[e, E_C1], meta,
                         mo)
-    elif not w0 and not w1:
+    elif not w0 and not w1 and not w2:
         return
     elif kind == REDUCE:
         hvp_reduce(code, vals, tan, adj, adj_tan, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0],
@@ -113,7 +113,8 @@ def _second_order_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, 
         # an operand without a tangent contributes no term (its slot holds zeros anyway)
         t0 = active[in0] != INACTIVE
         t1 = active[in1] != INACTIVE
-        hvp_matmul(code, vals, tan, adj, adj_tan, o0, o1, oy, w0, w1, t0, t1, meta, mo)
+        hvp_matmul(code, vals, tan, adj, adj_tan, o0, o1, o2, oy, w0, w1, w2, t0, t1, meta,
+                   mo)
     else:
         # linear kinds: dP = 0, both buffers go through the op's transpose
         for buffer in (adj, adj_tan):

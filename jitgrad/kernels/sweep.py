@@ -182,13 +182,13 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj, fresh
     if kind == ELEMENTWISE:
         reverse_elementwise(code, vals, adj, o0, o1, o2, oy, nodes[out, N_SIZE], w0, w1, w2,
                             consts[e, E_C0], consts[e, E_C1], meta, mo)
-    elif not w0 and not w1:
+    elif not w0 and not w1 and not w2:
         return
     elif kind == REDUCE:
         reverse_reduce(code, vals, adj, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo,
                        fresh & 1 != 0)
     elif kind == MATMUL:
-        reverse_matmul(code, vals, adj, o0, o1, oy, w0, w1, meta, mo)
+        reverse_matmul(code, vals, adj, o0, o1, o2, oy, w0, w1, w2, meta, mo)
     elif kind == RESTRIDE:
         if fresh & 1:  # one block, the rest of the input's adjoint cleared: copy it there
             block, count = view_block(meta, mo)

@@ -77,7 +77,7 @@ def _tangent_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, a0, a
     if kind == REDUCE:
         tangent_reduce(code, vals, tan, o0, oy, nodes[in0, N_SIZE], consts[e, E_C0], meta, mo)
     elif kind == MATMUL:
-        tangent_matmul(code, vals, tan, o0, o1, oy, a0, a1, meta, mo)
+        tangent_matmul(code, vals, tan, o0, o1, o2, oy, a0, a1, a2, meta, mo)
     else:
         # linear kinds: the tangent goes through the op's own map
         for r in range(tan.shape[0]):

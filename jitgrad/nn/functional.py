@@ -65,8 +65,8 @@ def log_softmax(input: Tensor, dim: int | None = None, dtype=None) -> Tensor:
 # -- layers -------------------------------------------------------------------------------------
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias``; ``weight`` is ``(out_features, in_features)``."""
-    out = T.linear(input, weight)  # one recorded product, reading the weight in place
-    return out if bias is None else out + bias
+    # one recorded product: the weight read in place, the bias row added
+    return T.linear(input, weight, bias)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
