@@ -37,6 +37,7 @@ from .kernels.layout import (
     N_OFFSET,
     N_SIZE,
     N_WIDTH,
+    SWEEP_SCRATCH,
 )
 
 _ARENA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -132,11 +133,12 @@ class Tape:
 
     def adjoint_buffers(self) -> list:
         """Adjoint buffers as large as the arenas, kept from one backward to the next (the
-        sweep zeroes what it uses): fresh memory would cost page faults every step."""
+        sweep zeroes what it uses): fresh memory would cost page faults every step. After
+        the arena's columns: the scratch slots of the sweep's blocked runs."""
         for code in (DTYPE_F32, DTYPE_F64):
-            if self.adjoints[code].shape[0] < self.used[code]:
-                self.adjoints[code] = np.empty(max(self.used[code], self.arenas[code].shape[0]),
-                                               _ARENA_DTYPES[code])
+            if self.adjoints[code].shape[0] < self.used[code] + SWEEP_SCRATCH:
+                size = max(self.used[code], self.arenas[code].shape[0]) + SWEEP_SCRATCH
+                self.adjoints[code] = np.empty(size, _ARENA_DTYPES[code])
         return self.adjoints
 
     def node_field(self, node: int, field: int) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import functions as F
 from .._dtype import float32
-from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT, E_VER0, TANGENT_SCRATCH
+from ..kernels.layout import E_C0, E_C1, E_IN0, E_META, E_OP, E_OUT, E_VER0, SWEEP_SCRATCH
 from ..ops.registry import (
     BY_NAME,
     CAST,
@@ -199,10 +199,10 @@ class borrowed_buffers:  # noqa: N801 - used as a function in a with statement
         pool = self.tape.__dict__.setdefault("tangent_pool", {})
         cached = pool.pop(self.k, None)
         used = self.tape.used
-        if cached is None or any(b.shape[1] < used[code] + TANGENT_SCRATCH
+        if cached is None or any(b.shape[1] < used[code] + SWEEP_SCRATCH
                                  for code, b in enumerate(cached)):
             # room after the arena's columns for the fused sweep's scratch slots
-            cached = [np.empty((self.k, max(used[code], 1) * 5 // 4 + TANGENT_SCRATCH), dtype)
+            cached = [np.empty((self.k, max(used[code], 1) * 5 // 4 + SWEEP_SCRATCH), dtype)
                       for code, dtype in enumerate((np.float32, np.float64))]
         self.buffers = cached
         return cached, np.zeros(self.tape.n_nodes, np.uint8)
@@ -272,7 +272,7 @@ def run_tangent_sweep(tape, tangents, active, start: int, stop: int,
         for node in keep:
             if node >= 0:
                 kept[node] = 1
-        scratch = [b.shape[1] - TANGENT_SCRATCH if b.shape[1] - TANGENT_SCRATCH >= tape.used[c]
+        scratch = [b.shape[1] - SWEEP_SCRATCH if b.shape[1] - SWEEP_SCRATCH >= tape.used[c]
                    else -1 for c, b in enumerate(tangents)]
     e = start
     while e < stop:

@@ -11,11 +11,11 @@ from .expressions import (  # noqa: F401
 
 
 @kernel
-def reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_neg(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """NegBackward0: d/d(x) = -1.0"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 adj0[i] = g_[i] * (-1.0)
@@ -25,12 +25,12 @@ def reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_exp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """ExpBackward0: d/d(x) = y"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -42,12 +42,12 @@ def reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_log(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """LogBackward0: d/d(x) = 1.0 / x"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -59,12 +59,12 @@ def reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_sqrt(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """SqrtBackward0: d/d(x) = 0.5 / y"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -76,12 +76,12 @@ def reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_sin(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """SinBackward0: d/d(x) = cos(x)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -93,12 +93,12 @@ def reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_cos(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """CosBackward0: d/d(x) = -sin(x)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -110,12 +110,12 @@ def reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_tan(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """TanBackward0: d/d(x) = 1.0 + y * y"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -127,12 +127,12 @@ def reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_tanh(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """TanhBackward0: d/d(x) = 1.0 - y * y"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -144,12 +144,12 @@ def reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_sigmoid(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """SigmoidBackward0: d/d(x) = y * (1.0 - y)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -161,12 +161,12 @@ def reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_relu(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """ReluBackward0: d/d(x) = positive(x)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -178,12 +178,12 @@ def reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_abs(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """AbsBackward0: d/d(x) = sign(x)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -195,12 +195,12 @@ def reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_log1p(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """Log1PBackward0: d/d(x) = 1.0 / (1.0 + x)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -212,12 +212,12 @@ def reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_expm1(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """Expm1Backward0: d/d(x) = y + 1.0"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -229,12 +229,12 @@ def reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_reciprocal(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """ReciprocalBackward0: d/d(x) = -(y * y)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -246,11 +246,11 @@ def reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
 
 
 @kernel
-def reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """CloneBackward0: d/d(x) = 1.0"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 adj0[i] = g_[i] * (1.0)
@@ -260,12 +260,12 @@ def reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_clamp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """ClampBackward1: d/d(x) = in_range(x, c0, c1)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -277,11 +277,11 @@ def reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(x) = c0"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 adj0[i] = g_[i] * (c0)
@@ -291,11 +291,11 @@ def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
 
 
 @kernel
-def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_div_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """DivBackward0: d/d(x) = 1.0 / c0"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 adj0[i] = g_[i] * (1.0 / c0)
@@ -305,12 +305,12 @@ def reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
 
 
 @kernel
-def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward0: d/d(x) = where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     x_ = vals[o0:o0 + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
@@ -322,12 +322,12 @@ def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, m
 
 
 @kernel
-def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward2: d/d(x) = y * log(c0)"""
-    g_ = adj[oy:oy + n]
+    g_ = adj[uy:uy + n]
     y_ = vals[oy:oy + n]
     if w0:
-        adj0 = adj[o0:o0 + n]
+        adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
@@ -339,12 +339,12 @@ def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, 
 
 
 @kernel
-def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_add(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """AddBackward0: d/d(a, b) = 1.0, 1.0"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     adj0[i] = g_[i] * (1.0)
@@ -352,7 +352,7 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 for i in range(n):
                     adj0[i] += g_[i] * (1.0)
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     adj1[i] = g_[i] * (1.0)
@@ -372,25 +372,25 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     p0 = p1 = 0
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if w0:
             for i in range(width):
                 contribution[i] = g_[i] * (1.0)
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 contribution[i] = g_[i] * (1.0)
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -405,12 +405,12 @@ def reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_sub(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """SubBackward0: d/d(a, b) = 1.0, -1.0"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     adj0[i] = g_[i] * (1.0)
@@ -418,7 +418,7 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 for i in range(n):
                     adj0[i] += g_[i] * (1.0)
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     adj1[i] = g_[i] * (-1.0)
@@ -438,25 +438,25 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     p0 = p1 = 0
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if w0:
             for i in range(width):
                 contribution[i] = g_[i] * (1.0)
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 contribution[i] = g_[i] * (-1.0)
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -471,14 +471,14 @@ def reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_mul(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(a, b) = b, a"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
         b_ = vals[o1:o1 + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     b = b_[i]
@@ -488,7 +488,7 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                     b = b_[i]
                     adj0[i] += g_[i] * (b)
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -512,7 +512,7 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     spread1 = np.empty(width, vals.dtype)
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if s0[ndim - 1] == 1:
             a_ = vals[o0 + p0:o0 + p0 + width]
         else:
@@ -528,21 +528,21 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 b = b_[i]
                 contribution[i] = g_[i] * (b)
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 a = a_[i]
                 contribution[i] = g_[i] * (a)
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -557,14 +557,14 @@ def reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_div(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """DivBackward0: d/d(a, b) = 1.0 / b, -a / (b * b)"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
         b_ = vals[o1:o1 + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     b = b_[i]
@@ -574,7 +574,7 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                     b = b_[i]
                     adj0[i] += g_[i] * (1.0 / b)
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -600,7 +600,7 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     spread1 = np.empty(width, vals.dtype)
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if s0[ndim - 1] == 1:
             a_ = vals[o0 + p0:o0 + p0 + width]
         else:
@@ -616,22 +616,22 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 b = b_[i]
                 contribution[i] = g_[i] * (1.0 / b)
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
                 contribution[i] = g_[i] * (-a / (b * b))
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -646,15 +646,15 @@ def reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_pow(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """PowBackward1: d/d(a, b) = where(b == 0.0, 0.0, b * a ** (b - 1.0)), where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
         b_ = vals[o1:o1 + n]
         y_ = vals[oy:oy + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -666,7 +666,7 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                     b = b_[i]
                     adj0[i] += g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -694,7 +694,7 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     spread1 = np.empty(width, vals.dtype)
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         y_ = vals[oy + po:oy + po + width]
         if s0[ndim - 1] == 1:
             a_ = vals[o0 + p0:o0 + p0 + width]
@@ -712,11 +712,11 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 b = b_[i]
                 contribution[i] = g_[i] * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 a = a_[i]
@@ -724,11 +724,11 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 y = y_[i]
                 contribution[i] = g_[i] * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -743,14 +743,14 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """MaximumBackward0: d/d(a, b) = (a > b) + 0.5 * (a == b), (b > a) + 0.5 * (a == b)"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
         b_ = vals[o1:o1 + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -762,7 +762,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                     b = b_[i]
                     adj0[i] += g_[i] * ((a > b) + 0.5 * (a == b))
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -788,7 +788,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     spread1 = np.empty(width, vals.dtype)
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if s0[ndim - 1] == 1:
             a_ = vals[o0 + p0:o0 + p0 + width]
         else:
@@ -805,22 +805,22 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 b = b_[i]
                 contribution[i] = g_[i] * ((a > b) + 0.5 * (a == b))
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
                 contribution[i] = g_[i] * ((b > a) + 0.5 * (a == b))
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -835,14 +835,14 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """MinimumBackward0: d/d(a, b) = (a < b) + 0.5 * (a == b), (b < a) + 0.5 * (a == b)"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
         b_ = vals[o1:o1 + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -854,7 +854,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                     b = b_[i]
                     adj0[i] += g_[i] * ((a < b) + 0.5 * (a == b))
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
@@ -880,7 +880,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     spread1 = np.empty(width, vals.dtype)
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if s0[ndim - 1] == 1:
             a_ = vals[o0 + p0:o0 + p0 + width]
         else:
@@ -897,22 +897,22 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 b = b_[i]
                 contribution[i] = g_[i] * ((a < b) + 0.5 * (a == b))
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
                 contribution[i] = g_[i] * ((b < a) + 0.5 * (a == b))
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -927,13 +927,13 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
 
 
 @kernel
-def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/d(a, b, cond) = cond, 1.0 - cond, None"""
     if meta[mo] == 0:  # operands have the output's shape
-        g_ = adj[oy:oy + n]
+        g_ = adj[uy:uy + n]
         cond_ = vals[o2:o2 + n]
         if w0:
-            adj0 = adj[o0:o0 + n]
+            adj0 = adj[u0:u0 + n]
             if w0 == 2:
                 for i in range(n):
                     cond = cond_[i]
@@ -943,7 +943,7 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                     cond = cond_[i]
                     adj0[i] += g_[i] * (cond)
         if w1:
-            adj1 = adj[o1:o1 + n]
+            adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     cond = cond_[i]
@@ -967,7 +967,7 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     spread2 = np.empty(width, vals.dtype)
     for row in range(n // width):
         po = row * width
-        g_ = adj[oy + po:oy + po + width]
+        g_ = adj[uy + po:uy + po + width]
         if s2[ndim - 1] == 1:
             cond_ = vals[o2 + p2:o2 + p2 + width]
         else:
@@ -978,21 +978,21 @@ def reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
                 cond = cond_[i]
                 contribution[i] = g_[i] * (cond)
             if s0[ndim - 1] == 1:
-                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
                     adj0[i] += contribution[i]
             else:
-                adj[o0 + p0] += contribution.sum()
+                adj[u0 + p0] += contribution.sum()
         if w1:
             for i in range(width):
                 cond = cond_[i]
                 contribution[i] = g_[i] * (1.0 - cond)
             if s1[ndim - 1] == 1:
-                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
                     adj1[i] += contribution[i]
             else:
-                adj[o1 + p1] += contribution.sum()
+                adj[u1 + p1] += contribution.sum()
         d = ndim - 2
         while d >= 0:  # the next row: move every operand's offset
             index[d] += 1
@@ -1369,69 +1369,69 @@ def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
 
 
 @kernel
-def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     if code == 0:  # neg
-        reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_neg(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 1:  # exp
-        reverse_exp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_exp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 2:  # log
-        reverse_log(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_log(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 3:  # sqrt
-        reverse_sqrt(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_sqrt(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 4:  # sin
-        reverse_sin(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_sin(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 5:  # cos
-        reverse_cos(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_cos(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 6:  # tan
-        reverse_tan(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_tan(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 7:  # tanh
-        reverse_tanh(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_tanh(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 8:  # sigmoid
-        reverse_sigmoid(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_sigmoid(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 9:  # relu
-        reverse_relu(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_relu(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 10:  # abs
-        reverse_abs(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_abs(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 11:  # log1p
-        reverse_log1p(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_log1p(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 12:  # expm1
-        reverse_expm1(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_expm1(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 13:  # reciprocal
-        reverse_reciprocal(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_reciprocal(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 14:  # clone
-        reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 15:  # clamp
-        reverse_clamp(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_clamp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 16:  # add_scalar
-        reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 17:  # sub_scalar
-        reverse_clone(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 18:  # rsub_scalar
-        reverse_neg(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_neg(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 19:  # mul_scalar
-        reverse_mul_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_mul_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 20:  # div_scalar
-        reverse_div_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_div_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 21:  # pow_scalar
-        reverse_pow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_pow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 22:  # rpow_scalar
-        reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 23:  # add
-        reverse_add(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_add(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 24:  # sub
-        reverse_sub(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_sub(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 25:  # mul
-        reverse_mul(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_mul(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 26:  # div
-        reverse_div(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_div(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 27:  # pow
-        reverse_pow(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_pow(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 28:  # maximum
-        reverse_maximum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 29:  # minimum
-        reverse_minimum(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 30:  # where
-        reverse_where(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+        reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
 
 
 @kernel

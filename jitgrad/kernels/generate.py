@@ -39,6 +39,11 @@ def _function_name(op) -> str:
     raise AssertionError(op.name)
 
 
+# values are read at offsets o*, adjoints at u*: the same offsets, except in a blocked run
+# of the reverse sweep, whose intermediate adjoints live in scratch (kernels/sweep.py)
+ELEMENTWISE_SIGNATURE = "vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo"
+
+
 def _contiguous(op, indent: str) -> list[str]:
     """Operands with the output's shape: one loop per input that wants a gradient, over
     views of its own (indexing one buffer at several offsets would keep LLVM from
@@ -47,7 +52,7 @@ def _contiguous(op, indent: str) -> list[str]:
     for partial in op.partials:
         if partial is not None:
             used_by_any |= _names_in(partial)
-    out = [f"{indent}g_ = adj[oy:oy + n]"]
+    out = [f"{indent}g_ = adj[uy:uy + n]"]
     for j, name in enumerate(op.inputs):
         if name in used_by_any:
             out.append(f"{indent}{name}_ = vals[o{j}:o{j} + n]")
@@ -58,7 +63,7 @@ def _contiguous(op, indent: str) -> list[str]:
             continue
         used = _names_in(partial)
         out.append(f"{indent}if w{k}:")
-        out.append(f"{indent}    adj{k} = adj[o{k}:o{k} + n]")
+        out.append(f"{indent}    adj{k} = adj[u{k}:u{k} + n]")
         # w == 2: the sweep's first write to this adjoint, which it did not clear first
         for test, store in ((f"if w{k} == 2:", "="), ("else:", "+=")):
             out.append(f"{indent}    {test}")
@@ -76,7 +81,7 @@ def _elementwise(op) -> str:
         "",
         "",
         "@kernel",
-        f"def {_function_name(op)}(vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):",
+        f"def {_function_name(op)}({ELEMENTWISE_SIGNATURE}):",
         f'    """{op.grad_fn}: d/d({", ".join(inputs)}) = '
         f'{", ".join(str(p) for p in op.partials)}"""',
     ]
@@ -122,7 +127,7 @@ def _broadcast(op) -> list[str]:
             out.append(f"    spread{j} = np.empty(width, vals.dtype)")
     out += ["    for row in range(n // width):",
             "        po = row * width",
-            "        g_ = adj[oy + po:oy + po + width]"]
+            "        g_ = adj[uy + po:uy + po + width]"]
     if "y" in used:
         out.append("        y_ = vals[oy + po:oy + po + width]")
     for j, name in enumerate(inputs):
@@ -143,11 +148,11 @@ def _broadcast(op) -> list[str]:
                 out.append(f"                {name} = {name}_[i]")
         out += [f"                contribution[i] = g_[i] * ({partial})",
                 f"            if s{k}[ndim - 1] == 1:",
-                f"                adj{k} = adj[o{k} + p{k}:o{k} + p{k} + width]",
+                f"                adj{k} = adj[u{k} + p{k}:u{k} + p{k} + width]",
                 "                for i in range(width):",
                 f"                    adj{k}[i] += contribution[i]",
                 "            else:",
-                f"                adj[o{k} + p{k}] += contribution.sum()"]
+                f"                adj[u{k} + p{k}] += contribution.sum()"]
     out += ["        d = ndim - 2",
             "        while d >= 0:  # the next row: move every operand's offset",
             "            index[d] += 1"]
@@ -312,7 +317,7 @@ def source() -> str:
             parts.append(_reduce(op))
         elif op.kind == MATMUL:
             parts.append(_matmul(op))
-    ew = "vals, adj, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo"
+    ew = ELEMENTWISE_SIGNATURE
     parts.append(_dispatcher(ELEMENTWISE, "reverse_elementwise", ew, ew))
     red = "vals, adj, ox, oy, nx, c0, meta, mo, fresh"
     parts.append(_dispatcher(REDUCE, "reverse_reduce", red, red))

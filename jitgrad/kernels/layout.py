@@ -52,8 +52,10 @@ FLOWS_SHIFT = 4
 HAS_SECOND_ORDER = 1 << 7
 KEEPS_PARTIAL = 1 << 8
 
-# tangent buffers: columns reserved after the arena's for the scratch slots of the blocked
-# runs of ``kernels.tangent.tangent_sweep_fused`` (TANGENT_RUN entries of TANGENT_BLOCK)
-TANGENT_BLOCK = 4096
-TANGENT_RUN = 16
-TANGENT_SCRATCH = TANGENT_RUN * TANGENT_BLOCK
+# blocked runs of large elementwise entries in the sweeps (``kernels.sweep.accumulate``,
+# ``kernels.tangent.tangent_sweep_fused``): SWEEP_BLOCK elements per block, at most
+# SWEEP_RUN entries per run; adjoint and tangent buffers reserve SWEEP_SCRATCH columns
+# after the arena's for their scratch slots
+SWEEP_BLOCK = 4096
+SWEEP_RUN = 16
+SWEEP_SCRATCH = SWEEP_RUN * SWEEP_BLOCK

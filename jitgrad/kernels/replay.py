@@ -383,8 +383,8 @@ def _reverse_general(kind, code, row, oy, o0, o1, o2, w0, w1, w2, c0, c1, genera
     size = general[row, G_SIZE]
     mo = general[row, G_META]
     if kind == ELEMENTWISE:
-        reverse_elementwise(code, vals, adj, o0, o1, o2, oy, size, w0, w1, w2, c0, c1, meta,
-                            mo)
+        reverse_elementwise(code, vals, adj, o0, o1, o2, oy, o0, o1, o2, oy, size, w0, w1, w2,
+                            c0, c1, meta, mo)
     elif kind == MATMUL:
         reverse_matmul(code, vals, adj, o0, o1, o2, oy, w0, w1, w2, meta, mo)
     elif not w0:

@@ -14,6 +14,7 @@ from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
 from .jit import kernel
 from .layout import (
     DTYPE_F32,
+    DTYPE_F64,
     E_C0,
     E_C1,
     E_FREED,
@@ -34,6 +35,9 @@ from .layout import (
     N_SIZE,
     N_WIDTH,
     OK,
+    SWEEP_BLOCK,
+    SWEEP_RUN,
+    SWEEP_SCRATCH,
     WRITES_SHIFT,
 )
 
@@ -180,8 +184,8 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj, fresh
     w1 = (2 if fresh & 2 else 1) if in1 >= 0 and nodes[in1, N_GRAD] != 0 else 0
     w2 = (2 if fresh & 4 else 1) if in2 >= 0 and nodes[in2, N_GRAD] != 0 else 0
     if kind == ELEMENTWISE:
-        reverse_elementwise(code, vals, adj, o0, o1, o2, oy, nodes[out, N_SIZE], w0, w1, w2,
-                            consts[e, E_C0], consts[e, E_C1], meta, mo)
+        reverse_elementwise(code, vals, adj, o0, o1, o2, oy, o0, o1, o2, oy, nodes[out, N_SIZE],
+                            w0, w1, w2, consts[e, E_C0], consts[e, E_C1], meta, mo)
     elif not w0 and not w1 and not w2:
         return
     elif kind == REDUCE:
@@ -203,22 +207,208 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj, fresh
         indexed_add(adj, o0, adj, oy, meta, mo, False)
 
 
+# -- blocked runs ---------------------------------------------------------------------------
+# A run of elementwise entries over arrays of one size (W3's Rosenbrock at 1e6: seven in a
+# row) makes one memory pass per entry, each reading its output's adjoint and writing its
+# inputs'. The sweep walks such a run block by block instead (every entry over elements [s,
+# s + BLOCK), last to first, then the next block), so a block's adjoints stay in cache from
+# one entry to the next; an adjoint that only entries of the run write and read (an
+# intermediate no live tensor refers to) lives in a scratch slot after the arena's columns,
+# reused by every block, and never reaches main memory.
+BLOCK = SWEEP_BLOCK
+MAX_RUN = SWEEP_RUN
+FUSE_MIN = 8 * BLOCK  # smaller outputs are swept entry by entry
+
+
+@kernel
+def _last_readers(entries, lowest, n_entries, n_nodes):
+    """Per node, the last entry of ``[lowest, n_entries)`` reading it (-1: none)."""
+    last = np.full(n_nodes, -1, np.int64)
+    for e in range(lowest, n_entries):
+        for field in (E_IN0, E_IN1, E_IN2):
+            node = entries[e, field]
+            if node >= 0:
+                last[node] = e
+    return last
+
+
+@kernel
+def _scratch_start(nodes, adj, dtype):
+    """The first scratch column of ``adj`` (after every node's adjoint of ``dtype``), or
+    -1 when the buffer has no room for the scratch slots."""
+    used = 0
+    for node in range(nodes.shape[0]):
+        if nodes[node, N_DTYPE] == dtype:
+            used = max(used, nodes[node, N_OFFSET] + nodes[node, N_SIZE])
+    start = adj.shape[0] - SWEEP_SCRATCH
+    return start if start >= used else -1
+
+
+@kernel
+def _joins_run(e, entries, nodes, meta, kinds, reached, size, dtype):
+    """Entry ``e`` can join a blocked run over ``size`` elements of ``dtype``: reached,
+    elementwise with every operand of the output's shape, or a slice that is one
+    contiguous block of its input (``x[1:]``)."""
+    out = entries[e, E_OUT]
+    kind = kinds[entries[e, E_OP]]
+    if not reached[out] or nodes[out, N_SIZE] != size or nodes[out, N_DTYPE] != dtype:
+        return False
+    if kind == RESTRIDE:
+        block, count = view_block(meta, entries[e, E_META])
+        return block >= 0 and (block == 0 or nodes[entries[e, E_IN0], N_SIZE] != size)
+    if kind != ELEMENTWISE:
+        return False
+    if entries[e, E_IN1] >= 0 and meta[entries[e, E_META]] != 0:
+        return False  # broadcasting operands
+    for field in (E_IN0, E_IN1, E_IN2):
+        node = entries[e, field]
+        if node >= 0 and nodes[node, N_SIZE] != size:
+            return False
+    return True
+
+
+@kernel
+def _blocked_reverse(low, high, entries, consts, nodes, refs, meta, kinds, vals, adj, ready,
+                     saves_mask, last, scratch):
+    """Entries ``[low, high]`` (see ``_joins_run``) block by block, last to first. Adjoint
+    offsets: ``base + s`` in block ``s`` for a node kept in the buffer, the fixed ``base``
+    of its scratch slot for one that is not. Each input's first write assigns or clears
+    exactly as the entry-by-entry sweep would (decided once: every block repeats it)."""
+    m = high - low + 1
+    n = nodes[entries[high, E_OUT], N_SIZE]
+    slices = np.full(m, -1, np.int64)     # a slice's start in its input, -1: elementwise
+    for j in range(m):
+        if entries[low + j, E_META] >= 0 and kinds[entries[low + j, E_OP]] == RESTRIDE:
+            slices[j] = view_block(meta, entries[low + j, E_META])[0]
+    offsets = np.zeros((m, 4), np.int64)  # values of operands 0-2 and output
+    bases = np.zeros((m, 4), np.int64)    # their adjoints
+    moves = np.ones((m, 4), np.int64)     # 1: the adjoint's offset moves with the block
+    writes = np.zeros((m, 3), np.int64)   # 0: no gradient, 1: add, 2: assign (first write)
+    in_scratch = np.zeros(m, np.bool_)    # entry j's output adjoint lives in slot j
+    started = np.zeros(m, np.bool_)
+    # scratch: an intermediate no live tensor refers to, read only inside the run, whose
+    # first write (in the order the steps run) assigns: a slot needs no clearing
+    for j in range(m - 1):
+        out = entries[low + j, E_OUT]
+        in_scratch[j] = scratch >= 0 and refs[out] == 0 and low + j < last[out] <= high
+    for j in range(m - 1, -1, -1):
+        code = entries[low + j, E_OP]
+        for k in range(3):
+            node = entries[low + j, E_IN0 + k]
+            q = nodes[node, N_ENTRY] - low if node >= 0 else -1
+            if 0 <= q < j and in_scratch[q] and not started[q]:
+                started[q] = True
+                if slices[j] < 0 and not (saves_mask[code] >> (WRITES_SHIFT + k)) & 1:
+                    in_scratch[q] = False
+    for j in range(m):
+        out = entries[low + j, E_OUT]
+        offsets[j, 3] = bases[j, 3] = nodes[out, N_OFFSET]
+        if in_scratch[j]:
+            bases[j, 3] = scratch + j * BLOCK
+            moves[j, 3] = 0
+    started[:] = False
+    for j in range(m - 1, -1, -1):  # the order the steps run in, inputs 0-2 each
+        code = entries[low + j, E_OP]
+        for k in range(3):
+            node = entries[low + j, E_IN0 + k]
+            if node < 0:
+                continue
+            offsets[j, k] = bases[j, k] = nodes[node, N_OFFSET]
+            if not nodes[node, N_GRAD]:
+                continue
+            if slices[j] >= 0:  # a slice: its input's adjoint is written from its start
+                bases[j, k] += slices[j]
+                # an input larger than the run's arrays is written in part by each block:
+                # clear it whole first, then add (assigning would race the other slices)
+                assigns = nodes[node, N_SIZE] == n
+            else:
+                assigns = (saves_mask[code] >> (WRITES_SHIFT + k)) & 1
+            ready_before = ready[node]
+            ready[node] = 1
+            q = nodes[node, N_ENTRY] - low
+            if 0 <= q < j and in_scratch[q]:
+                bases[j, k] = scratch + q * BLOCK
+                moves[j, k] = 0
+                writes[j, k] = 1 if started[q] else 2
+                started[q] = True
+            elif ready_before:
+                writes[j, k] = 1
+            elif assigns:
+                writes[j, k] = 2
+            else:  # its first write adds: clear it first, as the entry-by-entry sweep does
+                adj[nodes[node, N_OFFSET]:nodes[node, N_OFFSET] + nodes[node, N_SIZE]] = 0.0
+                writes[j, k] = 1
+    for s in range(0, n, BLOCK):
+        count = min(BLOCK, n - s)
+        for j in range(m - 1, -1, -1):
+            if not (writes[j, 0] or writes[j, 1] or writes[j, 2]):
+                continue
+            e = low + j
+            if slices[j] >= 0:  # x[block:block + n] += g
+                source = adj[bases[j, 3] + moves[j, 3] * s:bases[j, 3] + moves[j, 3] * s + count]
+                start = bases[j, 0] + moves[j, 0] * s
+                target = adj[start:start + count]
+                if writes[j, 0] == 2:
+                    target[:] = source
+                elif writes[j, 0] == 1:
+                    for i in range(count):
+                        target[i] += source[i]
+                continue
+            reverse_elementwise(
+                entries[e, E_OP], vals, adj,
+                offsets[j, 0] + s, offsets[j, 1] + s, offsets[j, 2] + s, offsets[j, 3] + s,
+                bases[j, 0] + moves[j, 0] * s, bases[j, 1] + moves[j, 1] * s,
+                bases[j, 2] + moves[j, 2] * s, bases[j, 3] + moves[j, 3] * s,
+                count, writes[j, 0], writes[j, 1], writes[j, 2], consts[e, E_C0],
+                consts[e, E_C1], meta, entries[e, E_META])
+
+
 @kernel
 def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
                n_entries, reached, ready, kinds, saves_mask, retain, count=True):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
     same offsets as values, in buffers reused from one backward to the next: a node's
     adjoint is zeroed when it is first written (``ready``), so only the graph's nodes are
-    touched. The caller seeds the roots. Returns how many live tensors still refer to a
-    pending entry (0: the next recording may restart the tape), or -1 without ``count``
-    (a small tape does not restart: the O(tape) count is skipped)."""
-    for e in range(n_entries - 1, lowest - 1, -1):
+    touched. The caller seeds the roots. Runs of large elementwise entries go block by
+    block (see above). Returns how many live tensors still refer to a pending entry (0:
+    the next recording may restart the tape), or -1 without ``count`` (a small tape does
+    not restart: the O(tape) count is skipped)."""
+    last = np.empty(0, np.int64)  # made when a run first needs it
+    scratch32 = scratch64 = -2
+    e = n_entries
+    while e > lowest:
+        e -= 1
         out = entries[e, E_OUT]
         if not reached[out]:
             continue
         code = entries[e, E_OP]
         kind = kinds[code]
         mo = entries[e, E_META]
+        size = nodes[out, N_SIZE]
+        if (kind == ELEMENTWISE or kind == RESTRIDE) and size >= FUSE_MIN:
+            dtype = nodes[out, N_DTYPE]
+            low = e
+            while (low > lowest and e - low + 1 < MAX_RUN
+                   and _joins_run(low - 1, entries, nodes, meta, kinds, reached, size, dtype)):
+                low -= 1
+            if low < e and _joins_run(e, entries, nodes, meta, kinds, reached, size, dtype):
+                if last.shape[0] == 0:
+                    # readers anywhere on the tape: a caller sweeping one segment (custom
+                    # Functions, hooks) may have run entries above it already
+                    last = _last_readers(entries, lowest, entries.shape[0], nodes.shape[0])
+                    scratch32 = _scratch_start(nodes, adj32, DTYPE_F32)
+                    scratch64 = _scratch_start(nodes, adj64, DTYPE_F64)
+                if dtype == DTYPE_F32:
+                    _blocked_reverse(low, e, entries, consts, nodes, refs, meta, kinds, vals32,
+                                     adj32, ready, saves_mask, last, scratch32)
+                else:
+                    _blocked_reverse(low, e, entries, consts, nodes, refs, meta, kinds, vals64,
+                                     adj64, ready, saves_mask, last, scratch64)
+                if not retain:
+                    for done_entry in range(low, e + 1):
+                        entries[done_entry, E_FREED] = 1
+                e = low
+                continue
         # steps that write each element of an input's adjoint exactly once may assign on
         # the first write instead of clearing first (one pass less over the adjoint)
         whole = (kind == REDUCE or kind == CAST

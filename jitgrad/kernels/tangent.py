@@ -47,8 +47,8 @@ from .layout import (
     N_DTYPE,
     N_OFFSET,
     N_SIZE,
-    TANGENT_BLOCK,
-    TANGENT_RUN,
+    SWEEP_BLOCK,
+    SWEEP_RUN,
 )
 from .sweep import indexed_add, strided_add
 
@@ -186,8 +186,8 @@ def tangent_sweep(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, st
 # next, and the tangents nobody reads after the run (not the caller's, not read by a later
 # entry) live in per-entry scratch columns that are reused by every block: they never reach
 # main memory at all.
-BLOCK = TANGENT_BLOCK       # elements per block
-MAX_RUN = TANGENT_RUN       # entries per run (one scratch slot each)
+BLOCK = SWEEP_BLOCK       # elements per block
+MAX_RUN = SWEEP_RUN       # entries per run (one scratch slot each)
 FUSE_MIN = 8 * BLOCK        # smaller outputs are swept entry by entry
 
 
@@ -290,7 +290,7 @@ def tangent_sweep_fused(entries, consts, nodes, meta, vals32, vals64, tan32, tan
     """``tangent_sweep`` for a caller that reads only the tangents of the nodes marked in
     ``keep`` afterwards: runs of large elementwise entries go block by block (see above),
     their other tangents in the scratch columns from ``scratch32``/``scratch64`` on (-1:
-    none; ``TANGENT_SCRATCH`` columns each)."""
+    none; ``SWEEP_SCRATCH`` columns each)."""
     last, has_python = _last_reads(entries, kinds, start, stop, nodes.shape[0])
     if has_python:  # a Function reads tangents the rows do not name: keep every one
         scratch32 = scratch64 = -1
