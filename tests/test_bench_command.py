@@ -26,12 +26,25 @@ def run_python(args: list[str], timeout: float, env: dict | None = None):
                           timeout=timeout, env=dict(os.environ, **(env or {})))
 
 
-def test_quick_json_and_plot(tmp_path):
-    # the budget is for the command, not for compiling kernels no test has used yet (the
-    # second-order sweep takes minutes cold): compile and cache it here first
+def _compile_the_kernels() -> None:
+    """Every kernel the workloads use, compiled and cached (cold, they take minutes here:
+    the second-order sweep, the reverse and tangent sweeps, the compiled-tape replay)."""
     import numpy as np
 
-    jitgrad.func.hvp(lambda t: (jitgrad.sin(t) * t ** 2).sum(), (np.ones(4),), (np.ones(4),))
+    f = lambda t: (jitgrad.sin(t) * t ** 2).sum()  # noqa: E731
+    jitgrad.func.hvp(f, (np.ones(4),), (np.ones(4),))
+    jitgrad.func.jvp(lambda t: jitgrad.tanh(t) * t, (np.ones(4),), (np.ones(4),))
+    x = jitgrad.ones(64, requires_grad=True)  # more than a tiny group: the group kernel
+    f(x).backward()
+    jitgrad.optim.SGD([x], lr=0.1, momentum=0.9).step()
+    with jitgrad.autograd.forward_ad.dual_level():
+        jitgrad.autograd.forward_ad.make_dual(x.detach(), x.detach()).tanh()
+    jitgrad.compile(f, np.ones(4)).value_and_grad(np.ones(4))
+
+
+def test_quick_json_and_plot(tmp_path):
+    # the budget is for the command, not for compiling kernels no test has used yet
+    _compile_the_kernels()
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     args = ["-m", "jitgrad", "bench", "--quick", "--json", str(out), "--no-progress"]
     if HAS_MATPLOTLIB:

@@ -221,7 +221,7 @@ FUSE_MIN = 8 * BLOCK  # smaller outputs are swept entry by entry
 
 
 @kernel
-def _last_readers(entries, lowest, n_entries, n_nodes):
+def last_readers(entries, lowest, n_entries, n_nodes):
     """Per node, the last entry of ``[lowest, n_entries)`` reading it (-1: none)."""
     last = np.full(n_nodes, -1, np.int64)
     for e in range(lowest, n_entries):
@@ -256,8 +256,13 @@ def _joins_run(e, entries, nodes, meta, kinds, reached, size, dtype):
     if kind == RESTRIDE:
         block, count = view_block(meta, entries[e, E_META])
         return block >= 0 and (block == 0 or nodes[entries[e, E_IN0], N_SIZE] != size)
-    if kind != ELEMENTWISE:
-        return False
+    return kind == ELEMENTWISE and operands_fit(e, entries, nodes, meta, size)
+
+
+@kernel
+def operands_fit(e, entries, nodes, meta, size):
+    """Every operand of elementwise entry ``e`` has ``size`` elements, unbroadcast: the
+    entry can be run on any range of elements (the blocked runs of both sweeps)."""
     if entries[e, E_IN1] >= 0 and meta[entries[e, E_META]] != 0:
         return False  # broadcasting operands
     for field in (E_IN0, E_IN1, E_IN2):
@@ -395,7 +400,7 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                 if last.shape[0] == 0:
                     # readers anywhere on the tape: a caller sweeping one segment (custom
                     # Functions, hooks) may have run entries above it already
-                    last = _last_readers(entries, lowest, entries.shape[0], nodes.shape[0])
+                    last = last_readers(entries, lowest, entries.shape[0], nodes.shape[0])
                     scratch32 = _scratch_start(nodes, adj32, DTYPE_F32)
                     scratch64 = _scratch_start(nodes, adj64, DTYPE_F64)
                 if dtype == DTYPE_F32:

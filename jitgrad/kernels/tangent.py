@@ -50,7 +50,7 @@ from .layout import (
     SWEEP_BLOCK,
     SWEEP_RUN,
 )
-from .sweep import indexed_add, strided_add
+from .sweep import indexed_add, last_readers, operands_fit, strided_add
 
 INACTIVE = 0
 ACTIVE = 1
@@ -192,19 +192,13 @@ FUSE_MIN = 8 * BLOCK        # smaller outputs are swept entry by entry
 
 
 @kernel
-def _last_reads(entries, kinds, start, stop, n_nodes):
-    """Per node, the last entry of ``[start, stop)`` reading it (-1: none), and whether the
-    range has a custom Function's entries (whose inputs are not all in the entry row)."""
-    last = np.full(n_nodes, -1, np.int64)
-    has_python = False
+def _has_python(entries, kinds, start, stop):
+    """Whether entries ``[start, stop)`` hold a custom Function's (whose inputs are not all
+    in the entry rows)."""
     for e in range(start, stop):
         if kinds[entries[e, E_OP]] == PYTHON:
-            has_python = True
-        for field in (E_IN0, E_IN1, E_IN2):
-            node = entries[e, field]
-            if node >= 0:
-                last[node] = e
-    return last, has_python
+            return True
+    return False
 
 
 @kernel
@@ -216,15 +210,7 @@ def _fusable(e, entries, nodes, meta, kinds, active, reuse, size, dtype):
         return False
     if (e < reuse.shape[0] and reuse[e] >= 0) or nodes[out, N_DTYPE] != dtype:
         return False
-    if nodes[out, N_SIZE] != size:
-        return False
-    if entries[e, E_IN1] >= 0 and meta[entries[e, E_META]] != 0:
-        return False  # broadcasting operands
-    for field in (E_IN0, E_IN1, E_IN2):
-        node = entries[e, field]
-        if node >= 0 and nodes[node, N_SIZE] != size:
-            return False
-    return True
+    return nodes[out, N_SIZE] == size and operands_fit(e, entries, nodes, meta, size)
 
 
 @kernel
@@ -291,8 +277,8 @@ def tangent_sweep_fused(entries, consts, nodes, meta, vals32, vals64, tan32, tan
     ``keep`` afterwards: runs of large elementwise entries go block by block (see above),
     their other tangents in the scratch columns from ``scratch32``/``scratch64`` on (-1:
     none; ``SWEEP_SCRATCH`` columns each)."""
-    last, has_python = _last_reads(entries, kinds, start, stop, nodes.shape[0])
-    if has_python:  # a Function reads tangents the rows do not name: keep every one
+    last = last_readers(entries, start, stop, nodes.shape[0])
+    if _has_python(entries, kinds, start, stop):  # it reads tangents the rows do not name
         scratch32 = scratch64 = -1
     e = start
     while e < stop:
