@@ -683,3 +683,16 @@ def test_digits_mlp_learns():
     accuracy = (predicted == labels[test]).mean()
     assert losses[-1] < losses[0] / 5
     assert accuracy >= 0.93, accuracy
+
+
+def test_linear_bad_shapes_raise_torch_errors():
+    x, w = jitgrad.randn(3, 5), jitgrad.randn(2, 4)
+    with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied \(3x5 "
+                                           r"and 4x2\)"):
+        F.linear(x, w)
+    with pytest.raises(RuntimeError, match=r"the bias has shape \[3\].*shape \[2\]"):
+        F.linear(jitgrad.randn(3, 4), w, jitgrad.randn(3))
+    with pytest.raises(RuntimeError, match="2-D weight"):
+        F.linear(jitgrad.randn(3, 4), jitgrad.randn(4))
+    # a bias that broadcasts another way still works, as in torch
+    assert F.linear(jitgrad.randn(3, 4), w, jitgrad.randn(1, 2)).shape == (3, 2)
