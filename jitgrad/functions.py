@@ -1561,12 +1561,14 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is None:
         return _matmul_record("linear", input, weight, (), rows, inner, cols, out_shape)
     if tuple(bias.shape) != (cols,):
-        if bias.numel() == cols or bias.ndim == 0 or bias.shape == (1,):
-            # other shapes that broadcast to the rows: a product and an add
-            return _matmul_record("linear", input, weight, (), rows, inner, cols,
-                                  out_shape) + bias
-        raise RuntimeError(f"linear: the bias has shape {list(bias.shape)}; it must have "
-                           f"{cols} values (out_features), shape [{cols}]")
+        try:
+            np.broadcast_shapes(tuple(bias.shape), out_shape)
+        except ValueError:
+            raise RuntimeError(f"linear: the bias has shape {list(bias.shape)}; it must "
+                               f"broadcast to the output {list(out_shape)}, e.g. shape "
+                               f"[{cols}]") from None
+        # another shape that broadcasts to the output: a product and an add
+        return _matmul_record("linear", input, weight, (), rows, inner, cols, out_shape) + bias
     return _matmul_record("linear_bias", input, weight, (), rows, inner, cols, out_shape, bias)
 
 

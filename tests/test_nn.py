@@ -696,3 +696,6 @@ def test_linear_bad_shapes_raise_torch_errors():
         F.linear(jitgrad.randn(3, 4), jitgrad.randn(4))
     # a bias that broadcasts another way still works, as in torch
     assert F.linear(jitgrad.randn(3, 4), w, jitgrad.randn(1, 2)).shape == (3, 2)
+    x, full = jitgrad.randn(3, 4), jitgrad.randn(3, 2)
+    np.testing.assert_allclose(F.linear(x, w, full).numpy(),
+                               x.numpy() @ w.numpy().T + full.numpy(), rtol=1e-6)

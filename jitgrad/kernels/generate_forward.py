@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from ..ops.registry import ELEMENTWISE, EXPRESSION_FUNCTIONS, MATMUL, OPS, REDUCE, _names_in
+from . import codegen
 
 TARGET = Path(__file__).with_name("_forward.py")
 
@@ -269,11 +270,8 @@ def _scalar_adjoints() -> str:
 
 
 def _dispatcher(kind: int, name: str, signature: str, step, call: str) -> str:
-    lines = ["", "", "@kernel", f"def {name}(code, {signature}):"]
-    for i, op in enumerate(op for op in OPS if op.kind == kind):
-        lines.append(f"    {'if' if i == 0 else 'elif'} code == {op.code}:  # {op.name}")
-        lines.append(f"        {step(op)}({call})")
-    return "\n".join(lines)
+    return codegen.dispatcher([op for op in OPS if op.kind == kind], name, signature, step,
+                              call)
 
 
 def _matmul() -> str:
@@ -343,16 +341,7 @@ def source() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = source()
-    if "--check" in argv:
-        current = TARGET.read_text() if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is stale: run python -m jitgrad.kernels.generate_forward")
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return codegen.main(argv, TARGET, source(), "jitgrad.kernels.generate_forward")
 
 
 if __name__ == "__main__":

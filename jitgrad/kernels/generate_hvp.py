@@ -48,6 +48,7 @@ from ..ops.registry import (
     SCATTER,
     _names_in,
 )
+from . import codegen
 from .layout import FLOWS_SHIFT, HAS_SECOND_ORDER, KEEPS_PARTIAL
 
 TARGET = Path(__file__).with_name("_hvp.py")
@@ -546,15 +547,8 @@ def _matmul(op) -> str:
 
 def _dispatcher(kind: int, name: str, signature: str, include=second_order_mask,
                 prefix: str = "hvp_") -> str:
-    ops = [op for op in OPS if op.kind == kind and include(op)]
-    lines = ["", "", "@kernel", f"def {name}(code, {signature}):"]
-    for i, op in enumerate(ops):
-        keyword = "if" if i == 0 else "elif"
-        lines.append(f"    {keyword} code == {op.code}:  # {op.name}")
-        lines.append(f"        {prefix}{_function_name(op)[4:]}({signature})")
-    if not ops:
-        lines.append("    pass")
-    return "\n".join(lines)
+    return codegen.dispatcher([op for op in OPS if op.kind == kind and include(op)], name,
+                              signature, lambda op: prefix + _function_name(op)[4:])
 
 
 def _table() -> str:
@@ -600,16 +594,7 @@ def source() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = source()
-    if "--check" in argv:
-        current = TARGET.read_text() if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is stale: run python -m jitgrad.kernels.generate_hvp")
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return codegen.main(argv, TARGET, source(), "jitgrad.kernels.generate_hvp")
 
 
 if __name__ == "__main__":

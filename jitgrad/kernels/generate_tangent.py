@@ -27,6 +27,7 @@ import textwrap
 from pathlib import Path
 
 from ..ops.registry import ELEMENTWISE, EXPRESSION_FUNCTIONS, MATMUL, OPS, REDUCE, _names_in
+from . import codegen
 
 TARGET = Path(__file__).with_name("_tangent.py")
 
@@ -329,13 +330,8 @@ def _matmul(op) -> str:
 
 
 def _dispatcher(kind: int, name: str, signature: str) -> str:
-    ops = [op for op in OPS if op.kind == kind]
-    lines = ["", "", "@kernel", f"def {name}(code, {signature}):"]
-    for i, op in enumerate(ops):
-        keyword = "if" if i == 0 else "elif"
-        lines.append(f"    {keyword} code == {op.code}:  # {op.name}")
-        lines.append(f"        {_function_name(op)}({signature})")
-    return "\n".join(lines)
+    return codegen.dispatcher([op for op in OPS if op.kind == kind], name, signature,
+                              _function_name)
 
 
 def source() -> str:
@@ -359,16 +355,7 @@ def source() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = source()
-    if "--check" in argv:
-        current = TARGET.read_text() if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is stale: run python -m jitgrad.kernels.generate_tangent")
-            return 1
-        return 0
-    TARGET.write_text(text)
-    print(f"wrote {TARGET}")
-    return 0
+    return codegen.main(argv, TARGET, source(), "jitgrad.kernels.generate_tangent")
 
 
 if __name__ == "__main__":
