@@ -42,6 +42,7 @@ from .tensor import Tensor
 __all__ = ["grad", "grad_and_value", "hessian", "hvp", "jacfwd", "jacrev", "jvp",
            "linearize", "value_and_grad", "vjp"]
 
+_FLOAT_ARRAYS = {np.dtype(np.float32): F._F32, np.dtype(np.float64): F._F64}
 _CHUNK_BYTES = 1 << 26   # tangent buffers of one jacfwd chunk stay under this
 _MAX_CHUNK = 64          # directions per tangent sweep
 
@@ -433,19 +434,30 @@ def _check_primals_tangents(primals, tangents, name: str):
         raise RuntimeError(
             f"{name}(f, primals, tangents): Expected primals and tangents to have the same "
             f"python structure: got {len(flat_p)} primal(s) and {len(flat_t)} tangent(s)")
+    flat_t = [_as_tensor(t, name) for t in flat_t]
     for i, (p, t) in enumerate(zip(flat_p, flat_t)):
-        p = _as_tensor(p, name)
-        t = _as_tensor(t, name)
-        if tuple(p.shape) != tuple(t.shape):
+        p_shape, p_dtype = _shape_and_dtype(p, name)
+        if p_shape != tuple(t._shape):
             raise RuntimeError(
                 f"{name}(f, primals, tangents): Expected primals and tangents to have the "
-                f"same shape: primal {i} has shape {list(p.shape)} but its tangent has shape "
+                f"same shape: primal {i} has shape {list(p_shape)} but its tangent has shape "
                 f"{list(t.shape)}")
-        if p.dtype is not t.dtype:
+        if p_dtype is not t.dtype:
             raise RuntimeError(
                 f"{name}(f, primals, tangents): Expected primals and tangents to have the "
-                f"same dtype: primal {i} is {p.dtype} but its tangent is {t.dtype}")
-    return [_as_tensor(t, name) for t in flat_t]
+                f"same dtype: primal {i} is {p_dtype} but its tangent is {t.dtype}")
+    return flat_t
+
+
+def _shape_and_dtype(value, what: str) -> tuple:
+    """(shape, dtype) ``value`` has as a Tensor (as :func:`_as_tensor` would make it),
+    without copying a float array."""
+    if isinstance(value, Tensor):
+        return tuple(value._shape), value.dtype
+    if type(value) is np.ndarray and value.dtype in _FLOAT_ARRAYS:
+        return value.shape, _FLOAT_ARRAYS[value.dtype]
+    t = _as_tensor(value, what)
+    return tuple(t._shape), t.dtype
 
 
 def _structure(spec):

@@ -22,12 +22,14 @@ from .recording import (
     dtype_code,
     node_of,
 )
+from ._quiet import quietly
 from .tape import _state
 from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
 
 _F32 = dt.float32
 _F64 = dt.float64
 _SCALAR_SHAPE = Size(())
+_SLICE_CODE = BY_NAME["slice"].code
 
 # ops that can divide by zero, overflow or leave their domain: NumPy would warn (torch
 # does not); the others skip the cost of np.errstate
@@ -281,14 +283,24 @@ def _recording(*tensors) -> bool:
 
 
 def _output(tape, value, item, d: dt.dtype, shape, node: int, op_code: int) -> Tensor:
-    t = object.__new__(Tensor)
-    _init(t, value, item, d, shape)
-    if node >= 0:
-        t._requires_grad = True
-        t._tape = tape
-        t._gen = tape.generation
-        t._node = node
-        t._op = op_code
+    if node < 0:
+        t = object.__new__(Tensor)
+        _init(t, value, item, d, shape)
+        return t
+    t = object.__new__(Tensor)  # _init's fields, for a recorded output (the per-op cost)
+    t._data = value
+    t._item = item
+    t.dtype = d
+    t._shape = shape if type(shape) is Size else Size(shape)
+    t._requires_grad = True
+    t._grad = None
+    t._tape = tape
+    t._gen = tape.generation
+    t._node = node
+    t._node_version = 0
+    t._op = op_code
+    t._storage = None
+    t._retains_grad = False
     return t
 
 
@@ -341,13 +353,16 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         if out is not None:
             return out
     if record:
-        inputs = [_cast_input(t, result) for t in inputs]
-    arrays = [t._value() for t in inputs]
+        for t in inputs:
+            if t.dtype is not result:
+                inputs = [_cast_input(t, result) for t in inputs]
+                break
+    arrays = [t._data if t._data is not None else t._value() for t in inputs]
+    forward = NUMPY_FORWARD[name]
     if not record:
         arrays = [a if a.dtype == result.numpy else a.astype(result.numpy) for a in arrays]
         try:
-            with np.errstate(all="ignore"):
-                value = NUMPY_FORWARD[name](*arrays, c0, c1, None)
+            value = quietly(forward, *arrays, c0, c1, None)
         except ValueError:
             if len(arrays) > 1:  # operands that do not broadcast: torch's error
                 broadcast_shape(_op_label(name), *[a.shape for a in arrays])
@@ -358,14 +373,14 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
             return _output(None, None, value.item(), result, (), -1, -1)
         return _output(None, value, None, result, shape, -1, -1)
     if len(arrays) == 1:
-        shape = arrays[0].shape
+        shape = inputs[0]._shape  # a Size already
         size = arrays[0].size
         layout = None
     else:
         shapes = tuple([a.shape for a in arrays])
         cached = _BROADCASTS.get(shapes)
         if cached is None:
-            shape = broadcast_shape(_op_label(name), *shapes)
+            shape = Size(broadcast_shape(_op_label(name), *shapes))
             layout = None if all(s == shape for s in shapes) else tuple(
                 broadcast_meta(shape, list(shapes)))
             size = 1
@@ -378,30 +393,35 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
-    in0 = _input_node(tape, inputs[0], op, 0)
+    saves = op.saves
+    names = op.inputs
+    t = inputs[0]
+    in0 = node_of(tape, t) if t._requires_grad or names[0] in saves else -1
     in1 = in2 = -1
     if len(inputs) == 1:
         meta = -1
     else:
-        in1 = _input_node(tape, inputs[1], op, 1)
+        t = inputs[1]
+        in1 = node_of(tape, t) if t._requires_grad or names[1] in saves else -1
         if len(inputs) == 3:
-            in2 = _input_node(tape, inputs[2], op, 2)
+            t = inputs[2]
+            in2 = node_of(tape, t) if t._requires_grad or names[2] in saves else -1
         # meta[0] is a shared 0: operands have the output's shape
         meta = 0 if layout is None else tape.add_meta(layout)
-    code = dtype_code(result)
-    node, slot = tape.record_output(op.code, code, shape, size, in0, in1, in2, meta, c0, c1)
-    slot = slot.reshape(shape)
+    node, slot = tape.record_output(op.code, 0 if result is _F32 else 1, shape, size, in0,
+                                    in1, in2, meta, c0, c1)
+    if len(shape) != 1:
+        slot = slot.reshape(shape)
     try:
         if name in _MAY_WARN:
-            with np.errstate(all="ignore"):
-                NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+            quietly(forward, *arrays, c0, c1, slot)
         else:
-            NUMPY_FORWARD[name](*arrays, c0, c1, slot)
+            forward(*arrays, c0, c1, slot)
     except BaseException:
         tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
         raise
     if not shape:
-        return _output(tape, None, slot.item(), result, (), node, op.code)
+        return _output(tape, None, slot.item(), result, _SCALAR_SHAPE, node, op.code)
     return _output(tape, slot, None, result, shape, node, op.code)
 
 
@@ -510,6 +530,7 @@ def arithmetic_methods(name: str):
     forward = SCALAR_FORWARD[op.code]
     scalar_op = BY_NAME[_SCALAR_OPS[name]]
     scalar_forward = SCALAR_FORWARD[scalar_op.code]
+    scalar_name = scalar_op.name
     reflected_op = BY_NAME.get(_REFLECTED_SCALAR_OPS.get(name, ""))
     reflected_forward = SCALAR_FORWARD[reflected_op.code] if reflected_op else None
 
@@ -531,12 +552,21 @@ def arithmetic_methods(name: str):
                                               float(other))
             except (ArithmeticError, ValueError):
                 pass
+        elif self.dtype.is_floating_point:  # arrays: straight to the op (as _binary would)
+            kind = type(other)
+            if kind is Tensor:
+                if other.dtype is self.dtype:
+                    return _elementwise(name, [self, other], result=self.dtype)
+            elif kind is float or kind is int:
+                return _elementwise(scalar_name, [self], float(other), result=self.dtype)
         return _binary(name, self, other)
 
     def reflected(self, other):
         kind = type(other)
-        if (reflected_op is not None and (kind is float or kind is int) and not self._shape
+        if (reflected_op is not None and (kind is float or kind is int)
                 and self.dtype.is_floating_point):
+            if self._shape:  # an array: straight to the op (as _binary would)
+                return _elementwise(reflected_op.name, [self], float(other), result=self.dtype)
             a = self._item if self._data is None else self._data.item()
             try:
                 value = reflected_forward(a, other, 0.0)
@@ -995,9 +1025,7 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
             f"point or complex dtype. Got: {t.dtype.name.capitalize()}")
     record = _recording(t) and result.is_floating_point
     axis = dims if ndim else None
-    with np.errstate(all="ignore"):
-        value = forward(x, axis)
-    value = np.asarray(value, dtype=result.numpy)
+    value = np.asarray(quietly(forward, x, axis), dtype=result.numpy)
     if not record:
         value = value.reshape(out_shape)
         if not out_shape:
@@ -1020,8 +1048,24 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
     return _output(tape, slot, None, result, out_shape, node, code)
 
 
+def _full_reduction(name: str, t: Tensor, value) -> Tensor:
+    """Record the reduction ``name`` of all of float tensor ``t`` to the 0-d ``value``:
+    :func:`_reduce` without its layout work (the loss of every training step)."""
+    tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
+    src = node_of(tape, t)
+    code = BY_NAME[name].code
+    node, slot = tape.record_output(code, 0 if t.dtype is _F32 else 1, _SCALAR_SHAPE, 1, src,
+                                    -1, -1, 0, float(t._value().size))
+    slot[0] = value
+    return _output(tape, None, float(slot[0]), t.dtype, _SCALAR_SHAPE, node, code)
+
+
 def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:  # noqa: A001
     """Sum of all elements, or along ``dim`` (an int or a tuple of ints)."""
+    if (dim is None and dtype is None and type(input) is Tensor and input._shape
+            and input.dtype.is_floating_point and not keepdim and _recording(input)):
+        return _full_reduction("sum", input, quietly(np.add.reduce, input._value(), None))
     t = input if dtype is None else to_dtype(input, dtype)
     if t.dtype is dt.bool_:
         t = to_dtype(t, dt.int64)
@@ -1031,6 +1075,10 @@ def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor
 
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    if (dim is None and dtype is None and type(input) is Tensor and input._shape
+            and input.dtype.is_floating_point and not keepdim and _recording(input)):
+        x = input._value()
+        return _full_reduction("mean", input, quietly(_mean_forward, x, None))
     t = input if dtype is None else to_dtype(input, dtype)
     return _reduce("mean", t, dim, keepdim, _mean_forward, "mean_dim")
 
@@ -1203,6 +1251,24 @@ def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0) ->
     return _output(tape, slot, None, t.dtype, view.shape, node, code)
 
 
+def _slice_1d(t: Tensor, key: slice) -> Tensor:
+    """``t[a:b:c]`` of a 1-d tensor, recorded: :func:`_restride` without working out the
+    view's layout (``slice.indices`` keeps it inside ``t``)."""
+    start, stop, step = key.indices(t._shape[0])  # TypeError for non-integer bounds
+    view = t._value()[start:stop:step]
+    size = view.shape[0]
+    if size == 0:
+        start = 0
+    tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
+    src = node_of(tape, t)
+    meta = tape.add_meta((1, size, step, start))
+    node, slot = tape.record_output(_SLICE_CODE, 0 if t.dtype is _F32 else 1, Size((size,)),
+                                    size, src, -1, -1, meta)
+    slot[...] = view
+    return _output(tape, slot, None, t.dtype, Size((size,)), node, _SLICE_CODE)
+
+
 def _infer_shape(shape: tuple, numel: int, op: str) -> tuple:
     shape = list(shape)
     unknown = [i for i, s in enumerate(shape) if s == -1]
@@ -1336,6 +1402,10 @@ def _is_basic(key) -> bool:
 
 
 def getitem(input: Tensor, key) -> Tensor:
+    if (type(key) is slice and len(input._shape) == 1 and (key.step is None or
+                                                          type(key.step) is int and key.step > 0)
+            and _recording(input)):
+        return _slice_1d(input, key)
     key = _normalize_index(key)
     x = input._value()
     try:

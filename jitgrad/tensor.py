@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _dtype as dt
 from ._format import tensor_repr
+from ._quiet import quietly
 
 
 class Size(tuple):
@@ -541,8 +542,7 @@ def _arithmetic_inplace_method(name: str, compute, ufunc):
                 operand = other
             if operand is not None:
                 try:
-                    with np.errstate(all="ignore"):
-                        ufunc(data, operand, out=data)
+                    quietly(ufunc, data, operand, data)
                 except (ValueError, TypeError):
                     pass  # not broadcastable to the tensor, read-only memory: the message
                 else:

@@ -1,0 +1,191 @@
+"""The eager per-op shortcuts (array arithmetic with numbers, 1-d slices, whole-tensor
+sum/mean, NumPy's error state set without np.errstate) give what the general paths give:
+values, dtypes, grad_fn names and gradients, checked against NumPy and torch."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import jitgrad
+from jitgrad._quiet import quietly
+
+SLICES = [slice(1, None), slice(None, -1), slice(None, None, 2), slice(1, 8, 3),
+          slice(-3, None), slice(5, 2), slice(0, 100), slice(-100, 3), slice(None),
+          slice(9, None), slice(3, 4)]
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+# -- NumPy's error state --------------------------------------------------------------------
+def test_quietly_silences_and_restores_the_error_state():
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isneginf(quietly(np.log, np.zeros(3))).all()
+    assert np.geterr() == before
+    with pytest.raises(ZeroDivisionError):
+        quietly(lambda: 1 / 0)
+    assert np.geterr() == before
+    with np.errstate(divide="raise"):  # the caller's own state comes back after the call
+        quietly(np.log, np.zeros(2))
+        with pytest.raises(FloatingPointError):
+            np.log(np.zeros(2))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_ops_do_not_warn_at_domain_edges(requires_grad):
+    x = jitgrad.tensor([0.0, -1.0, 1e300], dtype=jitgrad.float64, requires_grad=requires_grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = [jitgrad.log(x), x ** 2.0, 1.0 / x, x * 1e300, jitgrad.sqrt(x),
+                  (x * 1e300).sum(), (x * 1e300).mean()]
+        y = x.detach().clone()
+        y.mul_(1e300)
+    values = [v.detach().numpy() for v in values]
+    assert np.isneginf(values[0][0]) and np.isnan(values[0][1])
+    assert np.isinf(values[1][2]) and np.isinf(values[2][0])
+    assert np.isinf(values[5]) and np.isinf(y.numpy()[2])
+
+
+# -- 1-d slices -----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [jitgrad.float32, jitgrad.float64])
+@pytest.mark.parametrize("key", SLICES, ids=str)
+def test_slices_of_a_vector(dtype, key):
+    data = np.arange(10.0) * 1.5 - 4.0
+    x = jitgrad.tensor(data, dtype=dtype, requires_grad=True)
+    y = x[key]
+    np.testing.assert_array_equal(y.detach().numpy(), data.astype(dtype.numpy)[key])
+    assert y.dtype is dtype and y.shape == data[key].shape
+    assert type(y.shape) is jitgrad.Size
+    assert y.grad_fn.name() == "SliceBackward0"
+    weights = np.linspace(0.5, 2.0, y.numel())
+    (y * jitgrad.tensor(weights, dtype=dtype)).sum().backward()
+    expected = np.zeros(10)
+    expected[key] = weights
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("key", SLICES, ids=str)
+def test_slices_of_a_vector_against_torch(key):
+    torch = _torch()
+    data = np.random.default_rng(3).standard_normal(10)
+    weights = np.random.default_rng(4).standard_normal(len(data[key]))
+    ours = jitgrad.tensor(data, requires_grad=True)
+    theirs = torch.tensor(data, requires_grad=True)
+    for lib, x in ((jitgrad, ours), (torch, theirs)):
+        y = x[key]
+        (y * lib.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
+
+
+def test_slices_of_slices_and_of_recorded_values():
+    x = jitgrad.tensor(np.arange(12.0), requires_grad=True)
+    y = (x * 2.0)[2:][::3][1:]
+    np.testing.assert_array_equal(y.detach().numpy(), (np.arange(12.0) * 2)[2:][::3][1:])
+    y.sum().backward()
+    expected = np.zeros(12)
+    expected[[5, 8, 11]] = 2.0
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+def test_slice_second_order():
+    x = jitgrad.tensor([1.0, 2.0, 3.0, 4.0], dtype=jitgrad.float64, requires_grad=True)
+    f = (x[1:] ** 3).sum() + (x[:-1] * x[1:]).sum()
+    (g,) = jitgrad.autograd.grad(f, x, create_graph=True)
+    (h,) = jitgrad.autograd.grad(g[2], x)
+    np.testing.assert_allclose(g.detach().numpy(), [2.0, 3 * 4 + 4, 27 + 6, 48 + 3])
+    np.testing.assert_allclose(h.numpy(), [0.0, 1.0, 18.0, 1.0])
+
+
+def test_slices_without_grad_and_bad_keys():
+    x = jitgrad.tensor(np.arange(5.0))
+    y = x[1:4]
+    assert y.grad_fn is None and y.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(TypeError):
+        jitgrad.tensor(np.arange(5.0), requires_grad=True)[1.5:3]
+
+
+# -- arithmetic with numbers and tensors ----------------------------------------------------
+BINARY = [("add", lambda a, b: a + b), ("sub", lambda a, b: a - b),
+          ("mul", lambda a, b: a * b), ("div", lambda a, b: a / b),
+          ("pow", lambda a, b: a ** b)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,fn", BINARY, ids=[b[0] for b in BINARY])
+@pytest.mark.parametrize("side", ["tensor-number", "number-tensor", "int", "tensor-tensor"])
+def test_array_arithmetic_against_torch(dtype, name, fn, side):
+    torch = _torch()
+    data = np.random.default_rng(5).uniform(0.5, 2.0, (3, 4))
+    other = np.random.default_rng(6).uniform(0.5, 2.0, (3, 4))
+    results = []
+    for lib in (jitgrad, torch):
+        d = getattr(lib, dtype)
+        x = lib.tensor(data, dtype=d, requires_grad=True)
+        y = lib.tensor(other, dtype=d, requires_grad=True)
+        if side == "tensor-number":
+            out = fn(x, 1.7)
+        elif side == "number-tensor":
+            out = fn(1.7, x)
+        elif side == "int":
+            out = fn(x, 3)
+        else:
+            out = fn(x, y)
+        (out * lib.tensor(other, dtype=d)).sum().backward()
+        results.append((out, x.grad, y.grad, type(out.grad_fn).__name__
+                        if lib is torch else out.grad_fn.name()))
+    ours, theirs = results
+    assert str(ours[0].dtype) == str(theirs[0].dtype)
+    assert ours[3] == theirs[3]
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(ours[0].detach().numpy(), theirs[0].detach().numpy(), rtol=rtol)
+    np.testing.assert_allclose(ours[1].numpy(), theirs[1].numpy(), rtol=rtol)
+    if theirs[2] is None:
+        assert ours[2] is None
+    else:
+        np.testing.assert_allclose(ours[2].numpy(), theirs[2].numpy(), rtol=rtol)
+
+
+def test_array_arithmetic_keeps_the_general_rules():
+    x = jitgrad.tensor([1.0, 2.0], requires_grad=True)             # float32
+    assert (x * 2).dtype is jitgrad.float32
+    assert (x * jitgrad.tensor([1.0, 2.0], dtype=jitgrad.float64)).dtype is jitgrad.float64
+    assert (x + True).dtype is jitgrad.float32                     # bool: the general path
+    with pytest.raises(RuntimeError, match=r"\[2\].*\[3\]|\(2,\).*\(3,\)"):
+        x + jitgrad.tensor([1.0, 2.0, 3.0])
+    i = jitgrad.tensor([1, 2])
+    assert (i * 2).dtype is jitgrad.int64 and (2.5 * i).dtype is jitgrad.float32
+
+
+# -- whole-tensor sum and mean --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["sum", "mean"])
+def test_full_reductions_against_torch(dtype, name):
+    torch = _torch()
+    data = np.random.default_rng(7).standard_normal((5, 7))
+    results = []
+    for lib in (jitgrad, torch):
+        x = lib.tensor(data, dtype=getattr(lib, dtype), requires_grad=True)
+        out = getattr(x, name)()
+        (out * 3.0).backward()
+        results.append((out, x.grad, type(out.grad_fn).__name__ if lib is torch
+                        else out.grad_fn.name()))
+    ours, theirs = results
+    assert ours[0].shape == () and str(ours[0].dtype) == str(theirs[0].dtype)
+    assert ours[2] == theirs[2]
+    rtol = 1e-6 if dtype == "float32" else 1e-14
+    assert ours[0].item() == pytest.approx(theirs[0].item(), rel=rtol)
+    np.testing.assert_allclose(ours[1].numpy(), theirs[1].numpy(), rtol=rtol)
+
+
+def test_full_reductions_of_empty_and_second_order():
+    empty = jitgrad.tensor(np.zeros(0), requires_grad=True)
+    assert empty.sum().item() == 0.0 and np.isnan(empty.mean().item())
+    x = jitgrad.tensor([1.0, 2.0, 3.0], dtype=jitgrad.float64, requires_grad=True)
+    (g,) = jitgrad.autograd.grad((x ** 3).mean(), x, create_graph=True)
+    (h,) = jitgrad.autograd.grad(g.sum(), x)
+    np.testing.assert_allclose(h.numpy(), 6 * x.detach().numpy() / 3)
