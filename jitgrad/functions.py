@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _dtype as dt
 from . import _vmath_forward
+from ._quiet import quietly
 from .ops.registry import BY_NAME
 from .recording import (
     SCALAR_FORWARD,
@@ -22,7 +23,6 @@ from .recording import (
     dtype_code,
     node_of,
 )
-from ._quiet import quietly
 from .tape import _state
 from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
 
