@@ -240,6 +240,23 @@ def test_grad_through_a_closure_that_requires_grad():
     assert w.grad.tolist() == [2.0, 6.0]
 
 
+@pytest.mark.parametrize("extra_ops", [0, 40])  # a few recorded entries, and many
+def test_closure_detection_short_and_long_recordings(extra_ops):
+    w = jitgrad.tensor([0.5, -1.0], dtype=jitgrad.float64, requires_grad=True)
+    c = jitgrad.tensor([2.0, 3.0], dtype=jitgrad.float64)  # no grad: not a closure to follow
+
+    def f(x, use_w):
+        for _ in range(extra_ops):
+            x = x * 1.0
+        return ((w if use_w else c) * x ** 2).sum()
+
+    x = jitgrad.tensor([1.0, 3.0], dtype=jitgrad.float64)
+    assert func.grad(lambda x: f(x, True))(x).requires_grad
+    assert not func.grad(lambda x: f(x, False))(x).requires_grad
+    hv = func.hvp(lambda x: f(x, True), (x,), (jitgrad.ones_like(x),))
+    assert hv.requires_grad and hv.tolist() == [1.0, -2.0]
+
+
 def test_results_outside_transforms_are_detached():
     x = jitgrad.tensor([1.0, 2.0])
     assert not func.grad(lambda x: (x * x).sum())(x).requires_grad
