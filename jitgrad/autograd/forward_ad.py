@@ -272,8 +272,6 @@ def run_tangent_sweep(tape, tangents, active, start: int, stop: int,
         for node in keep:
             if node >= 0:
                 kept[node] = 1
-        scratch = [b.shape[1] - SWEEP_SCRATCH if b.shape[1] - SWEEP_SCRATCH >= tape.used[c]
-                   else -1 for c, b in enumerate(tangents)]
     e = start
     while e < stop:
         entries, consts, nodes, versions, _, meta = tape.tables()
@@ -285,7 +283,7 @@ def run_tangent_sweep(tape, tangents, active, start: int, stop: int,
             else:
                 e = tangent_sweep_fused(entries, consts, nodes, meta, tape.arenas[0],
                                         tape.arenas[1], tangents[0], tangents[1], e, stop,
-                                        kinds, active, reuse, kept, scratch[0], scratch[1])
+                                        kinds, active, reuse, kept)
         finally:
             del entries, consts, nodes, versions, meta
         if e < stop:

@@ -43,7 +43,7 @@ from .layout import (
     OK,
     WRITES_SHIFT,
 )
-from .sweep import _table, indexed_add, mark_reached, strided_add
+from .sweep import _table, cast_back, indexed_add, mark_reached, strided_add
 from .tangent import ACTIVE, INACTIVE, SEED, tangent_sweep
 
 UNSUPPORTED = 3  # after layout's OK, ERR_FREED, ERR_VERSION
@@ -126,28 +126,6 @@ def _second_order_entry(e, kind, code, entries, consts, nodes, meta, vals, tan, 
                 indexed_add(buffer, o0, buffer, oy, meta, mo, True)
             elif kind == SCATTER:
                 indexed_add(buffer, o0, buffer, oy, meta, mo, False)
-
-
-@kernel
-def _cast_entry(nodes, src, out, buffer32, buffer64, fresh):
-    """A dtype conversion's step on one pair of buffers: back to the input's dtype."""
-    o_in = nodes[src, N_OFFSET]
-    o_out = nodes[out, N_OFFSET]
-    size = nodes[out, N_SIZE]
-    if nodes[src, N_DTYPE] == DTYPE_F32:
-        target32 = buffer32[o_in:o_in + size]
-        if fresh:
-            target32[:] = 0.0
-        source64 = buffer64[o_out:o_out + size]
-        for i in range(size):
-            target32[i] += source64[i]
-    else:
-        target64 = buffer64[o_in:o_in + size]
-        if fresh:
-            target64[:] = 0.0
-        source32 = buffer32[o_out:o_out + size]
-        for i in range(size):
-            target64[i] += source32[i]
 
 
 @kernel
@@ -249,8 +227,8 @@ def second_order_sweep(entry_bytes, node_bytes, versions_buffer, meta_buffer, va
         if kind == CAST:
             src = entries[e, E_IN0]
             if src >= 0 and nodes[src, N_GRAD]:
-                _cast_entry(nodes, src, out, adj32, adj64, fresh)
-                _cast_entry(nodes, src, out, adj_tan32, adj_tan64, fresh)
+                cast_back(nodes, src, out, adj32, adj64, fresh)
+                cast_back(nodes, src, out, adj_tan32, adj_tan64, fresh)
         elif nodes[out, N_DTYPE] == DTYPE_F32:
             _second_order_entry(e, kind, code, entries, consts, nodes, meta, vals32, row32,
                                 adj32, adj_tan32, part32, fresh, active)

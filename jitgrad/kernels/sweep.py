@@ -233,14 +233,15 @@ def last_readers(entries, lowest, n_entries, n_nodes):
 
 
 @kernel
-def _scratch_start(nodes, adj, dtype):
-    """The first scratch column of ``adj`` (after every node's adjoint of ``dtype``), or
-    -1 when the buffer has no room for the scratch slots."""
+def scratch_start(nodes, columns, dtype):
+    """The first scratch column of a buffer of ``columns`` adjoints or tangents (after every
+    node of ``dtype``), or -1 when it has no room for the ``SWEEP_SCRATCH`` columns of the
+    blocked runs' slots."""
     used = 0
     for node in range(nodes.shape[0]):
         if nodes[node, N_DTYPE] == dtype:
             used = max(used, nodes[node, N_OFFSET] + nodes[node, N_SIZE])
-    start = adj.shape[0] - SWEEP_SCRATCH
+    start = columns - SWEEP_SCRATCH
     return start if start >= used else -1
 
 
@@ -254,8 +255,7 @@ def _joins_run(e, entries, nodes, meta, kinds, reached, size, dtype):
     if not reached[out] or nodes[out, N_SIZE] != size or nodes[out, N_DTYPE] != dtype:
         return False
     if kind == RESTRIDE:
-        block, count = view_block(meta, entries[e, E_META])
-        return block >= 0 and (block == 0 or nodes[entries[e, E_IN0], N_SIZE] != size)
+        return view_block(meta, entries[e, E_META])[0] >= 0
     return kind == ELEMENTWISE and operands_fit(e, entries, nodes, meta, size)
 
 
@@ -369,6 +369,30 @@ def _blocked_reverse(low, high, entries, consts, nodes, refs, meta, kinds, vals,
 
 
 @kernel
+def cast_back(nodes, src, out, buffer32, buffer64, fresh):
+    """A dtype conversion's reverse step on one pair of buffers (adjoints, or their
+    tangents): the output's values added into the input's, in the input's dtype (assigned
+    when ``fresh``)."""
+    o_in = nodes[src, N_OFFSET]
+    o_out = nodes[out, N_OFFSET]
+    size = nodes[out, N_SIZE]
+    if nodes[src, N_DTYPE] == DTYPE_F32:
+        target32 = buffer32[o_in:o_in + size]
+        if fresh:
+            target32[:] = 0.0
+        source64 = buffer64[o_out:o_out + size]
+        for i in range(size):
+            target32[i] += source64[i]
+    else:
+        target64 = buffer64[o_in:o_in + size]
+        if fresh:
+            target64[:] = 0.0
+        source32 = buffer32[o_out:o_out + size]
+        for i in range(size):
+            target64[i] += source32[i]
+
+
+@kernel
 def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64, lowest,
                n_entries, reached, ready, kinds, saves_mask, retain, count=True):
     """Run the reverse step of every reached entry, last to first. Adjoints live at the
@@ -401,8 +425,8 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
                     # readers anywhere on the tape: a caller sweeping one segment (custom
                     # Functions, hooks) may have run entries above it already
                     last = last_readers(entries, lowest, entries.shape[0], nodes.shape[0])
-                    scratch32 = _scratch_start(nodes, adj32, DTYPE_F32)
-                    scratch64 = _scratch_start(nodes, adj64, DTYPE_F64)
+                    scratch32 = scratch_start(nodes, adj32.shape[0], DTYPE_F32)
+                    scratch64 = scratch_start(nodes, adj64.shape[0], DTYPE_F64)
                 if dtype == DTYPE_F32:
                     _blocked_reverse(low, e, entries, consts, nodes, refs, meta, kinds, vals32,
                                      adj32, ready, saves_mask, last, scratch32)
@@ -447,23 +471,7 @@ def accumulate(entries, consts, nodes, refs, meta, vals32, vals64, adj32, adj64,
         if kind == CAST:
             src = entries[e, E_IN0]
             if src >= 0 and nodes[src, N_GRAD]:
-                o_in = nodes[src, N_OFFSET]
-                o_out = nodes[out, N_OFFSET]
-                size = nodes[out, N_SIZE]
-                if nodes[src, N_DTYPE] == DTYPE_F32:
-                    target32 = adj32[o_in:o_in + size]
-                    if fresh:
-                        target32[:] = 0.0
-                    source64 = adj64[o_out:o_out + size]
-                    for i in range(size):
-                        target32[i] += source64[i]
-                else:
-                    target64 = adj64[o_in:o_in + size]
-                    if fresh:
-                        target64[:] = 0.0
-                    source32 = adj32[o_out:o_out + size]
-                    for i in range(size):
-                        target64[i] += source32[i]
+                cast_back(nodes, src, out, adj32, adj64, fresh)
         elif nodes[out, N_DTYPE] == DTYPE_F32:
             _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals32, adj32, fresh)
         else:

@@ -36,6 +36,7 @@ from ._tangent import tangent_elementwise, tangent_matmul, tangent_reduce
 from .jit import kernel
 from .layout import (
     DTYPE_F32,
+    DTYPE_F64,
     E_C0,
     E_C1,
     E_IN0,
@@ -45,12 +46,20 @@ from .layout import (
     E_OP,
     E_OUT,
     N_DTYPE,
+    N_ENTRY,
     N_OFFSET,
     N_SIZE,
-    SWEEP_BLOCK,
-    SWEEP_RUN,
 )
-from .sweep import indexed_add, last_readers, operands_fit, strided_add
+from .sweep import (
+    BLOCK,
+    FUSE_MIN,
+    MAX_RUN,
+    indexed_add,
+    last_readers,
+    operands_fit,
+    scratch_start,
+    strided_add,
+)
 
 INACTIVE = 0
 ACTIVE = 1
@@ -185,10 +194,8 @@ def tangent_sweep(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, st
 # BLOCK), then the next block), so a block's tangents stay in cache from one entry to the
 # next, and the tangents nobody reads after the run (not the caller's, not read by a later
 # entry) live in per-entry scratch columns that are reused by every block: they never reach
-# main memory at all.
-BLOCK = SWEEP_BLOCK       # elements per block
-MAX_RUN = SWEEP_RUN       # entries per run (one scratch slot each)
-FUSE_MIN = 8 * BLOCK        # smaller outputs are swept entry by entry
+# main memory at all. Block size, run length and the smallest output swept this way are the
+# reverse sweep's (kernels/sweep.py).
 
 
 @kernel
@@ -226,12 +233,10 @@ def _blocked_run(first, stop, entries, consts, nodes, meta, vals, tan, active, k
     offsets = np.zeros((m, 4), np.int64)  # values of operands 0-2 and output
     bases = np.zeros((m, 4), np.int64)    # tangents of the same
     moves = np.ones((m, 4), np.int64)     # 1: the tangent's offset moves with the block
-    outs = np.full(m, -1, np.int64)
     in_scratch = np.zeros(m, np.bool_)
     for j in range(m):
         e = first + j
         out = entries[e, E_OUT]
-        outs[j] = out
         any_active = False
         for f in range(3):
             node = entries[e, E_IN0 + f]
@@ -240,10 +245,10 @@ def _blocked_run(first, stop, entries, consts, nodes, meta, vals, tan, active, k
             offsets[j, f] = bases[j, f] = nodes[node, N_OFFSET]
             flags[j, f] = active[node] != INACTIVE
             any_active = any_active or flags[j, f]
-            for q in range(j):  # written by an earlier entry of the run, in scratch
-                if outs[q] == node and in_scratch[q]:
-                    bases[j, f] = scratch + q * BLOCK
-                    moves[j, f] = 0
+            q = nodes[node, N_ENTRY] - first
+            if 0 <= q < j and in_scratch[q]:  # written by an earlier entry of the run
+                bases[j, f] = scratch + q * BLOCK
+                moves[j, f] = 0
         offsets[j, 3] = bases[j, 3] = nodes[out, N_OFFSET]
         if not any_active:
             continue
@@ -272,14 +277,13 @@ def _blocked_run(first, stop, entries, consts, nodes, meta, vals, tan, active, k
 
 @kernel
 def tangent_sweep_fused(entries, consts, nodes, meta, vals32, vals64, tan32, tan64, start,
-                        stop, kinds, active, reuse, keep, scratch32, scratch64):
+                        stop, kinds, active, reuse, keep):
     """``tangent_sweep`` for a caller that reads only the tangents of the nodes marked in
     ``keep`` afterwards: runs of large elementwise entries go block by block (see above),
-    their other tangents in the scratch columns from ``scratch32``/``scratch64`` on (-1:
-    none; ``SWEEP_SCRATCH`` columns each)."""
-    last = last_readers(entries, start, stop, nodes.shape[0])
-    if _has_python(entries, kinds, start, stop):  # it reads tangents the rows do not name
-        scratch32 = scratch64 = -1
+    their other tangents in the scratch columns after the nodes' (when the buffers have
+    them: ``SWEEP_SCRATCH`` columns each)."""
+    last = np.empty(0, np.int64)  # made when a run first needs it
+    scratch32 = scratch64 = -2
     e = start
     while e < stop:
         out = entries[e, E_OUT]
@@ -291,6 +295,12 @@ def tangent_sweep_fused(entries, consts, nodes, meta, vals32, vals64, tan32, tan
                    and _fusable(end, entries, nodes, meta, kinds, active, reuse, size, dtype)):
                 end += 1
         if end - e >= 2:
+            if last.shape[0] == 0:
+                last = last_readers(entries, start, stop, nodes.shape[0])
+                scratch32 = scratch_start(nodes, tan32.shape[1], DTYPE_F32)
+                scratch64 = scratch_start(nodes, tan64.shape[1], DTYPE_F64)
+                if _has_python(entries, kinds, start, stop):
+                    scratch32 = scratch64 = -1  # its jvp reads tangents the rows do not name
             if dtype == DTYPE_F32:
                 _blocked_run(e, end, entries, consts, nodes, meta, vals32, tan32, active, keep,
                              last, scratch32)
