@@ -376,6 +376,10 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         shape = inputs[0]._shape  # a Size already
         size = arrays[0].size
         layout = None
+    elif len(arrays) == 2 and inputs[0]._shape == inputs[1]._shape:
+        shape = inputs[0]._shape
+        size = arrays[0].size
+        layout = None
     else:
         shapes = tuple([a.shape for a in arrays])
         cached = _BROADCASTS.get(shapes)
@@ -644,37 +648,53 @@ def _copy(x, c0, c1, out):
     return out
 
 
+def _unary_ufunc(f):
+    return lambda x, c0, c1, out: f(x, out)  # out positional: the ufunc parses it faster
+
+
+def _binary_ufunc(f):
+    return lambda a, b, c0, c1, out: f(a, b, out)
+
+
+def _with_constant(f):
+    return lambda x, c0, c1, out: f(x, c0, out)
+
+
+def _constant_first(f):
+    return lambda x, c0, c1, out: f(c0, x, out)
+
+
 NUMPY_FORWARD = {
-    "neg": lambda x, c0, c1, out: np.negative(x, out=out),
-    "exp": lambda x, c0, c1, out: np.exp(x, out=out),
-    "log": lambda x, c0, c1, out: np.log(x, out=out),
-    "sqrt": lambda x, c0, c1, out: np.sqrt(x, out=out),
+    "neg": _unary_ufunc(np.negative),
+    "exp": _unary_ufunc(np.exp),
+    "log": _unary_ufunc(np.log),
+    "sqrt": _unary_ufunc(np.sqrt),
     "sin": _vmath_forward.sin,  # vectorized for large float64 arrays
     "cos": _vmath_forward.cos,
-    "tan": lambda x, c0, c1, out: np.tan(x, out=out),
-    "tanh": lambda x, c0, c1, out: np.tanh(x, out=out),
+    "tan": _unary_ufunc(np.tan),
+    "tanh": _unary_ufunc(np.tanh),
     "sigmoid": _stable_sigmoid,
     # maximum keeps nan and gives +0.0 (not -0.0) for negative inputs
-    "relu": lambda x, c0, c1, out: np.maximum(x, 0, out=out),
-    "abs": lambda x, c0, c1, out: np.abs(x, out=out),
-    "log1p": lambda x, c0, c1, out: np.log1p(x, out=out),
-    "expm1": lambda x, c0, c1, out: np.expm1(x, out=out),
-    "reciprocal": lambda x, c0, c1, out: np.divide(1, x, out=out),
+    "relu": lambda x, c0, c1, out: np.maximum(x, 0, out=out),  # (out positional: deprecated)
+    "abs": _unary_ufunc(np.abs),
+    "log1p": _unary_ufunc(np.log1p),
+    "expm1": _unary_ufunc(np.expm1),
+    "reciprocal": lambda x, c0, c1, out: np.divide(1, x, out),
     "clone": _copy,
     "clamp": lambda x, c0, c1, out: np.clip(x, c0, c1, out=out),
-    "add_scalar": lambda x, c0, c1, out: np.add(x, c0, out=out),
-    "sub_scalar": lambda x, c0, c1, out: np.subtract(x, c0, out=out),
-    "rsub_scalar": lambda x, c0, c1, out: np.subtract(c0, x, out=out),
-    "mul_scalar": lambda x, c0, c1, out: np.multiply(x, c0, out=out),
-    "div_scalar": lambda x, c0, c1, out: np.divide(x, c0, out=out),
-    "pow_scalar": lambda x, c0, c1, out: (np.square(x, out=out) if c0 == 2.0 else
-                                         np.power(x, c0, out=out)),
-    "rpow_scalar": lambda x, c0, c1, out: np.power(c0, x, out=out),
-    "add": lambda a, b, c0, c1, out: np.add(a, b, out=out),
-    "sub": lambda a, b, c0, c1, out: np.subtract(a, b, out=out),
-    "mul": lambda a, b, c0, c1, out: np.multiply(a, b, out=out),
-    "div": lambda a, b, c0, c1, out: np.divide(a, b, out=out),
-    "pow": lambda a, b, c0, c1, out: np.power(a, b, out=out),
+    "add_scalar": _with_constant(np.add),
+    "sub_scalar": _with_constant(np.subtract),
+    "rsub_scalar": _constant_first(np.subtract),
+    "mul_scalar": _with_constant(np.multiply),
+    "div_scalar": _with_constant(np.divide),
+    "pow_scalar": lambda x, c0, c1, out: (np.square(x, out) if c0 == 2.0 else
+                                         np.power(x, c0, out)),
+    "rpow_scalar": _constant_first(np.power),
+    "add": _binary_ufunc(np.add),
+    "sub": _binary_ufunc(np.subtract),
+    "mul": _binary_ufunc(np.multiply),
+    "div": _binary_ufunc(np.divide),
+    "pow": _binary_ufunc(np.power),
     "maximum": lambda a, b, c0, c1, out: np.maximum(a, b, out=out),
     "minimum": lambda a, b, c0, c1, out: np.minimum(a, b, out=out),
     "where": _where_forward,

@@ -179,11 +179,14 @@ class Tape:
         output node, recorded as produced by a new entry; returns the node and its slot (a
         flat view of the arena). The caller writes the value into the slot next (nothing
         refers to the node before)."""
-        offset = self.used[dtype_code]
-        if offset + size > self.arenas[dtype_code].shape[0]:
+        used = self.used
+        offset = used[dtype_code]
+        arena = self.arenas[dtype_code]
+        if offset + size > len(arena):
             offset = self.alloc(dtype_code, size)
+            arena = self.arenas[dtype_code]
         else:
-            self.used[dtype_code] = offset + size
+            used[dtype_code] = offset + size
         node = self.n_nodes
         entry = self.n_entries
         versions = self.versions
@@ -197,7 +200,7 @@ class Tape:
         self.shapes.append(shape)
         self.n_nodes = node + 1
         self.n_entries = entry + 1
-        return node, self.arenas[dtype_code][offset:offset + size]
+        return node, arena[offset:offset + size]
 
     def _append_rows(self, node: int, node_row: bytes, entry_row: bytes) -> None:
         try:
