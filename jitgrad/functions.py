@@ -530,6 +530,57 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
     return t
 
 
+def _array_spec(name: str) -> tuple:
+    """What :func:`_record_array_op` needs of elementwise op ``name``: the op, its code,
+    NumPy forward, whether it may warn, and its inputs' names."""
+    op = BY_NAME[name]
+    return (op, op.code, NUMPY_FORWARD[name], name in _MAY_WARN, (*op.inputs, "", ""))
+
+
+def _record_array_op(spec: tuple, a: Tensor, b, c0: float) -> Tensor:
+    """:func:`_elementwise`'s recorded path where nothing needs working out: grad mode on,
+    ``a`` (and ``b``, None for a unary op or one with a number) float arrays of one dtype
+    and shape, one of them requiring grad. The per-op cost of array programs."""
+    op, code, forward, may_warn, names = spec
+    x = a._data if a._data is not None else a._value()
+    tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
+    generation = tape.generation
+    in0 = in1 = -1
+    # node_of inline for a current recorded output; op.saves read now (a compiled tape's
+    # recording widens it to every input)
+    if a._requires_grad or names[0] in op.saves:
+        in0 = a._node
+        if in0 < 0 or a._op < 0 or a._tape is not tape or a._gen != generation:
+            in0 = node_of(tape, a)
+    if b is not None:
+        y = b._data if b._data is not None else b._value()
+        if b._requires_grad or names[1] in op.saves:
+            in1 = b._node
+            if in1 < 0 or b._op < 0 or b._tape is not tape or b._gen != generation:
+                in1 = node_of(tape, b)
+    d = a.dtype
+    shape = a._shape
+    node, slot = tape.record_output(code, 0 if d is _F32 else 1, shape, x.size, in0, in1, -1,
+                                    -1 if b is None else 0, c0, 0.0)
+    if len(shape) != 1:
+        slot = slot.reshape(shape)
+    try:
+        if b is None:
+            if may_warn:
+                quietly(forward, x, c0, 0.0, slot)
+            else:
+                forward(x, c0, 0.0, slot)
+        elif may_warn:
+            quietly(forward, x, y, c0, 0.0, slot)
+        else:
+            forward(x, y, c0, 0.0, slot)
+    except BaseException:
+        tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
+        raise
+    return _output(tape, slot, None, d, shape, node, code)
+
+
 _SCALAR_OPS = {"add": "add_scalar", "sub": "sub_scalar", "mul": "mul_scalar",
                "div": "div_scalar", "pow": "pow_scalar"}
 _REFLECTED_SCALAR_OPS = {"add": "add_scalar", "mul": "mul_scalar", "sub": "rsub_scalar",
@@ -546,6 +597,9 @@ def arithmetic_methods(name: str):
     scalar_name = scalar_op.name
     reflected_op = BY_NAME.get(_REFLECTED_SCALAR_OPS.get(name, ""))
     reflected_forward = SCALAR_FORWARD[reflected_op.code] if reflected_op else None
+    array_spec = _array_spec(name)
+    scalar_spec = _array_spec(scalar_name)
+    reflected_spec = _array_spec(reflected_op.name) if reflected_op else None
 
     def method(self, other):
         if not self._shape and self.dtype.is_floating_point:
@@ -569,8 +623,13 @@ def arithmetic_methods(name: str):
             kind = type(other)
             if kind is Tensor:
                 if other.dtype is self.dtype:
+                    if (other._shape == self._shape and _state.grad_enabled
+                            and (self._requires_grad or other._requires_grad)):
+                        return _record_array_op(array_spec, self, other, 0.0)
                     return _elementwise(name, [self, other], result=self.dtype)
             elif kind is float or kind is int:
+                if self._requires_grad and _state.grad_enabled:
+                    return _record_array_op(scalar_spec, self, None, float(other))
                 return _elementwise(scalar_name, [self], float(other), result=self.dtype)
         return _binary(name, self, other)
 
@@ -579,6 +638,8 @@ def arithmetic_methods(name: str):
         if (reflected_op is not None and (kind is float or kind is int)
                 and self.dtype.is_floating_point):
             if self._shape:  # an array: straight to the op (as _binary would)
+                if self._requires_grad and _state.grad_enabled:
+                    return _record_array_op(reflected_spec, self, None, float(other))
                 return _elementwise(reflected_op.name, [self], float(other), result=self.dtype)
             a = self._item if self._data is None else self._data.item()
             try:
@@ -705,9 +766,14 @@ NUMPY_FORWARD = {
 def _unary(name: str):
     definition = BY_NAME[name]
     forward = SCALAR_FORWARD[definition.code]
+    spec = _array_spec(name)
 
     def op(input: Tensor) -> Tensor:
-        if type(input) is Tensor and not input._shape and input.dtype.is_floating_point:
+        if type(input) is Tensor and input.dtype.is_floating_point:
+            if input._shape:
+                if input._requires_grad and _state.grad_enabled:
+                    return _record_array_op(spec, input, None, 0.0)
+                return _elementwise(name, [input])
             x = input._item if input._data is None else input._data.item()
             try:
                 value = forward(x, 0.0, 0.0)

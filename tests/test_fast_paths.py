@@ -117,7 +117,8 @@ BINARY = [("add", lambda a, b: a + b), ("sub", lambda a, b: a - b),
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name,fn", BINARY, ids=[b[0] for b in BINARY])
-@pytest.mark.parametrize("side", ["tensor-number", "number-tensor", "int", "tensor-tensor"])
+@pytest.mark.parametrize("side", ["tensor-number", "number-tensor", "int", "tensor-tensor",
+                                  "tensor-constant", "constant-tensor"])
 def test_array_arithmetic_against_torch(dtype, name, fn, side):
     torch = _torch()
     data = np.random.default_rng(5).uniform(0.5, 2.0, (3, 4))
@@ -126,13 +127,16 @@ def test_array_arithmetic_against_torch(dtype, name, fn, side):
     for lib in (jitgrad, torch):
         d = getattr(lib, dtype)
         x = lib.tensor(data, dtype=d, requires_grad=True)
-        y = lib.tensor(other, dtype=d, requires_grad=True)
+        y = lib.tensor(other, dtype=d, requires_grad=not side.endswith("constant")
+                       and not side.startswith("constant"))
         if side == "tensor-number":
             out = fn(x, 1.7)
         elif side == "number-tensor":
             out = fn(1.7, x)
         elif side == "int":
             out = fn(x, 3)
+        elif side == "constant-tensor":  # the derivative reads the constant's value
+            out = fn(y, x)
         else:
             out = fn(x, y)
         (out * lib.tensor(other, dtype=d)).sum().backward()
