@@ -1151,9 +1151,9 @@ def _full_reduction(name: str, t: Tensor, value) -> Tensor:
     src = node_of(tape, t)
     code = BY_NAME[name].code
     node, slot = tape.record_output(code, 0 if t.dtype is _F32 else 1, _SCALAR_SHAPE, 1, src,
-                                    -1, -1, 0, float(t._value().size))
+                                    -1, -1, 0, float(t._data.size))
     slot[0] = value
-    return _output(tape, None, float(slot[0]), t.dtype, _SCALAR_SHAPE, node, code)
+    return _output(tape, None, slot.item(), t.dtype, _SCALAR_SHAPE, node, code)
 
 
 def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:  # noqa: A001
@@ -1358,10 +1358,11 @@ def _slice_1d(t: Tensor, key: slice) -> Tensor:
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
     meta = tape.add_meta((1, size, step, start))
-    node, slot = tape.record_output(_SLICE_CODE, 0 if t.dtype is _F32 else 1, Size((size,)),
-                                    size, src, -1, -1, meta)
+    shape = Size((size,))
+    node, slot = tape.record_output(_SLICE_CODE, 0 if t.dtype is _F32 else 1, shape, size, src,
+                                    -1, -1, meta)
     slot[...] = view
-    return _output(tape, slot, None, t.dtype, Size((size,)), node, _SLICE_CODE)
+    return _output(tape, slot, None, t.dtype, shape, node, _SLICE_CODE)
 
 
 def _infer_shape(shape: tuple, numel: int, op: str) -> tuple:
