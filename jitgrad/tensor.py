@@ -7,6 +7,7 @@ result computed on the scalar fast path keeps a Python number until its array is
 from __future__ import annotations
 
 import numbers
+import types
 
 import numpy as np
 
@@ -455,13 +456,16 @@ for _name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "rel
               "sign", "isnan", "isfinite", "eq", "ne", "lt", "le", "gt", "ge", "allclose",
               "equal", "negative", "subtract", "multiply", "divide", "swapaxes",
               "broadcast_to", "logical_not", "logical_and", "logical_or"):
-    setattr(Tensor, _name, _method(getattr(F, _name)))
+    _function = getattr(F, _name)
+    # a Python function is a method as it is (one call less per use)
+    setattr(Tensor, _name, _function if isinstance(_function, types.FunctionType)
+            else _method(_function))
 
 Tensor.__neg__ = lambda self: F.neg(self)
 Tensor.__pos__ = lambda self: self
 Tensor.__abs__ = lambda self: F.abs(self)
 Tensor.__invert__ = lambda self: F.logical_not(self)
-Tensor.__getitem__ = lambda self, key: F.getitem(self, key)
+Tensor.__getitem__ = F.getitem
 
 
 def _setitem(self, key, value) -> None:
