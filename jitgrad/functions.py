@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _dtype as dt
 from . import _vmath_forward
-from ._quiet import quietly
+from ._quiet import ERROR_STATE, IGNORE, quietly
 from .ops.registry import BY_NAME
 from .recording import (
     SCALAR_FORWARD,
@@ -565,19 +565,24 @@ def _record_array_op(spec: tuple, a: Tensor, b, c0: float) -> Tensor:
                                     -1 if b is None else 0, c0, 0.0)
     if len(shape) != 1:
         slot = slot.reshape(shape)
+    token = None
+    if may_warn:  # NumPy's warnings off (quietly's work, inline)
+        if ERROR_STATE is None:  # NumPy 1.x: np.errstate
+            numpy_forward = forward
+            forward = lambda *args: quietly(numpy_forward, *args)  # noqa: E731
+        else:
+            token = ERROR_STATE.set(IGNORE)
     try:
         if b is None:
-            if may_warn:
-                quietly(forward, x, c0, 0.0, slot)
-            else:
-                forward(x, c0, 0.0, slot)
-        elif may_warn:
-            quietly(forward, x, y, c0, 0.0, slot)
+            forward(x, c0, 0.0, slot)
         else:
             forward(x, y, c0, 0.0, slot)
     except BaseException:
         tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
         raise
+    finally:
+        if token is not None:
+            ERROR_STATE.reset(token)
     return _output(tape, slot, None, d, shape, node, code)
 
 

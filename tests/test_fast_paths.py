@@ -51,6 +51,23 @@ def test_ops_do_not_warn_at_domain_edges(requires_grad):
     assert np.isinf(values[5]) and np.isinf(y.numpy()[2])
 
 
+def test_recording_without_numpys_error_state_variable(monkeypatch):
+    """NumPy 1.x has no error-state context variable: the recording path uses np.errstate."""
+    from jitgrad import functions
+
+    monkeypatch.setattr(functions, "ERROR_STATE", None)
+    x = jitgrad.tensor([0.0, 1e300], dtype=jitgrad.float64, requires_grad=True)
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = x * 1e300
+        logs = jitgrad.log(x)
+    assert np.geterr() == before
+    assert np.isinf(big.detach().numpy()[1]) and np.isneginf(logs.detach().numpy()[0])
+    (big + logs).sum().backward()
+    assert x.grad.numpy()[1] == pytest.approx(1e300 + 1e-300)
+
+
 # -- 1-d slices -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [jitgrad.float32, jitgrad.float64])
 @pytest.mark.parametrize("key", SLICES, ids=str)
