@@ -397,28 +397,14 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
-    # (node_of inline for an output recorded on this generation, the usual operand)
-    saves = op.saves
-    names = op.inputs
-    generation = tape.generation
-    t = inputs[0]
-    in0 = -1
-    if t._requires_grad or names[0] in saves:
-        in0 = t._node
-        if in0 < 0 or t._op < 0 or t._tape is not tape or t._gen != generation:
-            in0 = node_of(tape, t)
+    in0 = _input_node(tape, inputs[0], op, 0)
     in1 = in2 = -1
     if len(inputs) == 1:
         meta = -1
     else:
-        t = inputs[1]
-        if t._requires_grad or names[1] in saves:
-            in1 = t._node
-            if in1 < 0 or t._op < 0 or t._tape is not tape or t._gen != generation:
-                in1 = node_of(tape, t)
+        in1 = _input_node(tape, inputs[1], op, 1)
         if len(inputs) == 3:
-            t = inputs[2]
-            in2 = node_of(tape, t) if t._requires_grad or names[2] in saves else -1
+            in2 = _input_node(tape, inputs[2], op, 2)
         # meta[0] is a shared 0: operands have the output's shape
         meta = 0 if layout is None else tape.add_meta(layout)
     node, slot = tape.record_output(op.code, 0 if result is _F32 else 1, shape, size, in0,
