@@ -328,18 +328,21 @@ def _engine():
     return _engine_module
 
 
-def _init(t: Tensor, data, item, d: dt.dtype, shape) -> None:
+def _init(t: Tensor, data, item, d: dt.dtype, shape, tape=None, generation: int = -1,
+          node: int = -1, op: int = -1) -> None:
+    """Every field of a new tensor; ``tape``, ``generation``, ``node``, ``op``: those of a
+    recorded output (it requires grad)."""
     t._data = data
     t._item = item
     t.dtype = d
     t._shape = shape if type(shape) is Size else Size(shape)
-    t._requires_grad = False
+    t._requires_grad = node >= 0
     t._grad = None
-    t._tape = None
-    t._gen = -1
-    t._node = -1
+    t._tape = tape
+    t._gen = generation
+    t._node = node
     t._node_version = 0
-    t._op = -1
+    t._op = op
     t._storage = None
     t._retains_grad = False
 

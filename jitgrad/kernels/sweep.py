@@ -377,19 +377,18 @@ def cast_back(nodes, src, out, buffer32, buffer64, fresh):
     o_out = nodes[out, N_OFFSET]
     size = nodes[out, N_SIZE]
     if nodes[src, N_DTYPE] == DTYPE_F32:
-        target32 = buffer32[o_in:o_in + size]
-        if fresh:
-            target32[:] = 0.0
-        source64 = buffer64[o_out:o_out + size]
-        for i in range(size):
-            target32[i] += source64[i]
+        _add_into(buffer32[o_in:o_in + size], buffer64[o_out:o_out + size], fresh)
     else:
-        target64 = buffer64[o_in:o_in + size]
-        if fresh:
-            target64[:] = 0.0
-        source32 = buffer32[o_out:o_out + size]
-        for i in range(size):
-            target64[i] += source32[i]
+        _add_into(buffer64[o_in:o_in + size], buffer32[o_out:o_out + size], fresh)
+
+
+@kernel
+def _add_into(target, source, fresh):
+    """target += source, converted to target's dtype (target = source when ``fresh``)."""
+    if fresh:
+        target[:] = 0.0
+    for i in range(target.shape[0]):
+        target[i] += source[i]
 
 
 @kernel
