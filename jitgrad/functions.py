@@ -104,7 +104,7 @@ def _scalar_tensor(value, d: dt.dtype) -> Tensor:
     t = object.__new__(Tensor)
     if d is _F32:
         value = float(np.float32(value))
-    _init(t, None, value, d, ())
+    _init(t, None, value, d, _SCALAR_SHAPE)
     return t
 
 

@@ -17,7 +17,7 @@ from ..kernels.layout import E_OUT, ERR_FREED, N_ENTRY
 from ..ops.registry import OPS
 from ..recording import FREED_GRAPH, node_of
 from ..tape import _state
-from ..tensor import Tensor, _bump_version, _init
+from ..tensor import Size, Tensor, _bump_version, _init
 from .anomaly_mode import is_anomaly_enabled
 from .function import needs_python, reaches_python
 
@@ -29,6 +29,8 @@ _FREED_MESSAGE = (
     "calling backward.")
 
 _tables = None  # op tables for the kernels, built on first use
+
+_SCALAR = Size(())  # the shape of every 0-d gradient
 
 
 def _op_tables():
@@ -263,7 +265,7 @@ def _backward_scalar(output: Tensor) -> bool:
         if owner._grad is None and not tape.shapes[leaf]:  # the usual 0-d case, inline
             grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
             offset, _, code = tape.node_location(leaf)
-            _init(grad, None, adj[code][offset].item(), owner.dtype, ())
+            _init(grad, None, adj[code][offset].item(), owner.dtype, _SCALAR)
             owner._grad = grad
         else:
             _accumulate_grad(owner, _adjoint(tape, adj, leaf), False)
@@ -324,7 +326,7 @@ def _gradient_tensor(value, d) -> Tensor:
         if d is float32:
             _round32[0] = value
             value = _round32[0]
-        _init(t, None, value, d, ())
+        _init(t, None, value, d, _SCALAR)
     else:
         value = value.astype(d.numpy, copy=False)
         _init(t, value, None, d, value.shape)
