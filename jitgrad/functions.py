@@ -1121,24 +1121,32 @@ def _reduce(name: str, input: Tensor, dim, keepdim: bool, forward, dim_name=None
     return _output(tape, slot, None, result, out_shape, node, code)
 
 
-def _full_reduction(name: str, t: Tensor, value) -> Tensor:
-    """Record the reduction ``name`` of all of float tensor ``t`` to the 0-d ``value``:
-    :func:`_reduce` without its layout work (the loss of every training step)."""
+def _whole_recorded(input, dim, keepdim: bool, dtype) -> bool:
+    """A reduction of all of a recorded float array, to a 0-d result: the loss of every
+    training step, which :func:`_full_reduction` records without the layout work."""
+    return (dim is None and dtype is None and not keepdim and type(input) is Tensor
+            and input._shape and input.dtype.is_floating_point and _recording(input))
+
+
+def _full_reduction(name: str, t: Tensor, forward) -> Tensor:
+    """Record reduction ``name`` of all of ``t`` (see :func:`_whole_recorded`);
+    ``forward(x, axis)`` computes it."""
+    x = t._value()
+    value = quietly(forward, x, None)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
     code = BY_NAME[name].code
     node, slot = tape.record_output(code, 0 if t.dtype is _F32 else 1, _SCALAR_SHAPE, 1, src,
-                                    -1, -1, 0, float(t._data.size))
+                                    -1, -1, 0, float(x.size))
     slot[0] = value
     return _output(tape, None, slot.item(), t.dtype, _SCALAR_SHAPE, node, code)
 
 
 def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:  # noqa: A001
     """Sum of all elements, or along ``dim`` (an int or a tuple of ints)."""
-    if (dim is None and dtype is None and type(input) is Tensor and input._shape
-            and input.dtype.is_floating_point and not keepdim and _recording(input)):
-        return _full_reduction("sum", input, quietly(np.add.reduce, input._value(), None))
+    if _whole_recorded(input, dim, keepdim, dtype):
+        return _full_reduction("sum", input, np.add.reduce)
     t = input if dtype is None else to_dtype(input, dtype)
     if t.dtype is dt.bool_:
         t = to_dtype(t, dt.int64)
@@ -1148,10 +1156,8 @@ def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor
 
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
-    if (dim is None and dtype is None and type(input) is Tensor and input._shape
-            and input.dtype.is_floating_point and not keepdim and _recording(input)):
-        x = input._value()
-        return _full_reduction("mean", input, quietly(_mean_forward, x, None))
+    if _whole_recorded(input, dim, keepdim, dtype):
+        return _full_reduction("mean", input, _mean_forward)
     t = input if dtype is None else to_dtype(input, dtype)
     return _reduce("mean", t, dim, keepdim, _mean_forward, "mean_dim")
 
