@@ -56,13 +56,15 @@ def hand_chain(x0, a, iterations):
 
 @njit(cache=True)
 def hand_rosenbrock(x):
-    """Rosenbrock and its gradient in one loop."""
+    """Rosenbrock and its gradient in one loop. The sum is the program's, term by term in
+    its order (``total + 100 * a**2 + b**2`` adds the two terms one after the other): the
+    same value to the last bit."""
     f = 0.0
     g = np.zeros_like(x)
     for i in range(x.size - 1):
         a = x[i + 1] - x[i] * x[i]
         b = 1.0 - x[i]
-        f += 100.0 * a * a + b * b
+        f = f + 100.0 * (a * a) + b * b
         g[i] += -400.0 * a * x[i] - 2.0 * b
         g[i + 1] += 200.0 * a
     return f, g

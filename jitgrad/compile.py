@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
@@ -826,6 +827,7 @@ class _Program:
     optimized: bool = False
     _lowered: object = None
     _orders: dict = field(default_factory=dict)
+    _plans: dict = field(default_factory=dict)
 
     @property
     def consts(self) -> np.ndarray:
@@ -854,6 +856,32 @@ class _Program:
                                               np.array(roots, np.int64))
             self._orders[roots] = order
         return order
+
+
+    def loop_plan(self):
+        """How to replay with generated code for the program's loops, for a reverse sweep
+        from every output (None when it has none, or ``JITGRAD_LOOPS=0``)."""
+        roots = tuple(sorted(set(self.outputs)))
+        if roots not in self._plans:
+            self._plans[roots] = _loop_plan(self, roots)
+        return self._plans[roots]
+
+
+def _loop_plan(program: _Program, roots: tuple):
+    if os.environ.get("JITGRAD_LOOPS", "1") == "0" or len(program.entries) == 0:
+        return None
+    from .kernels import loops
+
+    low = program.lowered()
+    external = np.zeros(len(program.nodes), np.uint8)
+    refs = [*program.outputs, *program.inputs, *(program.gradients or ()),
+            *program.place_bases.keys(), *program.place_bases.values()]
+    for x in program.aux:
+        refs += [r[1] for r in (x.dst, x.a, x.b) if r is not None and r[0] == "node"]
+    external[np.array(refs, np.int64)] = 1
+    return loops.plan(roots, low.inst, low.cst, low.aux[:, 0], program.entries, external,
+                      program.reverse_order(roots), len(program.vals32),
+                      len(program.vals64))
 
 
 def _region_indices(meta: np.ndarray, mo: int) -> np.ndarray:
@@ -1226,6 +1254,8 @@ class _Runner:
         self.auxvals = self.low.auxvals.copy()
         self.adj32 = np.zeros_like(self.vals32)
         self.adj64 = np.zeros_like(self.vals64)
+        self.plan = None  # the loop plan of the last forward, if it used one
+        self.generated = None  # CompiledTape._generated_call(self), once asked
 
     def set_inputs(self, arrays: list) -> None:
         program = self.program
@@ -1237,8 +1267,29 @@ class _Runner:
             else:
                 arena[offset:offset + size] = array.reshape(-1)
 
-    def forward(self) -> int:
+    def forward(self, loops: bool = False) -> int:
+        """Recompute the values; with ``loops``, the program's loops run generated code
+        (which writes only the values read outside them: what a reverse sweep from the
+        outputs needs) once it is ready. Returns 0 or the failed guard + 1."""
         low = self.low
+        self.plan = None
+        plan = self.program.loop_plan() if loops else None
+        if plan is not None and plan.ready():
+            R = _kernels()  # noqa: N806
+            for start, stop, run in plan.segments:
+                if run is None:
+                    status = R.forward_entries(low.inst, low.cst, low.general, self.meta,
+                                               self.vals32, self.vals64, low.aux,
+                                               self.auxvals, low.auxmeta, start, stop)
+                    if status:
+                        return int(status)
+                else:
+                    vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
+                                 (self.vals64, self.adj64))
+                    run.kernels.forward(vals, adj, low.cst, run.start, run.count,
+                                        run.offsets, run.constants)
+            self.plan = plan
+            return 0
         return int(_kernels().forward_replay(low.inst, low.cst, low.general, self.meta,
                                              self.vals32, self.vals64, low.aux, self.auxvals,
                                              low.auxmeta))
@@ -1252,15 +1303,41 @@ class _Runner:
     def reverse(self, seeds: list) -> None:
         """Adjoints for ``seeds`` = [(node, cotangent array)]."""
         program, low = self.program, self.low
-        self.adj32.fill(0.0)
-        self.adj64.fill(0.0)
+        roots = tuple(sorted({node for node, _ in seeds}))
+        plan = self.plan
+        if plan is not None and plan.roots != roots:
+            self.forward()  # the loops left values unwritten that this sweep reads
+            plan = None
+        if plan is None:
+            self.adj32.fill(0.0)
+            self.adj64.fill(0.0)
+        else:
+            for start, stop in plan.zero32:
+                self.adj32[start:stop] = 0.0
+            for start, stop in plan.zero64:
+                self.adj64[start:stop] = 0.0
         for node, seed in seeds:
             offset, size, code = program.node_location(node)
             arena = self.adj32 if code == DTYPE_F32 else self.adj64
             arena[offset:offset + size] += np.asarray(seed).reshape(-1)
-        order = program.reverse_order(tuple(sorted({node for node, _ in seeds})))
-        _kernels().reverse_replay(low.inst, low.cst, low.general, self.meta, self.vals32,
-                                  self.vals64, self.adj32, self.adj64, order)
+        R = _kernels()  # noqa: N806
+        if plan is None:
+            R.reverse_replay(low.inst, low.cst, low.general, self.meta, self.vals32,
+                             self.vals64, self.adj32, self.adj64,
+                             program.reverse_order(roots))
+            return
+        for (_, _, run), (first, end) in zip(reversed(plan.segments),
+                                                    reversed(plan.bounds)):
+            if run is None:
+                if end > first:
+                    R.reverse_entries(low.inst, low.cst, low.general, self.meta, self.vals32,
+                                      self.vals64, self.adj32, self.adj64, plan.order, first,
+                                      end)
+            elif run.in_reverse:
+                vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
+                             (self.vals64, self.adj64))
+                run.kernels.reverse(vals, adj, low.cst, run.start, run.count, run.offsets,
+                                    run.constants)
 
     def adjoint(self, node: int, shape: tuple):
         values = self.program.node_values(node, self.adj32, self.adj64)
@@ -1584,9 +1661,10 @@ class CompiledTape:
             yield from leaves
 
     # -- variants and guards --------------------------------------------------------------------
-    def _runner(self, order: int, args: tuple) -> _Runner:
+    def _runner(self, order: int, args: tuple, loops: bool = False) -> _Runner:
         """A runner whose buffers hold this call's values: a variant whose guards hold, or a
-        new recording."""
+        new recording. ``loops``: the caller reads only the outputs and sweeps back from
+        them (:meth:`_Runner.forward`)."""
         arrays, statics = self._inputs(args)
         self.calls += 1
         signature = [(a.shape, a.dtype) for a in arrays]
@@ -1601,7 +1679,7 @@ class CompiledTape:
                     _same_static(a, b) for a, b in zip(program.statics, statics)):
                 continue
             runner.set_inputs(arrays)
-            status = runner.forward()
+            status = runner.forward(loops)
             if status == 0:
                 if i:
                     variants.insert(0, variants.pop(i))
@@ -1704,7 +1782,7 @@ class CompiledTape:
             xs = self._batch(args)
             if xs is not None:
                 return self._batched(xs, args, False)[0]
-            return self._outputs(self._runner(1, args))
+            return self._outputs(self._runner(1, args, loops=True))
 
     def value_and_grad(self, *args):
         """``(f(args), gradient)``; ``f`` returns one scalar. The gradient has the structure
@@ -1712,16 +1790,76 @@ class CompiledTape:
         batch axis on the differentiated inputs: values and gradients per row, in one
         Numba call."""
         with self._lock:
+            result = self._generated_value_and_grad(args)
+            if result is not None:
+                return result
             xs = self._batch(args)
             if xs is not None:
                 return self._batched(xs, args, True)
-            runner = self._runner(1, args)
+            runner = self._runner(1, args, loops=True)
             program = runner.program
             out = self._scalar_output(program, "value_and_grad")
             value = runner.value(out, program.out_shapes[0])
             runner.reverse([(out, 1.0)])
             return value, self._arrange([runner.adjoint(node, shape) for node, shape in
                                          self._independent(program)])
+
+    def _generated_value_and_grad(self, args: tuple):
+        """``value_and_grad`` in one call of the generated code of the program's loops
+        (:mod:`jitgrad.kernels.loops`) for plain array arguments of the recorded shapes and
+        dtypes, once the current variant's plan has it. None: take the ordinary path (which
+        also records again where a guard failed)."""
+        variants = self._variants[1]
+        if not variants:
+            return None
+        runner = variants[0]
+        fast = runner.generated
+        if fast is None:
+            fast = self._generated_call(runner)
+            if fast is None:
+                return None
+            runner.generated = fast
+        if fast is False:
+            return None
+        driver, numba_program, plan, signature, leaves, out_dtype = fast
+        if len(args) != len(signature) or runner.captured_changed():
+            return None
+        for a, (shape, dtype) in zip(args, signature):
+            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or \
+                    not a.flags.c_contiguous:
+                return None
+        x = args[0] if len(args) == 1 and args[0].dtype == np.float64 else \
+            np.concatenate([np.ravel(a) for a in args]).astype(np.float64)
+        grad = np.empty(sum(size for size, _, _ in leaves))
+        value, status = driver(numba_program, x, grad, plan)
+        if status:
+            return None
+        self.calls += 1
+        per_leaf, at = [], 0
+        for size, shape, dtype in leaves:
+            per_leaf.append(grad[at:at + size].reshape(shape).astype(dtype, copy=False))
+            at += size
+        return out_dtype(value), self._arrange(per_leaf)
+
+    def _generated_call(self, runner: _Runner):
+        """What :meth:`_generated_value_and_grad` needs: None while the plan has no driver
+        (asked again later), False where it does not apply (pytree or static arguments, an
+        output that is not 0-d)."""
+        program, plan = runner.program, runner.plan
+        if plan is None or plan.driver is None:
+            return None
+        plain = all(structure == ["leaf"] and leaves[0].traced for structure, leaves
+                    in self._specs)
+        if not plain or program.out_shapes[0] != () or len(program.outputs) != 1:
+            return False
+        traced = [leaf for leaf in self._leaves() if leaf.traced]
+        leaves = [(math.prod(shape), shape, leaf.dtype) for (_, shape), leaf in
+                  zip(self._independent(program), [leaf for leaf in traced
+                                                   if leaf.independent])]
+        out_dtype = (np.float32 if program.node_location(program.outputs[0])[2] == DTYPE_F32
+                     else np.float64)
+        return (plan.driver, self._numba_program(runner), plan.arrays,
+                [tuple(sig) for sig in program.signature], leaves, out_dtype)
 
     def grad(self, *args):
         """The gradient of the scalar ``f`` at ``args``."""
@@ -1740,7 +1878,7 @@ class CompiledTape:
             raise TypeError("vjp(*inputs, cotangent): the cotangent is missing")
         *args, cotangent = args
         with self._lock:
-            runner = self._runner(1, tuple(args))
+            runner = self._runner(1, tuple(args), loops=True)
             program = runner.program
             values: list = []
             if _flatten(cotangent, values) != self._out_structure:

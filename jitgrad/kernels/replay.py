@@ -319,9 +319,20 @@ def forward_replay(inst, cst, general, meta, vals32, vals64, aux, auxvals, auxme
     """Recompute every entry in order, running each auxiliary op just before the entry at
     its position. Returns 0, or the number + 1 of the first guard that failed (the values
     after it are not computed)."""
+    return forward_entries(inst, cst, general, meta, vals32, vals64, aux, auxvals, auxmeta,
+                           0, inst.shape[0])
+
+
+@kernel
+def forward_entries(inst, cst, general, meta, vals32, vals64, aux, auxvals, auxmeta, start,
+                    stop):
+    """:func:`forward_replay` of the entries ``start:stop`` and the auxiliary ops at their
+    positions (and after the last entry, when ``stop`` is the end)."""
     n_aux = aux.shape[0]
     a = 0
-    for e in range(inst.shape[0]):
+    while a < n_aux and aux[a, X_POS] < start:
+        a += 1
+    for e in range(start, stop):
         while a < n_aux and aux[a, X_POS] == e:
             status = run_aux(a, aux, auxvals, auxmeta, meta, vals32, vals64)
             if status:
@@ -368,6 +379,8 @@ def forward_replay(inst, cst, general, meta, vals32, vals64, aux, auxvals, auxme
             else:
                 _forward_general(kind, code, row, oy, o0, o1, o2, cst[e, 0], cst[e, 1],
                                  general, meta, vals64)
+    if stop < inst.shape[0]:
+        return 0
     while a < n_aux:
         status = run_aux(a, aux, auxvals, auxmeta, meta, vals32, vals64)
         if status:
@@ -405,7 +418,15 @@ def _reverse_general(kind, code, row, oy, o0, o1, o2, w0, w1, w2, c0, c1, genera
 def reverse_replay(inst, cst, general, meta, vals32, vals64, adj32, adj64, order):
     """Accumulate adjoints through the entries listed (ascending) in ``order``, last to
     first. The caller zeroes the adjoint buffers and seeds the outputs."""
-    for j in range(order.shape[0] - 1, -1, -1):
+    reverse_entries(inst, cst, general, meta, vals32, vals64, adj32, adj64, order, 0,
+                    order.shape[0])
+
+
+@kernel
+def reverse_entries(inst, cst, general, meta, vals32, vals64, adj32, adj64, order, low,
+                    high):
+    """:func:`reverse_replay` of the entries ``order[low:high]``."""
+    for j in range(high - 1, low - 1, -1):
         e = order[j]
         h = inst[e, 0]
         tag = h & H_TAG
@@ -526,11 +547,9 @@ def _write_inputs(x, inputs, vals32, vals64):
     for i in range(inputs.shape[0]):
         offset, size = inputs[i, 0], inputs[i, 1]
         if inputs[i, 2]:
-            for j in range(size):
-                vals32[offset + j] = x[position + j]
-        else:
-            for j in range(size):
-                vals64[offset + j] = x[position + j]
+            vals32[offset:offset + size] = x[position:position + size]
+        else:  # as slices: a copy loop, without an index check per element
+            vals64[offset:offset + size] = x[position:position + size]
         position += size
 
 
@@ -552,14 +571,23 @@ def _value_and_grad(program, x, grad, want_grad):
     else:
         adj64[output[0]] = 1.0
     reverse_replay(inst, cst, general, meta, vals32, vals64, adj32, adj64, order)
+    read_gradient(inputs, adj32, adj64, grad)
+    return value, 0
+
+
+@kernel
+def read_gradient(inputs, adj32, adj64, grad):
+    """grad <- the adjoints of the differentiated inputs (``inputs`` as in
+    :func:`_write_inputs`), one after the other."""
     for i in range(inputs.shape[0]):
         target = inputs[i, 3]
         if target < 0:
             continue
         offset, size = inputs[i, 0], inputs[i, 1]
-        for j in range(size):
-            grad[target + j] = adj32[offset + j] if inputs[i, 2] else adj64[offset + j]
-    return value, 0
+        if inputs[i, 2]:
+            grad[target:target + size] = adj32[offset:offset + size]
+        else:
+            grad[target:target + size] = adj64[offset:offset + size]
 
 
 @kernel
