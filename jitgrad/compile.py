@@ -38,6 +38,12 @@ never returns the gradient of another branch.
 The guards come from watching the core while recording (:class:`_Hooks` wraps a few
 functions of :mod:`jitgrad.functions` for the duration of a recording); tensors ``f``
 reads from its closure are constants of the tape, checked for in-place changes.
+
+**Loops.** A Python loop over scalars leaves the same few entries on the tape again and
+again; ``value_and_grad``, ``grad``, ``vjp`` and the value replay such runs with Numba code
+generated for the loop's body (:mod:`jitgrad.kernels.loops`, from the second replay on),
+its values and adjoints in registers, instead of the interpreter's ~8 ns per entry. The
+results are the interpreter's (float64: to the last bit). ``JITGRAD_LOOPS=0`` turns it off.
 """
 from __future__ import annotations
 
