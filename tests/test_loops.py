@@ -277,6 +277,56 @@ def test_batch_replay_of_a_program_with_loops():
         np.testing.assert_allclose(grads[b], grad, rtol=1e-14)
 
 
+def backwards(x):
+    """A loop walking its input from the end (the reads step by -1)."""
+    total = x[0] * 0.0
+    for i in range(x.shape[0] - 1, 0, -1):
+        total = total * 0.5 + x[i] * torch.exp(x[i - 1])
+    return total
+
+
+def two_outputs(x):
+    ys, y = [], x[0]
+    for i in range(1, x.shape[0]):
+        y = y * 0.8 + torch.sin(x[i])
+        ys.append(y)
+    return y, torch.stack(ys[-5:])
+
+
+def test_a_loop_stepping_backwards():
+    xs = inputs(150)
+    tape = warmed(backwards, xs[0])
+    assert plan_of(tape).runs[0].offsets[:, 3].min() < 0
+    for x in xs[1:]:
+        assert_same(tape.value_and_grad(x), without_loops(backwards, x))
+
+
+def test_vjp_of_several_outputs_through_a_loop():
+    xs = inputs(200)
+    tape = torch.compile(two_outputs, xs[0])
+    u = (np.array(1.5), np.arange(5.0))
+    for _ in range(3):
+        tape.vjp(xs[0], u)
+    assert tape._variants[1][0].plan is not None  # the Python-run plan served the vjp
+    for x in xs[1:]:
+        assert_same(tape.vjp(x, u), without_loops(two_outputs, x, method="vjp", extra=(u,)))
+        outputs = tape(x)
+        reference = without_loops(two_outputs, x, method="__call__")
+        assert_same(outputs[0], reference[0])
+        assert_same(outputs[1], reference[1])
+
+
+def test_a_saved_and_loaded_tape_replays_its_loops(tmp_path):
+    xs = inputs(100)
+    tape = warmed(rosenbrock, xs[0])
+    tape.save(tmp_path / "tape.npz")
+    loaded = torch.load(tmp_path / "tape.npz")
+    for _ in range(3):
+        loaded.value_and_grad(xs[1])
+    assert plan_of(loaded).driver is not None
+    assert_same(loaded.value_and_grad(xs[2]), tape.value_and_grad(xs[2]))
+
+
 # -- finding runs ---------------------------------------------------------------------------------
 def _periodic(prefix: int, period: int, count: int, tail: int) -> np.ndarray:
     """Instruction rows: ``prefix`` odd entries, a loop, ``tail`` odd entries."""
