@@ -1282,18 +1282,24 @@ class _Runner:
         plan = self.program.loop_plan() if loops else None
         if plan is not None and plan.ready():
             R = _kernels()  # noqa: N806
-            for start, stop, run in plan.segments:
-                if run is None:
-                    status = R.forward_entries(low.inst, low.cst, low.general, self.meta,
-                                               self.vals32, self.vals64, low.aux,
-                                               self.auxvals, low.auxmeta, start, stop)
-                    if status:
-                        return int(status)
-                else:
-                    vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
-                                 (self.vals64, self.adj64))
-                    run.kernels.forward(vals, adj, low.cst, run.start, run.count,
-                                        run.offsets, run.constants)
+            from numba.core.errors import NumbaError
+
+            try:
+                for start, stop, run in plan.segments:
+                    if run is None:
+                        status = R.forward_entries(low.inst, low.cst, low.general, self.meta,
+                                                   self.vals32, self.vals64, low.aux,
+                                                   self.auxvals, low.auxmeta, start, stop)
+                        if status:
+                            return int(status)
+                    else:
+                        vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
+                                     (self.vals64, self.adj64))
+                        run.kernels.forward(vals, adj, low.cst, run.start, run.count,
+                                            run.offsets, run.constants)
+            except NumbaError as error:
+                plan.fail(error)
+                return self.forward()
             self.plan = plan
             return 0
         return int(_kernels().forward_replay(low.inst, low.cst, low.general, self.meta,
@@ -1332,18 +1338,25 @@ class _Runner:
                              self.vals64, self.adj32, self.adj64,
                              program.reverse_order(roots))
             return
-        for (_, _, run), (first, end) in zip(reversed(plan.segments),
-                                                    reversed(plan.bounds)):
-            if run is None:
-                if end > first:
-                    R.reverse_entries(low.inst, low.cst, low.general, self.meta, self.vals32,
-                                      self.vals64, self.adj32, self.adj64, plan.order, first,
-                                      end)
-            elif run.in_reverse:
-                vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
-                             (self.vals64, self.adj64))
-                run.kernels.reverse(vals, adj, low.cst, run.start, run.count, run.offsets,
-                                    run.constants)
+        from numba.core.errors import NumbaError
+
+        try:
+            for (_, _, run), (first, end) in zip(reversed(plan.segments),
+                                                 reversed(plan.bounds)):
+                if run is None:
+                    if end > first:
+                        R.reverse_entries(low.inst, low.cst, low.general, self.meta,
+                                          self.vals32, self.vals64, self.adj32, self.adj64,
+                                          plan.order, first, end)
+                elif run.in_reverse:
+                    vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
+                                 (self.vals64, self.adj64))
+                    run.kernels.reverse(vals, adj, low.cst, run.start, run.count,
+                                        run.offsets, run.constants)
+        except NumbaError as error:
+            plan.fail(error)
+            self.forward()  # every value, for the interpreter
+            self.reverse(seeds)
 
     def adjoint(self, node: int, shape: tuple):
         values = self.program.node_values(node, self.adj32, self.adj64)
@@ -1837,7 +1850,14 @@ class CompiledTape:
         x = args[0] if len(args) == 1 and args[0].dtype == np.float64 else \
             np.concatenate([np.ravel(a) for a in args]).astype(np.float64)
         grad = np.empty(sum(size for size, _, _ in leaves))
-        value, status = driver(numba_program, x, grad, plan)
+        from numba.core.errors import NumbaError
+
+        try:
+            value, status = driver(numba_program, x, grad, plan)
+        except NumbaError as error:
+            runner.program.loop_plan().fail(error)
+            runner.generated = False
+            return None
         if status:
             return None
         self.calls += 1

@@ -327,6 +327,54 @@ def test_a_saved_and_loaded_tape_replays_its_loops(tmp_path):
     assert_same(loaded.value_and_grad(xs[2]), tape.value_and_grad(xs[2]))
 
 
+# every elementwise op of the registry in loop bodies (not the selections: their recomputed
+# masks are auxiliary ops, which keep a loop with the interpreter)
+_SELECTIONS = {"relu", "abs", "clamp", "maximum", "minimum", "where"}
+
+
+def _elementwise_specs(arity: int) -> list:
+    from op_specs import SPECS
+
+    from jitgrad.ops.registry import BY_NAME, ELEMENTWISE
+
+    return [spec for spec in SPECS if spec.op in BY_NAME and
+            BY_NAME[spec.op].kind == ELEMENTWISE and spec.op not in _SELECTIONS and
+            len(spec.shapes) == arity]
+
+
+def every_unary_op(x):
+    total = x[0] * 0.0
+    for i in range(x.shape[0]):
+        for spec in _elementwise_specs(1):
+            total = total + spec.fn(torch, x[i])
+    return total
+
+
+def every_binary_op(x, y):
+    total = x[0] * 0.0
+    for i in range(x.shape[0]):
+        for spec in _elementwise_specs(2):
+            total = total + spec.fn(torch, x[i], y[i])
+    return total
+
+
+def test_every_elementwise_op_in_a_generated_loop_body():
+    assert len(_elementwise_specs(1)) > 15 and len(_elementwise_specs(2)) >= 4
+    rng = np.random.default_rng(3)
+    x, y = (rng.uniform(0.5, 1.2, 40) for _ in range(2))  # inside every op's domain
+    for f, args in ((every_unary_op, (x,)), (every_binary_op, (x, y))):
+        tape = warmed(f, *args)
+        plan = plan_of(tape)
+        assert plan.driver is not None and plan.runs[0].count >= 30
+        moved = tuple(a[::-1].copy() for a in args)
+        assert_same(tape.value_and_grad(*moved), without_loops(f, *moved))
+        eager_value, eager_grads = eager_value_and_grad(f, *moved)
+        value, grads = tape.value_and_grad(*moved)
+        np.testing.assert_allclose(value, eager_value, rtol=1e-12)
+        for g, e in zip(grads if isinstance(grads, tuple) else (grads,), eager_grads):
+            np.testing.assert_allclose(g, e, rtol=1e-12)
+
+
 # -- finding runs ---------------------------------------------------------------------------------
 def _periodic(prefix: int, period: int, count: int, tail: int) -> np.ndarray:
     """Instruction rows: ``prefix`` odd entries, a loop, ``tail`` odd entries."""
@@ -380,6 +428,30 @@ def test_an_unwritable_cache_directory_falls_back_to_a_temporary_one(tmp_path, m
     tape = warmed(rosenbrock, x)
     assert plan_of(tape).driver is not None
     assert_same(tape.value_and_grad(x), without_loops(rosenbrock, x))
+
+
+@pytest.mark.parametrize("broken", ["forward", "reverse", "value_and_grad"])
+def test_generated_code_that_fails_to_compile_leaves_the_interpreter(broken, tmp_path,
+                                                                     monkeypatch):
+    """A generator bug shows as a warning, never as a Numba traceback or a wrong number."""
+    monkeypatch.setenv("JITGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(loops, "_LOADED", {})
+    original = loops.source
+
+    def broken_source(body):
+        text = original(body)
+        start = text.index(f"def {broken}(")
+        end = text.index(":\n", start) + 2
+        return text[:end] + "    undefined_name_here()\n" + text[end:]
+
+    monkeypatch.setattr(loops, "source", broken_source)
+    xs = inputs(60)
+    tape = torch.compile(rosenbrock, xs[0])
+    with pytest.warns(RuntimeWarning, match="failed to compile"):
+        for x in xs[1:]:
+            assert_same(tape.value_and_grad(x), without_loops(rosenbrock, x))
+    assert plan_of(tape).failed
+    assert_same(tape.value_and_grad(xs[0]), without_loops(rosenbrock, xs[0]))
 
 
 def test_jitgrad_loops_0_turns_the_generated_code_off(monkeypatch):

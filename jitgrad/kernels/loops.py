@@ -43,7 +43,7 @@ from .layout import E_IN0, E_OUT
 
 MIN_ITERATIONS = 8     # shorter loops stay with the interpreter
 MIN_ENTRIES = 512      # below this a generated call saves less than it costs (~2 us)
-MAX_PERIOD = 40        # longest body looked for
+MAX_PERIOD = 64        # longest body looked for
 
 # instruction heads (see :mod:`jitgrad.kernels.replay`; repeated here so that finding runs
 # needs no Numba)
@@ -310,11 +310,25 @@ class Plan:
     zero32: list
     zero64: list
     uses: int = 0
+    failed: bool = False
     _arrays: tuple | None = None
+
+    def fail(self, error: Exception) -> None:
+        """The generated code did not compile: the interpreter replays the program from now
+        on (a bug of the generator; the results stay right)."""
+        import warnings
+
+        self.failed = True
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        warnings.warn(f"jitgrad: the generated code of a loop failed to compile "
+                      f"({type(error).__name__}: {first}); the interpreter replays it",
+                      RuntimeWarning, stacklevel=4)
 
     def ready(self) -> bool:
         """Whether every run's kernels are loaded: at once when generated before (on disk),
         else from the second use (a tape replayed once does not wait for a compilation)."""
+        if self.failed:
+            return False
         self.uses += 1
         for run in self.runs:
             if run.kernels is None:
@@ -327,7 +341,7 @@ class Plan:
     def driver(self):
         """The generated ``value_and_grad`` running the whole plan in one call, where every
         run has the same body (else None: the segments are run from Python)."""
-        if any(run.kernels is None for run in self.runs) or \
+        if self.failed or any(run.kernels is None for run in self.runs) or \
                 any(run.body != self.runs[0].body for run in self.runs):
             return None
         return self.runs[0].kernels.value_and_grad
