@@ -999,10 +999,11 @@ def _extreme_aux(program: _Program) -> list:
     indices on replay (first order), or guard them (second order: the gradient graph
     scatters at the recorded indices)."""
     entries, meta, kinds = program.entries, program.meta, _core_tables()[0]
+    extremes = np.array([op.code for op in OPS if op.name in _EXTREMES], np.int64)
     out = []
-    for e in range(len(entries)):
+    for e in np.flatnonzero(np.isin(entries[:, E_OP], extremes)).tolist():
         name = OPS[entries[e, E_OP]].name
-        if kinds[entries[e, E_OP]] != GATHER or name not in _EXTREMES:
+        if kinds[entries[e, E_OP]] != GATHER:
             continue
         x = int(entries[e, E_IN0])
         mo = int(entries[e, E_META])
@@ -2237,7 +2238,10 @@ def _optimized(program: _Program) -> _Program:
         if value is not None:
             match &= c0_bits == _bits(value)
         identity |= match
-    identity |= kind == RESTRIDE
+    # a view is the identity only if it has every element of its input (25k ``x[i]`` of a
+    # scalar loop need not be looked at one by one)
+    whole = nodes[out, N_SIZE] == nodes[np.maximum(ins[:, 0], 0), N_SIZE]
+    identity |= (kind == RESTRIDE) & whole
     mergeable = (nodes[out, N_GRAD] == 0) & (kind != PLACE) & (kind != SCATTER)
     free = ~drop & ~aux_entry & ~aux_written[out] & ~is_input[out]
     seen: dict = {}
@@ -2396,9 +2400,9 @@ def _compacted(program: _Program, entries, kind, drop, alias, folded: dict) -> _
         index = np.repeat(starts - offsets[mine], sizes[mine]) + np.arange(
             int(ends[-1]) if len(ends) else 0)
         arena = source[index]
-        for i in mine:
-            values = folded.get(int(old[i]))
-            if values is not None:
+        for node, values in folded.items():
+            i = new_id[node]
+            if i >= 0 and codes[i] == code:
                 arena[offsets[i]:offsets[i] + sizes[i]] = values
         arenas.append(arena)
     nodes = np.zeros((len(old), N_WIDTH), np.int64)

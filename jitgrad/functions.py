@@ -30,6 +30,7 @@ _F32 = dt.float32
 _F64 = dt.float64
 _SCALAR_SHAPE = Size(())
 _SLICE_CODE = BY_NAME["slice"].code
+_SELECT_CODE = BY_NAME["select"].code
 
 # ops that can divide by zero, overflow or leave their domain: NumPy would warn (torch
 # does not); the others skip the cost of np.errstate
@@ -1349,6 +1350,22 @@ def _slice_1d(t: Tensor, key: slice) -> Tensor:
     return _output(tape, slot, None, t.dtype, shape, node, _SLICE_CODE)
 
 
+def _select_1d(t: Tensor, index: int) -> Tensor:
+    """``t[i]`` of a 1-d tensor, ``i`` in range, recorded: :func:`_restride` for one
+    element (a scalar loop reads every element this way)."""
+    if index < 0:
+        index += t._shape[0]
+    value = t._value()[index]
+    tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
+    src = node_of(tape, t)
+    meta = tape.add_meta((0, index))
+    node, slot = tape.record_output(_SELECT_CODE, 0 if t.dtype is _F32 else 1, (), 1, src, -1,
+                                    -1, meta)
+    slot[0] = value
+    return _output(tape, None, float(slot[0]), t.dtype, (), node, _SELECT_CODE)
+
+
 def _infer_shape(shape: tuple, numel: int, op: str) -> tuple:
     shape = list(shape)
     unknown = [i for i, s in enumerate(shape) if s == -1]
@@ -1486,6 +1503,9 @@ def getitem(input: Tensor, key) -> Tensor:
                                                           type(key.step) is int and key.step > 0)
             and _recording(input)):
         return _slice_1d(input, key)
+    if (type(key) is int and len(input._shape) == 1 and -input._shape[0] <= key < input._shape[0]
+            and _recording(input)):
+        return _select_1d(input, key)
     key = _normalize_index(key)
     x = input._value()
     try:

@@ -99,6 +99,38 @@ def test_slices_of_a_vector_against_torch(key):
     np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [jitgrad.float32, jitgrad.float64], ids=str)
+@pytest.mark.parametrize("index", [0, 3, 9, -1, -10])
+def test_an_element_of_a_vector_against_torch(dtype, index):
+    torch = _torch()
+    data = np.random.default_rng(5).standard_normal(10)
+    ours = jitgrad.tensor(data, dtype=dtype, requires_grad=True)
+    theirs = torch.tensor(data, dtype=getattr(torch, str(dtype).split(".")[1]),
+                          requires_grad=True)
+    results = []
+    for x in (ours, theirs):
+        y = x[index]
+        assert y.shape == () and y.grad_fn.name() == "SelectBackward0"
+        results.append(y.item())
+        (y * y * 3.0).backward()
+    assert results[0] == results[1] and ours[index].dtype is dtype
+    np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-6)
+    (g,) = jitgrad.autograd.grad(ours[index] ** 3, ours, create_graph=True)
+    (h,) = jitgrad.autograd.grad(g[index], ours)
+    assert h[index].item() == pytest.approx(6 * data[index], rel=1e-6)
+
+
+def test_an_element_out_of_range_or_of_a_matrix():
+    x = jitgrad.tensor(np.arange(4.0), requires_grad=True)
+    with pytest.raises(IndexError, match="shape \\[4\\]"):
+        x[4]
+    with pytest.raises(IndexError):
+        x[-5]
+    m = jitgrad.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    row = m[1]
+    assert row.shape == (3,) and row.tolist() == [3.0, 4.0, 5.0]
+
+
 def test_slices_of_slices_and_of_recorded_values():
     x = jitgrad.tensor(np.arange(12.0), requires_grad=True)
     y = (x * 2.0)[2:][::3][1:]
