@@ -1859,6 +1859,7 @@ class CompiledTape:
             runner.program.loop_plan().fail(error)
             runner.generated = False
             return None
+
         if status:
             return None
         self.calls += 1
