@@ -863,7 +863,6 @@ class _Program:
             self._orders[roots] = order
         return order
 
-
     def loop_plan(self):
         """How to replay with generated code for the program's loops, for a reverse sweep
         from every output (None when it has none, or ``JITGRAD_LOOPS=0``)."""
@@ -1264,6 +1263,10 @@ class _Runner:
         self.plan = None  # the loop plan of the last forward, if it used one
         self.generated = None  # CompiledTape._generated_call(self), once asked
 
+    def _arena(self, f32: bool) -> tuple:
+        """(values, adjoints) of one precision."""
+        return (self.vals32, self.adj32) if f32 else (self.vals64, self.adj64)
+
     def set_inputs(self, arrays: list) -> None:
         program = self.program
         for node, array in zip(program.inputs, arrays):
@@ -1294,10 +1297,8 @@ class _Runner:
                         if status:
                             return int(status)
                     else:
-                        vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
-                                     (self.vals64, self.adj64))
-                        run.kernels.forward(vals, adj, low.cst, run.start, run.count,
-                                            run.offsets, run.constants)
+                        run.kernels.forward(*self._arena(run.body.f32), low.cst, run.start,
+                                            run.count, run.offsets, run.constants)
             except NumbaError as error:
                 plan.fail(error)
                 return self.forward()
@@ -1350,10 +1351,8 @@ class _Runner:
                                           self.vals32, self.vals64, self.adj32, self.adj64,
                                           plan.order, first, end)
                 elif run.in_reverse:
-                    vals, adj = ((self.vals32, self.adj32) if run.body.f32 else
-                                 (self.vals64, self.adj64))
-                    run.kernels.reverse(vals, adj, low.cst, run.start, run.count,
-                                        run.offsets, run.constants)
+                    run.kernels.reverse(*self._arena(run.body.f32), low.cst, run.start,
+                                        run.count, run.offsets, run.constants)
         except NumbaError as error:
             plan.fail(error)
             self.forward()  # every value, for the interpreter
@@ -1859,7 +1858,6 @@ class CompiledTape:
             runner.program.loop_plan().fail(error)
             runner.generated = False
             return None
-
         if status:
             return None
         self.calls += 1

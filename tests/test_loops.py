@@ -13,6 +13,7 @@ import pytest
 import jitgrad as torch
 from jitgrad.bench import w7_rosenbrock_loop
 from jitgrad.kernels import loops
+from jitgrad.kernels.layout import H_CODE_SHIFT, TAG_GENERAL
 
 
 def rosenbrock(x):
@@ -401,7 +402,7 @@ def _periodic(prefix: int, period: int, count: int, tail: int) -> np.ndarray:
         rows.append([1000 + e, e, -1, -1, -1])
     for it in range(count):
         for j in range(period):
-            rows.append([(j + 3) << loops._H_CODE_SHIFT, 100 + it * period + j, it, 50, -1])
+            rows.append([(j + 3) << H_CODE_SHIFT, 100 + it * period + j, it, 50, -1])
     for e in range(tail):
         rows.append([2000 + e, 90000 + e, 0, -1, -1])
     return np.array(rows, np.int64)
@@ -422,7 +423,7 @@ def test_find_runs_stops_at_an_auxiliary_op():
 def test_find_runs_ignores_short_loops_and_general_entries():
     assert loops.find_runs(_periodic(0, 4, 20, 0), np.zeros(0, np.int64)) == []
     inst = _periodic(0, 4, 300, 0)
-    inst[:, 0] |= loops._TAG_GENERAL
+    inst[:, 0] |= TAG_GENERAL
     assert loops.find_runs(inst, np.zeros(0, np.int64)) == []
 
 

@@ -35,6 +35,21 @@ N_WIDTH = 5
 DTYPE_F32 = 0
 DTYPE_F64 = 1
 
+# compiled tapes: the head of an entry's instruction row (jitgrad/kernels/replay.py), which
+# says how the replay runs it
+TAG_SCALAR = 0    # one-element elementwise entry
+TAG_COPY = 1      # one-element read of another node of the same dtype: out = in0
+TAG_GENERAL = 2   # the per-kind steps
+
+H_TAG = 3                # bits 0-1
+H_KIND_SHIFT = 2         # bits 2-5
+H_F32 = 1 << 6           # output is float32
+H_W0 = 1 << 7            # input k wants an adjoint
+H_W1 = 1 << 8
+H_W2 = 1 << 9
+H_CODE_SHIFT = 16        # bits 16-31
+H_ROW_SHIFT = 32         # row of ``general``
+
 # errors reported by the sweeps (code, entry)
 OK = 0
 ERR_FREED = 1

@@ -12,12 +12,17 @@ direction, in which the body's values and adjoints live in registers:
   of the previous iteration (``carry``: the loop-carried values, read from the node before
   the run in the first iteration), or a value outside the run at an offset advancing by a
   constant per iteration (``mem``: ``x[i]``, a loop-invariant parameter);
-* only values read from outside the body (``ext``) and carried values are written to the
-  arena, plus every value of the last iteration; only the adjoints of the first are cleared
-  and read back;
+* only values read from outside the body (``ext``) and the carried values the reverse
+  function reads back are written to the arena, plus every value of the last iteration;
+  only the adjoints of the first are cleared and read back;
 * the reverse function walks the iterations backwards, recomputes each iteration's values
-  from its stored inputs, and sends each adjoint contribution where the interpreter would,
-  in the same order, so the gradients are the interpreter's to the last bit.
+  from its inputs (a carried copy of ``x[i]`` is read from ``x`` again), and sends each
+  adjoint contribution where the interpreter would, in the same order, so the gradients are
+  the interpreter's to the last bit (float64; the sign of a zero aside).
+
+Where the entries around the loops are one-element ops too, the generated module's
+``value_and_grad`` replays the whole program in one call (:attr:`Plan.driver`); otherwise
+the runs and the interpreter's kernels are called in turn from Python.
 
 The body's code comes from the registry's declarations (the same forward and partial
 expressions as ``scalar_forward``/``scalar_adjoints``); what differs between two loops of
@@ -39,19 +44,21 @@ from pathlib import Path
 import numpy as np
 
 from ..ops.registry import OPS
-from .layout import E_IN0, E_OUT
+from .layout import (
+    E_IN0,
+    E_OUT,
+    H_CODE_SHIFT,
+    H_F32,
+    H_TAG,
+    H_W0,
+    TAG_COPY,
+    TAG_GENERAL,
+    TAG_SCALAR,
+)
 
 MIN_ITERATIONS = 8     # shorter loops stay with the interpreter
 MIN_ENTRIES = 512      # below this a generated call saves less than it costs (~2 us)
 MAX_PERIOD = 64        # longest body looked for
-
-# instruction heads (see :mod:`jitgrad.kernels.replay`; repeated here so that finding runs
-# needs no Numba)
-_TAG_SCALAR, _TAG_COPY, _TAG_GENERAL = 0, 1, 2
-_H_TAG = 3
-_H_F32 = 1 << 6
-_H_W0 = 1 << 7
-_H_CODE_SHIFT = 16
 
 
 # -- finding runs -----------------------------------------------------------------------------
@@ -72,7 +79,7 @@ def find_runs(inst: np.ndarray, blocked: np.ndarray) -> list:
     if n < MIN_ENTRIES:
         return []
     heads = inst[:, 0]
-    simple = (heads & _H_TAG) != _TAG_GENERAL
+    simple = (heads & H_TAG) != TAG_GENERAL
     cover = np.zeros(n, np.int64)
     period = np.zeros(n, np.int64)
     for p in range(1, min(MAX_PERIOD, n // 3) + 1):
@@ -125,7 +132,7 @@ class Position:
     @property
     def copies_mem(self) -> bool:
         """A copy of a value outside the run (``x[i]``)."""
-        return self.tag == _TAG_COPY and self.operands[0][0] == "mem"
+        return self.tag == TAG_COPY and self.operands[0][0] == "mem"
 
 
 @dataclass(frozen=True)
@@ -176,11 +183,11 @@ def _remembered(heads: np.ndarray, operands: list) -> set:
     operand_needed = [[False] * 3 for _ in range(p)]
     for j in range(p - 1, -1, -1):
         h = int(heads[j])
-        tag = h & _H_TAG
-        if tag == _TAG_SCALAR:
-            op = OPS[(h >> _H_CODE_SHIFT) & 0xFFFF]
+        tag = h & H_TAG
+        if tag == TAG_SCALAR:
+            op = OPS[(h >> H_CODE_SHIFT) & 0xFFFF]
             for k, partial in enumerate(op.partials):
-                if partial is None or not h & (_H_W0 << k):
+                if partial is None or not h & (H_W0 << k):
                     continue
                 names = _names(partial)
                 needed[j] = needed[j] or "y" in names
@@ -197,7 +204,7 @@ def _remembered(heads: np.ndarray, operands: list) -> set:
         for k, operand in enumerate(operands[j]):
             if operand is not None and operand[0] == "carry" and operand_needed[j][k]:
                 source = operand[1]
-                copy = int(heads[source]) & _H_TAG == _TAG_COPY
+                copy = int(heads[source]) & H_TAG == TAG_COPY
                 if not (copy and operands[source][0][0] == "mem"):
                     remembered.add(source)
     return remembered
@@ -221,7 +228,7 @@ def describe(run: tuple, inst: np.ndarray, cst: np.ndarray, entries: np.ndarray,
     index = start + np.arange(count)[:, None] * p + np.arange(p)[None, :]
     rows = inst[index]                              # (count, p, 5)
     heads = rows[0, :, 0]
-    f32 = (heads & _H_F32) != 0
+    f32 = (heads & H_F32) != 0
     if f32.any() and not f32.all():
         return None
     outs = entries[index, E_OUT]                    # (count, p) nodes
@@ -274,12 +281,12 @@ def describe(run: tuple, inst: np.ndarray, cst: np.ndarray, entries: np.ndarray,
     positions = []
     for j in range(p):
         h = int(heads[j])
-        tag = h & _H_TAG
-        code = (h >> _H_CODE_SHIFT) & 0xFFFF
-        used = _uses_constants(OPS[code]) if tag == _TAG_SCALAR else (False, False)
+        tag = h & H_TAG
+        code = (h >> H_CODE_SHIFT) & 0xFFFF
+        used = _uses_constants(OPS[code]) if tag == TAG_SCALAR else (False, False)
         positions.append(Position(
-            tag=tag, code=code if tag == _TAG_SCALAR else -1,
-            wants=tuple(bool(h & (_H_W0 << k)) for k in range(3)), operands=operands[j],
+            tag=tag, code=code if tag == TAG_SCALAR else -1,
+            wants=tuple(bool(h & (H_W0 << k)) for k in range(3)), operands=operands[j],
             uniform=tuple(bool(uniform[j, c]) or not used[c] for c in range(2)),
             baked=tuple(_baked(constants[0, j, c]) if used[c] and uniform[j, c] else None
                         for c in range(2)),
@@ -416,8 +423,8 @@ def plan(roots: tuple, inst: np.ndarray, cst: np.ndarray, aux_positions: np.ndar
         outside[run.start:run.stop] = False
     heads = inst[outside, 0]
     f32 = runs[0].body.f32
-    light = (len(aux_positions) == 0 and bool(((heads & _H_TAG) != _TAG_GENERAL).all())
-             and bool((((heads & _H_F32) != 0) == f32).all()))
+    light = (len(aux_positions) == 0 and bool(((heads & H_TAG) != TAG_GENERAL).all())
+             and bool((((heads & H_F32) != 0) == f32).all()))
     return Plan(roots, runs, segments, bounds, order, _ranges(keep32), _ranges(keep64),
                 light=light)
 
@@ -501,7 +508,7 @@ class _Writer:
                 else:
                     source = self.load("vals", f"b{j}_{k} + it * s{j}_{k}")
                 self.emit(indent, f"x{j}_{k} = {source}")
-            if pos.tag == _TAG_COPY:
+            if pos.tag == TAG_COPY:
                 self.emit(indent, f"v{j} = x{j}_0")
                 continue
             op = OPS[pos.code]
@@ -587,7 +594,7 @@ def _reverse_iteration(w: _Writer, indent: int, last: bool, first: bool) -> None
         pos = body.positions[j]
         if not any(pos.wants):
             continue
-        if pos.tag == _TAG_COPY:
+        if pos.tag == TAG_COPY:
             partials = ["1.0"]
             names = {}
         else:
@@ -598,7 +605,7 @@ def _reverse_iteration(w: _Writer, indent: int, last: bool, first: bool) -> None
         for k, partial in enumerate(partials):
             if partial is None or not pos.wants[k]:
                 continue
-            if pos.tag == _TAG_COPY:
+            if pos.tag == TAG_COPY:
                 w.emit(indent, f"d = a{j}")
             else:
                 w.emit(indent, f"d = a{j} * ({_rename(_scalar(partial), names)})")
@@ -617,6 +624,7 @@ import numpy as np  # noqa: F401
 from jitgrad.kernels._forward import raise_to, scalar_adjoints, scalar_forward  # noqa: F401
 from jitgrad.kernels.expressions import *  # noqa: F401, F403
 from jitgrad.kernels.jit import kernel
+from jitgrad.kernels.layout import H_CODE_SHIFT, H_TAG, H_W0, H_W1, H_W2, TAG_SCALAR
 
 '''
 
@@ -632,11 +640,12 @@ def _scalar_entries(inst, cst, vals, start, stop):
     for e in range(start, stop):
         h = inst[e, 0]
         oy, o0, o1, o2 = inst[e, 1], inst[e, 2], inst[e, 3], inst[e, 4]
-        if h & 3 == 0:
+        if h & H_TAG == TAG_SCALAR:
             x0 = float(vals[o0])
             x1 = float(vals[o1]) if o1 >= 0 else 0.0
             x2 = float(vals[o2]) if o2 >= 0 else 0.0
-            vals[oy] = scalar_forward((h >> 16) & 0xFFFF, x0, x1, x2, cst[e, 0], cst[e, 1])
+            vals[oy] = scalar_forward((h >> H_CODE_SHIFT) & 0xFFFF, x0, x1, x2, cst[e, 0],
+                                      cst[e, 1])
         else:
             vals[oy] = vals[o0]
 
@@ -647,13 +656,14 @@ def _scalar_adjoints(inst, cst, vals, adj, order, low, high):
         e = order[j]
         h = inst[e, 0]
         oy, o0, o1, o2 = inst[e, 1], inst[e, 2], inst[e, 3], inst[e, 4]
-        w0, w1, w2 = (h & 128) != 0, (h & 256) != 0, (h & 512) != 0
-        if h & 3 == 0:
+        w0, w1, w2 = (h & H_W0) != 0, (h & H_W1) != 0, (h & H_W2) != 0
+        if h & H_TAG == TAG_SCALAR:
             x0 = float(vals[o0])
             x1 = float(vals[o1]) if o1 >= 0 else 0.0
             x2 = float(vals[o2]) if o2 >= 0 else 0.0
-            d0, d1, d2 = scalar_adjoints((h >> 16) & 0xFFFF, float(adj[oy]), x0, x1, x2,
-                                         float(vals[oy]), cst[e, 0], cst[e, 1], w0, w1, w2)
+            d0, d1, d2 = scalar_adjoints((h >> H_CODE_SHIFT) & 0xFFFF, float(adj[oy]), x0,
+                                         x1, x2, float(vals[oy]), cst[e, 0], cst[e, 1], w0,
+                                         w1, w2)
             if w0:
                 adj[o0] += d0
             if w1:

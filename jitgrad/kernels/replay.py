@@ -33,23 +33,24 @@ from ._forward import (
 )
 from ._reverse import reverse_elementwise, reverse_matmul, reverse_reduce
 from .jit import inline_kernel, kernel
-from .layout import E_IN0, E_OUT
+from .layout import (  # noqa: F401 - the heads' fields, used here and by compile.py as R.*
+    E_IN0,
+    E_OUT,
+    H_CODE_SHIFT,
+    H_F32,
+    H_KIND_SHIFT,
+    H_ROW_SHIFT,
+    H_TAG,
+    H_W0,
+    H_W1,
+    H_W2,
+    TAG_COPY,
+    TAG_GENERAL,
+    TAG_SCALAR,
+)
 from .sweep import indexed_add, strided_add
 
-# -- instructions ---------------------------------------------------------------------------
-TAG_SCALAR = 0    # one-element elementwise entry
-TAG_COPY = 1      # one-element read of another node of the same dtype: out = in0
-TAG_GENERAL = 2   # the per-kind steps
-
-H_TAG = 3                # bits 0-1
-H_KIND_SHIFT = 2         # bits 2-5
-H_F32 = 1 << 6           # output is float32
-H_W0 = 1 << 7            # input k wants an adjoint
-H_W1 = 1 << 8
-H_W2 = 1 << 9
-H_CODE_SHIFT = 16        # bits 16-31
-H_ROW_SHIFT = 32         # row of ``general``
-
+# -- instructions (their heads: layout.py) ---------------------------------------------------
 G_SIZE = 0     # output size (input size for reductions)
 G_META = 1     # meta offset, -1 if none
 G_EXTRA0 = 2   # reduce: output size; place: how to start the output (below)
