@@ -304,6 +304,10 @@ class Tape:
     def node_dtype(self, node: int) -> int:
         return self.node_field(node, N_DTYPE)
 
+    def node_fields(self, node: int) -> tuple:
+        """The node's row: (offset, size, dtype code, requires grad, producing entry)."""
+        return _NODE.unpack_from(self.nodes, node * _NODE_BYTES)
+
     def node_location(self, node: int) -> tuple:
         """(offset, size, dtype code) of the node's value."""
         offset, size, dtype_code, _, _ = _NODE.unpack_from(self.nodes, node * _NODE_BYTES)

@@ -13,7 +13,7 @@ import numpy as np
 from . import forward_ad as fwd
 from .anomaly_mode import is_anomaly_enabled
 from .engine import _op_tables as engine_tables
-from .function import reaches_python
+from .function import needs_python, reaches_python
 
 _second = None
 
@@ -65,6 +65,12 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | N
     if is_anomaly_enabled():  # its checks run in the recorded path
         return None
     kinds, sweep_masks, second = _op_tables()
+    if not needs_python(tape):  # an elementwise program: its generated loop, if compiled
+        from ..kernels import elementwise_hvp
+
+        fused = elementwise_hvp.hessian_vector_product(tape, root, start, seeds, second)
+        if fused is not None:
+            return fused
     n_nodes = tape.n_nodes
     flags = np.zeros((3, n_nodes), np.uint8)
     reached, ready, needed = flags[0], flags[1], flags[2]

@@ -750,14 +750,25 @@ _LOADED: dict = {}
 
 def module_path(body: Body) -> tuple:
     text = source(body)
-    name = "loop_" + hashlib.sha256((_salt() + text).encode()).hexdigest()[:20]
-    return name, text
+    return generated_name("loop", text), text
+
+
+def generated_name(prefix: str, text: str) -> str:
+    """A generated module's name: its source salted with the sources it depends on."""
+    return prefix + "_" + hashlib.sha256((_salt() + text).encode()).hexdigest()[:20]
 
 
 def kernels(body: Body, compile_now: bool = True):
     """The generated module of ``body`` (its ``forward`` and ``reverse``); None when it was
     never written and ``compile_now`` is False."""
     name, text = module_path(body)
+    return load_generated(name, text, compile_now)
+
+
+def load_generated(name: str, text: str, compile_now: bool = True):
+    """The module ``name`` with source ``text`` from the cache directory, written there first
+    if needed (None when it was never written and ``compile_now`` is False, or when no
+    directory can be written)."""
     if name in _LOADED:
         return _LOADED[name]
     for directory in (cache_dir(), Path(tempfile.gettempdir()) / f"jitgrad-{os.getuid()}"):
