@@ -215,12 +215,16 @@ def _closes_over_graph(tape, start: int, own: list) -> bool:
     if tape.n_entries <= start:
         return False
     if tape.n_entries - start <= 16:  # a few entries: their rows, without NumPy views
-        own_nodes = {_node(t, tape) for t in own}
+        known = {_node(t, tape) for t in own}  # own, or the output of an entry since start
+        known.add(-1)
         for e in range(start, tape.n_entries):
-            for node in tape.entry_fields(e)[2:5]:
-                if (node >= 0 and node not in own_nodes and tape.node_field(node, N_GRAD)
-                        and tape.node_field(node, N_ENTRY) < start):
-                    return True
+            _, out, in0, in1, in2 = tape.entry_fields(e)[:5]
+            for node in (in0, in1, in2):
+                if node not in known:
+                    _, _, _, grad, entry = tape.node_fields(node)
+                    if grad and entry < start:
+                        return True
+            known.add(out)
         return False
     entries, _, nodes, _, _, _ = tape.tables()
     try:
@@ -430,6 +434,11 @@ def _stack_rows(rows: list, out_shape: tuple, in_shape: tuple, dtype, connected:
 
 # -- forward mode -------------------------------------------------------------------------------
 def _check_primals_tangents(primals, tangents, name: str):
+    if (type(primals) is tuple and type(tangents) is tuple and len(primals) == 1
+            and len(tangents) == 1 and type(primals[0]) is Tensor
+            and type(tangents[0]) is Tensor and primals[0]._shape == tangents[0]._shape
+            and primals[0].dtype is tangents[0].dtype):
+        return [tangents[0]]  # one Tensor each, alike: nothing to report
     if not isinstance(primals, (tuple, list)):
         raise RuntimeError(f"{name}(f, primals, tangents): Expected primals to be a tuple. "
                            f"E.g. it should be valid to call f(*primals).")
@@ -765,13 +774,14 @@ def hvp(func: Callable, primals, tangents):
     connected = fwd.transform_depth() > 0 or fwd.current_level() is not None
     if connected:
         return jvp(grad(func, argnums=nums if len(nums) > 1 else 0), primals, tangents)[1]
-    call = _Call(func, tuple(primals), nums, "hvp")
+    call = _Call(func, tuple(primals), nums, "hvp", enclosed=False)
     if call.connected:
         call.finish()
         return jvp(grad(func, argnums=nums if len(nums) > 1 else 0), primals, tangents)[1]
     out = _check_scalar(call.output, "hvp")
     tape = call.tape
-    seeds = [(_node(t, tape), d.to(t.dtype)) for t, d in zip(call.inputs, directions)]
+    seeds = [(_node(t, tape), d if d.dtype is t.dtype else d.to(t.dtype))
+             for t, d in zip(call.inputs, directions)]
     result = _second_order(call, out, seeds)
     if result is None:
         gradients = _reverse_recorded(call, out)

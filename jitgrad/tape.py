@@ -351,6 +351,15 @@ class Tape:
             self.maybe_restart = True
 
     def _count_pending_alive(self) -> int:
+        """Live tensors referring to the output of an entry no backward has freed."""
+        if self.n_nodes <= 16:  # a few rows: read here, without a kernel call
+            count = 0
+            for node, refs in enumerate(self.refs):
+                if refs > 0:
+                    entry = self.node_field(node, N_ENTRY)
+                    if entry >= 0 and self.entry_field(entry, E_FREED) == 0:
+                        count += 1
+            return count
         from .kernels.sweep import count_pending_alive_on_tape
 
         return count_pending_alive_on_tape(self.entries, self.nodes, self.refs)
@@ -358,11 +367,14 @@ class Tape:
     def _restart(self) -> None:
         self.generation += 1
         self.restart_ready = self.maybe_restart = False
-        self.entries = bytearray()
-        self.nodes = bytearray()
-        self.versions = array("q")
-        self.refs = array("q")
-        self.meta = array("q", [0])
+        try:  # emptied in place: no new buffers (unless a view of one is still alive)
+            del self.entries[:], self.nodes[:], self.versions[:], self.refs[:], self.meta[1:]
+        except BufferError:
+            self.entries = bytearray()
+            self.nodes = bytearray()
+            self.versions = array("q")
+            self.refs = array("q")
+            self.meta = array("q", [0])
         self.shapes = []
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
@@ -376,9 +388,13 @@ class Tape:
             self.used[code] = 0
 
     def _fresh_arena(self, code: int) -> np.ndarray:
-        """An arena no tensor views: a spare whose only references are ours, or a new one.
-        Reusing one avoids the page faults of touching fresh memory every step."""
+        """An arena no tensor views: the current one if none does, else a spare whose only
+        references are ours, else a new one. Reusing one avoids the page faults of touching
+        fresh memory every step (and the current one is likely still in cache)."""
         current = self.arenas[code]
+        # references: the list, the local, getrefcount's argument
+        if sys.getrefcount(current) <= 3:
+            return current  # nothing views it: the memory most recently touched
         spares = self.spare_arenas[code]
         for i in range(len(spares)):
             spare = spares[i]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import elementwise_hvp
 from . import forward_ad as fwd
 from .anomaly_mode import is_anomaly_enabled
 from .engine import _op_tables as engine_tables
@@ -66,8 +67,6 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | N
         return None
     kinds, sweep_masks, second = _op_tables()
     if not needs_python(tape):  # an elementwise program: its generated loop, if compiled
-        from ..kernels import elementwise_hvp
-
         fused = elementwise_hvp.hessian_vector_product(tape, root, start, seeds, second)
         if fused is not None:
             return fused

@@ -379,23 +379,21 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list,
         function = _load(plan)
     if function is None or function is False:
         return None
-    directions = []
-    for s in plan.present:
-        direction = seeds[s][1]._value()
-        if direction.dtype != np.float64 or not direction.flags.c_contiguous:
-            direction = np.ascontiguousarray(direction, np.float64)
-        directions.append(direction.reshape(-1))
+    arrays = [np.ascontiguousarray(seeds[s][1]._value(), np.float64).reshape(-1)
+              for s in plan.present]
     results = [np.empty(n) for _ in plan.reached]
+    arrays += results
     try:
-        function(tape.arenas[1], offsets, consts, n, *directions, *results)
+        function(tape.arenas[1], offsets, consts, n, *arrays)
     except Exception as error:  # a bug of the generator: the interpreter takes over
         if not _is_numba_error(error):
             raise
         _fail(plan, error)
         return None
     out = [None] * len(seeds)
+    shapes = tape.shapes
     for s, result in zip(plan.reached, results):
-        out[s] = result.reshape(tape.shapes[seeds[s][0]])
+        out[s] = result.reshape(shapes[seeds[s][0]])
     return out
 
 
