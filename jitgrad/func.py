@@ -151,23 +151,14 @@ class _Call:
         self.connected = (enclosed or any(t._requires_grad for t in self.originals)
                           or any(isinstance(x, Tensor) and x._requires_grad
                                  for i, x in enumerate(args) if i not in argnums))
-        with enable_grad():
-            # a pending restart of the tape happens now: not under the inputs' nodes
-            self.tape = _state.tape
-            self.tape.before_record()
-            if duals is not None:
-                self.inputs = duals(self.originals, self.connected)
-            elif self.connected:
-                self.inputs = [fwd.record_alias(t) for t in self.originals]
-            else:
-                self.inputs = [t.detach().requires_grad_(True) for t in self.originals]
-            start = 0
-            for a, count, spec in self.specs:
-                args[a] = _unflatten(self.inputs[start:start + count], spec)
-                start += count
-            self.start = self.tape.n_entries
-            with fwd.transform_scope():
-                result = func(*args)
+        if _state.grad_enabled:  # (as enable_grad would, it is on again afterwards)
+            try:
+                result = self._record(func, args, duals)
+            finally:
+                _state.grad_enabled = True
+        else:
+            with enable_grad():
+                result = self._record(func, args, duals)
         self.aux = None
         if has_aux:
             if not (isinstance(result, (tuple, list)) and len(result) == 2):
@@ -182,6 +173,25 @@ class _Call:
                                    f"{type(out).__name__} at position {i}")
         if not self.connected and _closes_over_graph(self.tape, self.start, self.inputs):
             self.connected = True
+
+    def _record(self, func: Callable, args: list, duals):
+        """``func`` called on the differentiable copies, recorded (grad mode is on)."""
+        # a pending restart of the tape happens now: not under the inputs' nodes
+        self.tape = _state.tape
+        self.tape.before_record()
+        if duals is not None:
+            self.inputs = duals(self.originals, self.connected)
+        elif self.connected:
+            self.inputs = [fwd.record_alias(t) for t in self.originals]
+        else:
+            self.inputs = [t.detach().requires_grad_(True) for t in self.originals]
+        start = 0
+        for a, count, spec in self.specs:
+            args[a] = _unflatten(self.inputs[start:start + count], spec)
+            start += count
+        self.start = self.tape.n_entries
+        with fwd.transform_scope():
+            return func(*args)
 
     def group(self, flat: list):
         """``flat`` (one item per input) in the shape of the differentiated arguments: one
