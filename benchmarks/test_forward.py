@@ -9,8 +9,10 @@ W5-1e6   the same at n = 10^6                                                   
 W6-1e6   JVP of ``tanh(x) * exp(-x**2)``, n = 10^6, float64                           >= 1.5x
 =======  ===========================================================================  ========
 
-jitgrad runs ``jitgrad.func.hvp`` (forward-over-reverse: the gradient recorded with
-``create_graph``, then one tangent sweep) and ``jitgrad.func.jvp`` (one tangent sweep).
+jitgrad runs ``jitgrad.func.hvp`` (forward-over-reverse over one recording of ``f``: for
+this elementwise ``f``, one generated loop holding tangents, adjoints and their tangents in
+registers, ``jitgrad/kernels/elementwise_hvp.py``; the second-order sweep for other
+programs) and ``jitgrad.func.jvp`` (one tangent sweep).
 torch runs every method it has, and the ratio uses its best: ``torch.func`` (``jvp`` of
 ``grad``; ``jvp``), double backward, and ``torch.autograd.forward_ad`` for W6.
 
