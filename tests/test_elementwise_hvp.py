@@ -229,6 +229,55 @@ def test_a_condition_operand_and_a_reduction_to_one_value_along_a_dim(monkeypatc
     assert_same(generated_hvp(monkeypatch, f, (x,), (v,)), expected)
 
 
+def test_several_reductions_combined_by_one_element_ops(monkeypatch):
+    x, v = _arrays(2, -1.5, 1.5, seed=16)
+    lam = torch.tensor(0.3, dtype=torch.float64)  # a constant 0-d tensor
+
+    def f(a):
+        data = (torch.sin(a) * a).sum()
+        reg = (a ** 2).mean()
+        return data + torch.exp(lam) * reg * 0.5 - 3.0 + lam
+
+    expected = sweep_hvp(monkeypatch, f, (x,), (v,))
+    closed = (2 * np.cos(x) - x * np.sin(x) + np.exp(0.3) / N) * v
+    np.testing.assert_allclose(expected[0], closed, rtol=1e-12, atol=1e-14)
+    assert_same(generated_hvp(monkeypatch, f, (x,), (v,)), expected)
+
+
+def test_a_one_element_input_and_an_array_input(monkeypatch):
+    x, v = _arrays(2, -1.5, 1.5, seed=17)
+    s, w = np.float64(0.7), np.float64(-1.3)
+
+    def f(a, b):
+        return (torch.cos(a) * a).sum() + b ** 3 * 2.0
+
+    expected = sweep_hvp(monkeypatch, f, (x, s), (v, w))
+    np.testing.assert_allclose(expected[1], 12.0 * 0.7 * -1.3, rtol=1e-14)
+    got = generated_hvp(monkeypatch, f, (x, s), (v, w))
+    assert_same(got, expected)
+    assert got[1].shape == ()
+
+
+def test_combining_steps_that_read_a_reduction_s_tangent_are_left_to_the_sweep(monkeypatch):
+    x, v = _arrays(2, 0.2, 1.5, seed=18)
+    cases = [
+        lambda a: (a * a).sum() * torch.sin(a).sum(),    # a product of two reductions
+        lambda a: torch.log((a * a).sum()),              # a function of one
+        lambda a: (a * a).mean() ** 2,
+    ]
+    for f in cases:
+        expected = sweep_hvp(monkeypatch, f, (x,), (v,))
+        assert_same(_declines(monkeypatch, f, (x,), (v,)), expected)
+    s, w = np.float64(0.7), np.float64(-1.3)
+
+    def g(a, b):  # the one-element input's part reads the reduction's tangent
+        return (a * a).sum() * b
+
+    expected = sweep_hvp(monkeypatch, g, (x, s), (v, w))
+    assert_same(_declines(monkeypatch, g, (x, s), (v, w)), expected)
+    np.testing.assert_allclose(expected[1], 2.0 * np.dot(x, v), rtol=1e-12)
+
+
 def test_a_closed_over_tensor_that_requires_grad_is_left_to_the_sweep(monkeypatch):
     x, v, w = _arrays(3, -1.0, 1.0, seed=11)
     weight = torch.tensor(w, requires_grad=True)
@@ -270,9 +319,9 @@ def test_a_generated_function_that_fails_to_compile_warns_and_leaves_the_sweep(m
 
     expected = sweep_hvp(monkeypatch, f, (x,), (v,))
     generated_hvp(monkeypatch, f, (x,), (v,))
-    cos, mul = BY_NAME["cos"].code, BY_NAME["mul"].code
+    cos, mul, total = BY_NAME["cos"].code, BY_NAME["mul"].code, BY_NAME["sum"].code
     plan = next(p for p in elementwise_hvp._PLANS.values() if callable(p.function)
-                and [e[0] for e in p.shape[1]] == [cos, mul, mul, mul])
+                and [e[1] for e in p.shape[1]] == [cos, mul, mul, mul, total])
 
     def broken(*args):
         raise TypingError("a bug of the generator")

@@ -1,13 +1,16 @@
 """Hessian-vector products of elementwise programs: one generated Numba loop, in registers.
 
-A scalar function built from elementwise ops over arrays of one size and a reduction to one
-value (``sum(sin(x) * x ** 2)``, a sum of per-element losses) is, element by element, a
-small straight-line program. The second-order sweep (``second_order.py``) runs it entry by
-entry: a memory pass for each entry's tangent, another for each input's adjoint and its
-tangent, about eight for that example. Here one loop over the elements does it all: per
-element, the values' tangents forward, then the adjoints and their tangents backward, held
-in registers; only the values (read from the recording) and the direction come from memory,
-and only ``H v`` goes back.
+A scalar function built from elementwise ops over arrays of one size, reduced by whole sums
+or means and combined by one-element ops (``sum(sin(x) * x ** 2)``, ``data.mean() + lam *
+(x ** 2).sum()``) is, element by element, a small straight-line program. The second-order
+sweep (``second_order.py``) runs it entry by entry: a memory pass for each entry's tangent,
+another for each input's adjoint and its tangent, about eight for the first example. Here
+one loop over the elements does it all: per element, the values' tangents forward, then
+the adjoints and their tangents backward, held in registers; only the values (read from
+the recording) and the direction come from memory, and only ``H v`` goes back. The
+one-element steps that combine the reductions run once, before the loop (their adjoints
+are the reductions'); they must not read a reduction's tangent, which is a sum over all
+elements (``a.sum() * b.sum()`` and ``log(a.sum())`` are left to the sweep).
 
 The code is generated per program *shape* (the ops, how they are wired, which inputs carry
 a direction and which need a gradient, the constants that fold: small integers and halves)
@@ -19,10 +22,10 @@ of its shape. It is written and compiled on the second call of a shape (the inte
 takes the first), into the cache directory of the generated loops (``loops.cache_dir``).
 
 What takes the interpreter instead: float32, broadcasting, operands of another size, an
-op without a second-order step, values modified in place since they were read, a
-reduction other than a whole ``sum``/``mean`` at the root, an input requiring grad that is
-not differentiated (a tensor the function closes over), arrays under ``MIN_SIZE``
-elements, and ``JITGRAD_FUSE=0``.
+op without a second-order step, values modified in place since they were read, reductions
+other than whole sums and means, an input requiring grad that is not differentiated (a
+tensor the function closes over), arrays under ``MIN_SIZE`` elements, and
+``JITGRAD_FUSE=0``.
 """
 from __future__ import annotations
 
@@ -48,69 +51,100 @@ def _baked(value: float):
     return value if abs(value) <= 4.0 and (2.0 * value).is_integer() else None
 
 
+class _Declined(Exception):
+    """The program is not one the generated code takes."""
+
+
 def _analyse(tape, root: int, last: int, start: int, seeds: list, second: np.ndarray):
     """The shape and arguments of the program recorded from ``start`` up to ``root``, or
     None when it is not one this module takes. ``seeds``: (node, direction) per input.
 
-    The shape (what the generated code depends on) is ``(values, entries, reduce)``.
-    ``values``: per value, ``(entry, seed, grad)``: the index of the entry producing it (-1
-    for an input of the program), the index of the direction it is seeded with (-1: none),
-    whether it needs a gradient. ``entries``: per elementwise entry, ``(opcode, operand value
-    indices, constants)``, a constant being its value where it is baked into the code, else
-    None (read from ``consts``). ``reduce``: the root's opcode and its operand's value."""
-    code, out, in0, _, _, mo, ver0, _, _, freed, count, _ = tape.entry_fields(last)
+    The shape (what the generated code depends on) is ``(values, entries)``. ``values``: per
+    value, ``(entry, seed, grad, scalar)``: the index of the entry producing it (-1 for an
+    input of the program), the index of the direction it is seeded with (-1: none), whether
+    it needs a gradient, whether it is one element (else ``n``). ``entries``: per entry,
+    ``(kind, opcode, operand value indices, constants)``; kind ``"e"`` an elementwise op over
+    ``n`` elements, ``"r"`` a whole sum or mean of one (to one element), ``"s"`` an
+    elementwise op of one-element values (what combines the reductions); a constant is its
+    value where it is baked into the code, else None (read from ``consts``, in entry order;
+    a reduction's element count is always read)."""
+    try:
+        return _examine(tape, root, last, start, seeds, second)
+    except _Declined:
+        return None
+
+
+def _examine(tape, root, last, start, seeds, second):
     versions = tape.versions
     meta = tape.meta
-    if (not _constant_reduction(code) or in0 < 0 or freed or mo < 0 or meta[mo] != 0
-            or versions[root] != 0 or versions[in0] != ver0):  # (a whole reduction's meta)
-        return None
-    n = tape.node_fields(in0)[1]
-    if n < MIN_SIZE:
-        return None
+    node_fields = tape.node_fields
     seed_of = {node: s for s, (node, _) in enumerate(seeds) if node >= 0}
     index: dict = {}  # node -> value index
-    values, offsets, entries, consts = [], [], [], []
-    node_fields = tape.node_fields
-    for e in range(start, last):
+    values, offsets, entries, consts, reductions = [], [], [], [], []
+    n = 0
+
+    def value(node: int, version: int, scalar: bool) -> int:
+        if node < 0:
+            return -1  # an operand the recording left out: its step must not read it
+        if versions[node] != version:
+            raise _Declined
+        found = index.get(node)
+        if found is None:
+            offset, size, dtype, grad, _ = node_fields(node)
+            if dtype != _F64 or size != (1 if scalar else n) or (grad and node not in seed_of):
+                raise _Declined
+            found = index[node] = len(values)
+            values.append((-1, seed_of.get(node, -1), grad != 0, scalar))
+            offsets.append(offset)
+        elif values[found][3] != scalar:
+            raise _Declined
+        return found
+
+    for e in range(start, last + 1):
         code, out, i0, i1, i2, mo, v0, v1, v2, freed, c0, c1 = tape.entry_fields(e)
-        info = _elementwise(code, second)
-        if info is None or freed or mo > 0 or versions[out] != 0:
-            return None
-        arity, reads0, reads1 = info
-        operands = []
-        for node, version in ((i0, v0), (i1, v1), (i2, v2))[:arity]:
-            if node < 0 or versions[node] != version:
-                return None
-            found = index.get(node)
-            if found is None:
-                offset, size, dtype, grad, _ = node_fields(node)
-                if size != n or dtype != _F64 or (grad and node not in seed_of):
-                    return None
-                found = index[node] = len(values)
-                values.append((-1, seed_of.get(node, -1), grad != 0))
-                offsets.append(offset)
-            operands.append(found)
         offset, size, dtype, grad, _ = node_fields(out)
-        if size != n or dtype != _F64:
-            return None
+        if freed or versions[out] != 0 or dtype != _F64:
+            raise _Declined
+        if _constant_reduction(code):
+            if i0 < 0 or mo < 0 or meta[mo] != 0 or size != 1:  # (a whole reduction's meta)
+                raise _Declined
+            if not n:
+                n = node_fields(i0)[1]
+            kind, operands = "r", (value(i0, v0, False),)
+            reductions.append(mo)
+            consts.append(c0)  # its element count
+            constants = ()
+        else:
+            info = _elementwise(code, second)
+            if info is None or mo > 0:  # (0 and -1: operands of the output's shape)
+                raise _Declined
+            arity, reads0, reads1 = info
+            scalar = size == 1
+            if not scalar and not n:
+                n = size
+            kind = "s" if scalar else "e"
+            operands = tuple(value(node, version, scalar)
+                             for node, version in ((i0, v0), (i1, v1), (i2, v2))[:arity])
+            if not scalar and size != n:
+                raise _Declined
+            b0 = _baked(c0) if reads0 else 0.0
+            b1 = _baked(c1) if reads1 else 0.0
+            if b0 is None:
+                consts.append(c0)
+            if b1 is None:
+                consts.append(c1)
+            constants = (b0, b1)
         index[out] = len(values)
-        values.append((len(entries), -1, grad != 0))
+        values.append((len(entries), -1, grad != 0, size == 1))
         offsets.append(offset)
-        b0 = _baked(c0) if reads0 else 0.0
-        b1 = _baked(c1) if reads1 else 0.0
-        if b0 is None:
-            consts.append(c0)
-        if b1 is None:
-            consts.append(c1)
-        entries.append((code, tuple(operands), (b0, b1)))
-    reduced = index.get(in0)
-    if reduced is None:
-        return None
-    consts.append(count)  # the reduction's element count
-    shape = (tuple(values), tuple(entries), (tape.entry_fields(last)[0], reduced))
+        entries.append((kind, code, operands, constants))
+    if n < MIN_SIZE or not values[index[root]][3]:
+        raise _Declined
+    shape = (tuple(values), tuple(entries))
+    source(shape)  # raises _Declined where the code would need what it does not compute
     nodes = [*index, root]
     return (shape, np.array(offsets, np.int64), np.array(consts, np.float64), n,
-            min(nodes), max(nodes))
+            min(nodes), max(nodes), tuple(reductions))
 
 
 _ROW = E_WIDTH * 8       # bytes of an entry's row
@@ -132,20 +166,21 @@ def analyse(tape, root: int, start: int, seeds: list, second: np.ndarray):
            tuple([node for node, _ in seeds]))
     known = _MEMO.get(key)
     if known is not None:
-        found, lo, hi, node_rows, versions, mo = known
+        found, lo, hi, node_rows, versions, reductions = known
         if (tape.nodes[lo * _NODE_ROW:(hi + 1) * _NODE_ROW] == node_rows
-                and tape.versions[lo:hi + 1] == versions and tape.meta[mo] == 0):
+                and tape.versions[lo:hi + 1] == versions
+                and all(tape.meta[mo] == 0 for mo in reductions)):
             return found
     examined = _analyse(tape, root, last, start, seeds, second)
     if examined is None:
         return None
-    shape, offsets, consts, n, lo, hi = examined
+    shape, offsets, consts, n, lo, hi, reductions = examined
     found = (_plan(shape), offsets, consts, n)
     if hi - lo < 256:  # (elementwise entries read the shared meta 0: their rows say it all)
         if len(_MEMO) > 256:
             _MEMO.clear()
         _MEMO[key] = (found, lo, hi, bytes(tape.nodes[lo * _NODE_ROW:(hi + 1) * _NODE_ROW]),
-                      tape.versions[lo:hi + 1], tape.entry_fields(last)[5])
+                      tape.versions[lo:hi + 1], reductions)
     return found
 
 
@@ -158,7 +193,7 @@ def _elementwise(code: int, second: np.ndarray):
     if found is False:
         op = OPS[code]
         found = None
-        if op.kind == ELEMENTWISE and second[code] & HAS_SECOND_ORDER:
+        if op.kind == ELEMENTWISE and second[code] & HAS_SECOND_ORDER and not _reads(op, "n"):
             found = (op.arity, _reads(op, "c0"), _reads(op, "c1"))
         _ELEMENTWISE[code] = found
     return found
@@ -224,121 +259,143 @@ from jitgrad.kernels.jit import kernel
 '''
 
 
+_UNKNOWN = "UNKNOWN"  # a tangent the generated code does not compute (see source)
+
+
 @lru_cache(maxsize=256)
 def source(shape: tuple) -> tuple[str, tuple, tuple]:
     """The module's text, the directions its function reads (by seed index, in order) and
-    the inputs it writes ``H v`` for (the others are not reached from the root)."""
+    the inputs it writes ``H v`` for (the others are not reached from the root).
+
+    One pass over the elements: the one-element values (what the reductions are combined
+    by) and their adjoints are worked out first, before the loop; that needs no tangent of
+    a reduction (the elements' tangents are known only inside the loop), so a program whose
+    combining steps read one (``a.sum() * b.sum()``, not ``a.sum() + 2 * b.sum()``) raises
+    ``_Declined``."""
     from .generate_hvp import keeps_partial, output_tangent, partial_tangents
 
-    values, entries, (reduce_code, reduced) = shape
-    seeds = sorted({seed for _, seed, _ in values if seed >= 0})
-    body: list = []
-    emit = body.append
-    tangent = {}  # value index -> its tangent's name, or "0.0" (no direction reaches it)
-    for v, (entry, seed, _) in enumerate(values):
-        emit(f"v{v} = a{v}[i]")
+    values, entries = shape
+    seeds = sorted({seed for _, seed, _, _ in values if seed >= 0})
+    out_of = {entry: v for v, (entry, _, _, _) in enumerate(values) if entry >= 0}
+    before: list = []  # one-element code, before the loop
+    body: list = []    # the loop's
+    tangent = {}  # value -> its tangent's name, "0.0" (no direction reaches it), or _UNKNOWN
+    for v, (entry, seed, _, scalar) in enumerate(values):
+        lines, at = (before, "0") if scalar else (body, "i")
+        lines.append(f"v{v} = vals[offsets[{v}]]" if scalar else f"v{v} = a{v}[i]")
         if entry < 0:
             if seed >= 0:
-                emit(f"t{v} = d{seed}[i]")
+                lines.append(f"t{v} = d{seed}[{at}]")
                 tangent[v] = f"t{v}"
             else:
                 tangent[v] = "0.0"
     kept = {}
+    scope = {}
     runtime = 0  # next runtime constant
 
-    def constant_names(constants) -> dict:
+    def constant(value):
         nonlocal runtime
-        names = {}
-        for name, baked in zip(("c0", "c1"), constants):
-            if baked is None:
-                names[name] = f"k{runtime}"
-                runtime += 1
-            else:
-                names[name] = baked
-        return names
+        if value is not None:
+            return value
+        runtime += 1
+        return f"k{runtime - 1}"
 
     # forward: each value's tangent, as the tangent sweep computes it
-    scope = {}
-    for j, (code, operands, constants) in enumerate(entries):
+    for j, (kind, code, operands, constants) in enumerate(entries):
         op = OPS[code]
-        out = next(v for v, (entry, _, _) in enumerate(values) if entry == j)
-        names = {name: f"v{operands[k]}" for k, name in enumerate(op.inputs)}
-        names.update(constant_names(constants), y=f"v{out}")
+        out = out_of[j]
+        if kind == "r":
+            # a reduction's tangent is a sum over the elements: not known before the loop
+            scope[j] = (out, {"n": constant(None)})
+            tangent[out] = "0.0" if tangent[operands[0]] == "0.0" else _UNKNOWN
+            continue
+        lines = before if kind == "s" else body
+        names = {name: f"v{v}" if v >= 0 else _UNKNOWN
+                 for name, v in zip(op.inputs, operands)}
+        names.update(c0=constant(constants[0]), c1=constant(constants[1]), y=f"v{out}")
         scope[j] = (out, names)
-        active = [tangent[v] != "0.0" for v in operands]
+        active = [v >= 0 and tangent[v] != "0.0" for v in operands]
+        unknown = any(v >= 0 and tangent[v] == _UNKNOWN for v in operands)
         if keeps_partial(op):
             kept[j] = f"p{j}"
-            emit(f"p{j} = {_rename(op.partials[0], names)}")
-            if active[0]:
-                emit(f"t{out} = p{j} * {tangent[operands[0]]}")
-        elif any(active):
-            emit(f"t{out} = 0.0")
+            lines.append(f"p{j} = {_rename(op.partials[0], names)}")
+            if active[0] and not unknown:
+                lines.append(f"t{out} = p{j} * {tangent[operands[0]]}")
+        elif any(active) and not unknown:
+            lines.append(f"t{out} = 0.0")
             for k, partial in enumerate(op.partials):
                 if partial is not None and active[k]:
-                    emit(f"t{out} += ({_rename(partial, names)}) * {tangent[operands[k]]}")
-        tangent[out] = f"t{out}" if any(active) else "0.0"
-    # the root's reduction: adjoint 1, adjoint tangent 0, spread by its constant partial
-    adjoint = {}  # value index -> (adjoint name, its tangent's name)
-    if values[reduced][2]:
-        partial = _rename(OPS[reduce_code].partials[0], {"n": f"k{runtime}"})
-        emit(f"p = {partial}")
-        emit(f"g{reduced} = 1.0 * p")
-        emit(f"h{reduced} = 0.0 * p")
-        adjoint[reduced] = (f"g{reduced}", f"h{reduced}")
-    # reverse: entries last to first, each as its second-order step does it
+                    lines.append(f"t{out} += ({_rename(partial, names)}) * "
+                                 f"{tangent[operands[k]]}")
+        tangent[out] = ("0.0" if not any(active) else _UNKNOWN if unknown else f"t{out}")
+    # reverse: entries last to first, each as its second-order step does it; the root's
+    # adjoint is 1, its tangent 0
+    root = out_of[len(entries) - 1]
+    before += [f"g{root} = 1.0", f"h{root} = 0.0"]
+    adjoint = {root: (f"g{root}", f"h{root}")}  # value -> (adjoint, its tangent)
     for j in range(len(entries) - 1, -1, -1):
-        code, operands, _ = entries[j]
+        kind, code, operands, _ = entries[j]
         out, names = scope[j]
         if out not in adjoint:
             continue  # the root does not reach it
+        lines = before if kind == "s" else body
         op = OPS[code]
         g, h = adjoint[out]
         fresh = set()
         for k, v in enumerate(operands):
-            if values[v][2] and v not in adjoint:
+            if v >= 0 and values[v][2] and v not in adjoint:
                 adjoint[v] = (f"g{v}", f"h{v}")
                 if op.partials[k] is not None:
                     fresh.add(k)  # its first write assigns
                 else:
-                    emit(f"g{v} = 0.0")
-                    emit(f"h{v} = 0.0")
+                    lines += [f"g{v} = 0.0", f"h{v} = 0.0"]
         derived = partial_tangents(op)
-        moving = dict(names, **{f"d{name}": tangent[operands[k]]
-                                for k, name in enumerate(op.inputs)})
+        moving = dict(names, **{f"d{name}": tangent[v] if v >= 0 else _UNKNOWN
+                                for name, v in zip(op.inputs, operands)})
         for k, partial in enumerate(op.partials):
             v = operands[k]
-            if partial is None or not values[v][2]:
+            if partial is None or v < 0 or not values[v][2]:
                 continue
-            emit(f"p = {kept[j] if j in kept else _rename(partial, names)}")
+            step = [f"p = {kept[j] if j in kept else _rename(partial, names)}"]
             term = derived[k]
-            if "dy" in {n.id for n in ast.walk(ast.parse(term, mode='eval'))
-                        if isinstance(n, ast.Name)}:
+            if "dy" in _names(term):
                 dy = f"p * d{op.inputs[0]}" if j in kept else output_tangent(op)
-                emit(f"dy = {_rename(dy, moving)}")
+                step.append(f"dy = {_rename(dy, moving)}")
             store = "=" if k in fresh else "+="
             fresh.discard(k)
             gv, hv = adjoint[v]
-            emit(f"{gv} {store} {g} * p")
+            step.append(f"{gv} {store} {g} * p")
             if term == "0.0":
-                emit(f"{hv} {store} {h} * p")
+                step.append(f"{hv} {store} {h} * p")
             else:
-                emit(f"{hv} {store} {h} * p + {g} * ({_rename(term, dict(moving, dy='dy'))})")
+                step.append(f"{hv} {store} {h} * p + {g} * "
+                            f"({_rename(term, dict(moving, dy='dy'))})")
+            lines += step
+    if any(_UNKNOWN in line for line in (*before, *body)):
+        raise _Declined  # a step reads what is not computed (or not recorded)
     reached = []
     for s in seeds:
-        v = next(v for v, (entry, seed, _) in enumerate(values) if seed == s)
+        v = next(v for v, (entry, seed, _, _) in enumerate(values) if seed == s)
         if v in adjoint:
-            emit(f"r{s}[i] = {adjoint[v][1]}")
+            lines, at = (before, "0") if values[v][3] else (body, "i")
+            lines.append(f"r{s}[{at}] = {adjoint[v][1]}")
             reached.append(s)
     arguments = ", ".join(["vals", "offsets", "consts", "n", *[f"d{s}" for s in seeds],
                            *[f"r{s}" for s in reached]])
     lines = ["", "@kernel", f"def hvp({arguments}):"]
-    for v in range(len(values)):
-        lines.append(f"    a{v} = vals[offsets[{v}]:offsets[{v}] + n]")
-    for c in range(runtime + 1):
-        lines.append(f"    k{c} = consts[{c}]")
+    for v, (_, _, _, scalar) in enumerate(values):
+        if not scalar:
+            lines.append(f"    a{v} = vals[offsets[{v}]:offsets[{v}] + n]")
+    lines += [f"    k{c} = consts[{c}]" for c in range(runtime)]
+    lines += [f"    {line}" for line in before]
     lines.append("    for i in range(n):")
     lines += [f"        {line}" for line in body]
     return _HEADER + "\n".join(lines) + "\n", tuple(seeds), tuple(reached)
+
+
+def _names(expression: str) -> set:
+    return {n.id for n in ast.walk(ast.parse(expression, mode="eval"))
+            if isinstance(n, ast.Name)}
 
 
 # -- running it ----------------------------------------------------------------------------------
@@ -349,6 +406,8 @@ class _Plan:
     def __init__(self, shape: tuple) -> None:
         self.shape = shape
         self.text, self.present, self.reached = source(shape)
+        scalar = {seed: one for _, seed, _, one in shape[0] if seed >= 0}
+        self.one_element = tuple(scalar[s] for s in self.reached)  # else n elements
         self.seen = 0
         self.function = False  # not loaded yet
 
@@ -381,7 +440,7 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list,
         return None
     arrays = [np.ascontiguousarray(seeds[s][1]._value(), np.float64).reshape(-1)
               for s in plan.present]
-    results = [np.empty(n) for _ in plan.reached]
+    results = [np.empty(1 if one else n) for one in plan.one_element]
     arrays += results
     try:
         function(tape.arenas[1], offsets, consts, n, *arrays)
