@@ -333,3 +333,26 @@ def test_a_generated_function_that_fails_to_compile_warns_and_leaves_the_sweep(m
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_same(_declines(monkeypatch, f, (x,), (v,)), expected)
+
+
+def test_a_generated_module_that_does_not_import_warns_and_leaves_the_sweep(monkeypatch):
+    x, v = _arrays(2, -3.0, 3.0, seed=19)
+
+    def f(a):
+        return (torch.tanh(a) * a * a * a * a).sum()
+
+    expected = sweep_hvp(monkeypatch, f, (x,), (v,))
+
+    def broken(name, text, compile_now=True):
+        raise SyntaxError("a bug of the generator")
+
+    from jitgrad.kernels import loops
+
+    monkeypatch.setattr(loops, "load_generated", broken)
+    monkeypatch.setattr(elementwise_hvp, "_PLANS", {})  # (none loaded before)
+    monkeypatch.setattr(elementwise_hvp, "_MEMO", {})
+    with pytest.warns(RuntimeWarning, match="failed to compile"):
+        assert_same(_as_list(func.hvp(f, (x,), (v,))), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(_declines(monkeypatch, f, (x,), (v,)), expected)

@@ -461,8 +461,12 @@ def _load(plan: _Plan):
     from .loops import generated_name, load_generated
 
     plan.seen += 1
-    module = load_generated(generated_name("hvp", plan.text), plan.text,
-                            compile_now=plan.seen >= 2)
+    try:
+        module = load_generated(generated_name("hvp", plan.text), plan.text,
+                                compile_now=plan.seen >= 2)
+    except Exception as error:  # a module that does not import: a bug of the generator
+        _fail(plan, error)
+        return None
     if module is None:
         return False
     plan.function = module.hvp
