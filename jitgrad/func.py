@@ -770,7 +770,9 @@ def hvp(func: Callable, primals, tangents):
     """The Hessian-vector product of a scalar function: forward-over-reverse, as
     ``jvp(grad(func), primals, tangents)[1]`` but over one recording of ``func`` (the
     Hessian is never formed). A tangent sweep and a reverse sweep that carries each adjoint's
-    tangent run in one Numba call; a recording that sweep does not take (custom Functions,
+    tangent run in one Numba call (for an elementwise program reduced by sums or means, one
+    loop generated for its shape, ``jitgrad/kernels/elementwise_hvp.py``); a recording that
+    sweep does not take (custom Functions,
     hooks, values modified in place) has its gradient recorded instead and one tangent sweep
     run over that. Returns one Tensor per primal (a tuple when there are several).
 
