@@ -2,10 +2,10 @@
 
 ``func.hvp`` records the function once and asks :func:`hessian_vector_product` for ``H v``
 over that recording: a tangent sweep and a reverse sweep carrying adjoints and their
-tangents, in one Numba call. An elementwise program reduced to one value by a sum or mean
-runs generated code instead (``jitgrad/kernels/elementwise_hvp.py``: one loop, registers
-for every intermediate, the same results to the last bit) once its shape has been seen
-twice. Where the recording holds something that sweep does not take (a
+tangents, in one Numba call. An elementwise program reduced by sums or means (combined by
+one-element ops) runs generated code instead (``jitgrad/kernels/elementwise_hvp.py``: one
+loop, registers for every intermediate, the same results to the last bit) once its shape
+has been seen twice. Where the recording holds something that sweep does not take (a
 custom Function, a hook, an op without a second-order step, a value modified in place) the
 answer is None and the caller records the gradient with ``create_graph=True`` instead.
 """
