@@ -346,9 +346,9 @@ def test_a_generated_module_that_does_not_import_warns_and_leaves_the_sweep(monk
     def broken(name, text, compile_now=True):
         raise SyntaxError("a bug of the generator")
 
-    from jitgrad.kernels import loops
+    from jitgrad.kernels import generated
 
-    monkeypatch.setattr(loops, "load_generated", broken)
+    monkeypatch.setattr(generated, "load_generated", broken)
     monkeypatch.setattr(elementwise_hvp, "_PLANS", {})  # (none loaded before)
     monkeypatch.setattr(elementwise_hvp, "_MEMO", {})
     with pytest.warns(RuntimeWarning, match="failed to compile"):

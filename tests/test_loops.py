@@ -12,7 +12,7 @@ import pytest
 
 import jitgrad as torch
 from jitgrad.bench import w7_rosenbrock_loop
-from jitgrad.kernels import loops
+from jitgrad.kernels import generated, loops
 from jitgrad.kernels.layout import H_CODE_SHIFT, TAG_GENERAL
 
 
@@ -430,7 +430,7 @@ def test_find_runs_ignores_short_loops_and_general_entries():
 # -- the generated modules ------------------------------------------------------------------------
 def test_generated_modules_go_to_the_configured_cache_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("JITGRAD_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(loops, "_LOADED", {})
+    monkeypatch.setattr(generated, "_LOADED", {})
     x = inputs(60)[0]
     warmed(rosenbrock, x)
     written = list((tmp_path / "cache").glob("loop_*.py"))
@@ -442,7 +442,7 @@ def test_an_unwritable_cache_directory_falls_back_to_a_temporary_one(tmp_path, m
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setenv("JITGRAD_CACHE_DIR", str(blocker / "cache"))
-    monkeypatch.setattr(loops, "_LOADED", {})
+    monkeypatch.setattr(generated, "_LOADED", {})
     x = inputs(60)[1]
     tape = warmed(rosenbrock, x)
     assert plan_of(tape).runs[0].kernels is not None
@@ -454,7 +454,7 @@ def test_generated_code_that_fails_to_compile_leaves_the_interpreter(broken, tmp
                                                                      monkeypatch):
     """A generator bug shows as a warning, never as a Numba traceback or a wrong number."""
     monkeypatch.setenv("JITGRAD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(loops, "_LOADED", {})
+    monkeypatch.setattr(generated, "_LOADED", {})
     original = loops.source
 
     def broken_source(body):

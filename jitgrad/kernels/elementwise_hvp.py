@@ -19,7 +19,7 @@ from the same declarations and derived expressions as the interpreter's steps
 second-order sweep's to the last bit (tests compare them with ``assert_array_equal``).
 Offsets and other constants are arguments: one generated function serves every recording
 of its shape. It is written and compiled on the second call of a shape (the interpreter
-takes the first), into the cache directory of the generated loops (``loops.cache_dir``).
+takes the first), into the cache directory of generated code (``generated.cache_dir``).
 
 What takes the interpreter instead: float32, broadcasting, operands of another size, an
 op without a second-order step, values modified in place since they were read, reductions
@@ -458,7 +458,7 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list,
 
 def _load(plan: _Plan):
     """The plan's compiled function; False while its shape was seen once (not written yet)."""
-    from .loops import generated_name, load_generated
+    from .generated import generated_name, load_generated
 
     plan.seen += 1
     try:

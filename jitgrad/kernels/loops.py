@@ -33,17 +33,12 @@ serves every recording of that shape. Generated modules are written to a cache d
 from __future__ import annotations
 
 import ast
-import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..ops.registry import OPS
+from .generated import generated_name, load_generated
 from .layout import (
     E_IN0,
     E_OUT,
@@ -720,42 +715,9 @@ def source(body: Body) -> str:
 
 
 # -- loading the generated kernels -----------------------------------------------------------
-def cache_dir() -> Path:
-    """Where generated modules live: ``JITGRAD_CACHE_DIR``, else ``~/.cache/jitgrad`` (a
-    temporary directory where that cannot be written)."""
-    configured = os.environ.get("JITGRAD_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "jitgrad"
-
-
-_SALT: list = []
-
-
-def _salt() -> str:
-    """The sources the generated code depends on (the kernels and the op registry): a change
-    there is a new module (Numba's cache would not notice a change in an imported kernel)."""
-    if not _SALT:
-        here = Path(__file__).parent
-        digest = hashlib.sha256()
-        for path in sorted([*here.glob("*.py"), *(here.parent / "ops").glob("*.py")]):
-            digest.update(path.read_bytes())
-        _SALT.append(digest.hexdigest())
-    return _SALT[0]
-
-
-_LOADED: dict = {}
-
-
 def module_path(body: Body) -> tuple:
     text = source(body)
     return generated_name("loop", text), text
-
-
-def generated_name(prefix: str, text: str) -> str:
-    """A generated module's name: its source salted with the sources it depends on."""
-    return prefix + "_" + hashlib.sha256((_salt() + text).encode()).hexdigest()[:20]
 
 
 def kernels(body: Body, compile_now: bool = True):
@@ -763,32 +725,3 @@ def kernels(body: Body, compile_now: bool = True):
     never written and ``compile_now`` is False."""
     name, text = module_path(body)
     return load_generated(name, text, compile_now)
-
-
-def load_generated(name: str, text: str, compile_now: bool = True):
-    """The module ``name`` with source ``text`` from the cache directory, written there first
-    if needed (None when it was never written and ``compile_now`` is False, or when no
-    directory can be written)."""
-    if name in _LOADED:
-        return _LOADED[name]
-    for directory in (cache_dir(), Path(tempfile.gettempdir()) / f"jitgrad-{os.getuid()}"):
-        path = directory / f"{name}.py"
-        try:
-            if not path.exists():
-                if not compile_now:
-                    return None
-                directory.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                partial.write_text(text)
-                os.replace(partial, path)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    spec = importlib.util.spec_from_file_location(f"_jitgrad_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    _LOADED[name] = module
-    return module
