@@ -121,6 +121,46 @@ def test_every_elementwise_op_equals_the_sweep_bit_for_bit(f, arity, monkeypatch
         np.testing.assert_allclose(e, (a - b) / (2 * step), rtol=1e-5, atol=1e-7)
 
 
+def _random_program(seed: int):
+    """A program of random elementwise ops of the registry over two inputs, two reductions
+    of random intermediates and a linear combination of them."""
+    rng = np.random.default_rng(seed)
+    unary, binary = _elementwise_specs(1), _elementwise_specs(2)
+    plan = []
+    for _ in range(8):
+        if rng.random() < 0.5:
+            plan.append(("u", unary[rng.integers(len(unary))], int(rng.integers(100))))
+        else:
+            plan.append(("b", binary[rng.integers(len(binary))], int(rng.integers(100)),
+                         int(rng.integers(100))))
+    picks = rng.integers(100, size=2)
+    weight = float(rng.choice([0.5, 2.0, 1.7, -3.1]))
+
+    def f(x, y):
+        values = [x, y]
+        for step in plan:
+            if step[0] == "u":
+                values.append(step[1].fn(torch, values[step[2] % len(values)]))
+            else:
+                values.append(step[1].fn(torch, values[step[2] % len(values)],
+                                         values[step[3] % len(values)]))
+        first = values[picks[0] % len(values)].sum()
+        second = (values[-1] * values[picks[1] % len(values)]).mean()
+        return first * weight + second - 1.0
+
+    return f
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_programs_equal_the_sweep_bit_for_bit(seed, monkeypatch):
+    f = _random_program(seed)
+    primals = (_arrays(1, 0.5, 0.85, seed=20 + seed)[0], _arrays(1, 0.9, 1.25, seed=30)[0])
+    tangents = tuple(_arrays(2, -1.0, 1.0, seed=40 + seed))
+    with np.errstate(all="ignore"):
+        expected = sweep_hvp(monkeypatch, f, primals, tangents)
+        assert_same(generated_hvp(monkeypatch, f, primals, tangents), expected)
+
+
 def test_against_torch(monkeypatch):
     real = pytest.importorskip("torch")
 
