@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import elementwise_hvp
 from . import forward_ad as fwd
 from .anomaly_mode import is_anomaly_enabled
 from .engine import _op_tables as engine_tables
@@ -49,6 +48,18 @@ def _scratch(tape) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 _sweep = None
+_fused = None
+
+
+def _elementwise():
+    """``kernels.elementwise_hvp``, imported on first use (not with jitgrad)."""
+    global _fused
+    if _fused is None:
+        from ..kernels import elementwise_hvp
+
+        _fused = elementwise_hvp
+    return _fused
+
 
 
 def _kernel():
@@ -70,7 +81,7 @@ def hessian_vector_product(tape, root: int, start: int, seeds: list) -> list | N
         return None
     kinds, sweep_masks, second = _op_tables()
     if not needs_python(tape):  # an elementwise program: its generated loop, if compiled
-        fused = elementwise_hvp.hessian_vector_product(tape, root, start, seeds, second)
+        fused = _elementwise().hessian_vector_product(tape, root, start, seeds, second)
         if fused is not None:
             return fused
     n_nodes = tape.n_nodes

@@ -426,13 +426,22 @@ def plan(roots: tuple, inst: np.ndarray, cst: np.ndarray, aux_positions: np.ndar
 
 # -- generating the body's code ---------------------------------------------------------------
 class _Rename(ast.NodeTransformer):
+    """Names to the generated code's: a string is a variable, a float a constant."""
+
     def __init__(self, names: dict) -> None:
         self.names = names
 
     def visit_Name(self, node: ast.Name) -> ast.AST:  # noqa: N802 - ast's visitor name
-        if node.id in self.names:
-            return ast.copy_location(ast.Name(self.names[node.id], ast.Load()), node)
-        return node
+        if node.id not in self.names:
+            return node
+        target = self.names[node.id]
+        if isinstance(target, str):
+            new = ast.Name(target, ast.Load())
+        elif target < 0 or (target == 0.0 and np.signbit(target)):
+            new = ast.UnaryOp(ast.USub(), ast.Constant(-target))
+        else:
+            new = ast.Constant(target)
+        return ast.copy_location(new, node)
 
 
 def _rename(expression: str, names: dict) -> str:
