@@ -29,6 +29,7 @@ from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
 _F32 = dt.float32
 _F64 = dt.float64
 _SCALAR_SHAPE = Size(())
+_new = object.__new__
 _SLICE_CODE = BY_NAME["slice"].code
 _SELECT_CODE = BY_NAME["select"].code
 
@@ -471,9 +472,21 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
         value = _round32_buffer[0]
     elif type(value) is not float:
         value = float(value)
-    t = object.__new__(Tensor)
-    _init(t, None, value, d, _SCALAR_SHAPE)
+    t = _new(Tensor)  # _init's stores inline
+    t._data = None
+    t._item = value
+    t.dtype = d
+    t._shape = _SCALAR_SHAPE
+    t._grad = None
+    t._node_version = 0
+    t._storage = None
+    t._retains_grad = False
     if not _state.grad_enabled or not (a._requires_grad or (b is not None and b._requires_grad)):
+        t._requires_grad = False
+        t._tape = None
+        t._gen = -1
+        t._node = -1
+        t._op = -1
         return t
     tape = _state.tape
     if tape.restart_ready or tape.maybe_restart or tape.n_entries >= tape.next_check:

@@ -205,25 +205,30 @@ class Tape:
     def _append_rows(self, node: int, node_row: bytes, entry_row: bytes) -> None:
         try:
             self.entries += entry_row
-        except BufferError:
-            self._unpin()
-            self.entries += entry_row
-        try:
             self.nodes += node_row
-            self.versions.append(0)
-            self.refs.append(1)
         except BufferError:
-            self._unpin()  # copies, which may hold part of this row: cut it off
-            del self.nodes[node * _NODE_BYTES:]
-            del self.versions[node:]
-            del self.refs[node:]
-            self.nodes += node_row
+            self._append_rows_unpinned(node, node_row, entry_row)
+        else:
             self.versions.append(0)
             self.refs.append(1)
 
+    def _append_rows_unpinned(self, node: int, node_row: bytes, entry_row: bytes) -> None:
+        """``_append_rows`` when a buffer could not grow: on fresh copies, cut back to the
+        rows before this one (the copies may hold part of it)."""
+        self._unpin()
+        del self.entries[(self.n_entries) * _ENTRY_BYTES:]
+        del self.nodes[node * _NODE_BYTES:]
+        del self.versions[node:]
+        del self.refs[node:]
+        self.entries += entry_row
+        self.nodes += node_row
+        self.versions.append(0)
+        self.refs.append(1)
+
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
-        """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs."""
+        """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs
+        (``_append_rows`` inline)."""
         offset = self.used[dtype_code]
         arena = self.arenas[dtype_code]
         if offset >= arena.shape[0]:
@@ -242,7 +247,14 @@ class Tape:
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        self._append_rows(node, node_row, entry_row)
+        try:
+            self.entries += entry_row
+            self.nodes += node_row
+        except BufferError:
+            self._append_rows_unpinned(node, node_row, entry_row)
+        else:
+            versions.append(0)
+            self.refs.append(1)
         self.shapes.append(())
         self.n_nodes = node + 1
         self.n_entries = entry + 1

@@ -250,6 +250,28 @@ def test_a_stale_view_of_the_tables_does_not_break_recording():
     del stale
 
 
+@pytest.mark.parametrize("pinned", ["both", "entries", "nodes"])
+def test_a_stale_view_before_a_scalar_op_keeps_every_row(pinned):
+    # the 0-d path appends its rows inline: a buffer that cannot grow sends it to fresh
+    # copies cut back to the rows before this op, whichever buffer was pinned
+    x = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    y = torch.sin(x) * a
+    tape = current_tape()
+    entries, nodes = np.frombuffer(tape.entries, np.int64), np.frombuffer(tape.nodes, np.int64)
+    stale = {"both": (entries, nodes), "entries": (entries,), "nodes": (nodes,)}[pinned]
+    del entries, nodes
+    before = tape.n_entries
+    z = y * 2.0 + x
+    assert tape.n_entries == before + 2
+    w = torch.exp(z) + torch.ones(3, dtype=torch.float64)  # an array op after
+    w.sum().backward()
+    expected = 3 * np.exp(np.sin(0.5) * 0.9 * 2 + 0.5)
+    assert x.grad.item() == pytest.approx(expected * (np.cos(0.5) * 0.9 * 2 + 1), rel=1e-14)
+    assert a.grad.item() == pytest.approx(expected * np.sin(0.5) * 2, rel=1e-14)
+    del stale
+
+
 def test_large_gradients_reuse_dropped_memory_and_never_kept_memory():
     x = torch.tensor(np.linspace(-1.0, 1.0, 1 << 17), requires_grad=True)
     (x * x).sum().backward()
