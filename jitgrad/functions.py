@@ -285,11 +285,23 @@ def _recording(*tensors) -> bool:
 
 
 def _output(tape, value, item, d: dt.dtype, shape, node: int, op_code: int) -> Tensor:
-    t = object.__new__(Tensor)
+    t = _new(Tensor)
     if node < 0:
         _init(t, value, item, d, shape)
-    else:
-        _init(t, value, item, d, shape, tape, tape.generation, node, op_code)
+        return t
+    t._data = value  # _init's stores inline: the per-op cost of array programs
+    t._item = item
+    t.dtype = d
+    t._shape = shape if type(shape) is Size else Size(shape)
+    t._requires_grad = True
+    t._grad = None
+    t._tape = tape
+    t._gen = tape.generation
+    t._node = node
+    t._node_version = 0
+    t._op = op_code
+    t._storage = None
+    t._retains_grad = False
     return t
 
 

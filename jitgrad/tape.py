@@ -82,6 +82,11 @@ class Tape:
         self.next_check_values = _CHECK_VALUES
         self.recheck_at = 0  # after_backward asks for a liveness check from this size on
         self.holds = 0  # > 0 while something (a dual level) keeps node ids of this tape
+        # kept here by other modules (autograd.function, autograd.second_order); attributes
+        # set in __init__ keep the instance's attribute loads specialized (a dict lookup on
+        # the instance would turn every later attribute load on the tape into a slow one)
+        self.python_callbacks = None
+        self.second_order_scratch = None
 
     # -- values -------------------------------------------------------------------------
     def alloc(self, dtype_code: int, size: int) -> int:
@@ -196,7 +201,15 @@ class Tape:
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        self._append_rows(node, _NODE.pack(offset, size, dtype_code, 1, entry), entry_row)
+        node_row = _NODE.pack(offset, size, dtype_code, 1, entry)
+        try:  # _append_rows inline
+            self.entries += entry_row
+            self.nodes += node_row
+        except BufferError:
+            self._append_rows_unpinned(node, node_row, entry_row)
+        else:
+            versions.append(0)
+            self.refs.append(1)
         self.shapes.append(shape)
         self.n_nodes = node + 1
         self.n_entries = entry + 1

@@ -288,3 +288,65 @@ def test_large_gradients_reuse_dropped_memory_and_never_kept_memory():
     (x * 5.0).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), 5.0)
     assert x.grad.numpy().__array_interface__["data"][0] == pointer
+
+
+_ATTRIBUTE_LOADS = """
+import dis, io, sys
+import jitgrad as torch
+from jitgrad.tape import Tape, current_tape
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+x = torch.linspace(-1.0, 1.0, 2048, dtype=torch.float64, requires_grad=True)
+(torch.sin(x) * x).sum().backward()                      # the one-kernel backward
+(g,) = torch.autograd.grad((x ** 3).sum(), x, create_graph=True)
+g.sum().backward()                                      # create_graph, double backward
+torch.func.hvp(lambda v: (torch.sin(v) * v ** 2).sum(), (x.detach(),), (x.detach(),))
+Square.apply(x).sum().backward()                        # a Function
+h = x.register_hook(lambda grad: grad * 2)
+(x * 3.0).sum().backward()                              # a hook
+h.remove()
+y = torch.tensor(0.5, requires_grad=True)
+(torch.sin(y) * y).backward()                           # 0-d
+
+
+def probe(tape):
+    return tape.n_entries
+
+
+tape = current_tape()
+for _ in range(100):
+    probe(tape)
+text = io.StringIO()
+dis.dis(probe, adaptive=True, file=text)
+loads = [line.split()[1] for line in text.getvalue().splitlines() if "n_entries" in line]
+print(loads[0])
+print(sorted(set(vars(tape)) ^ set(vars(Tape()))))
+"""
+
+
+def test_the_tape_keeps_fast_attribute_loads():
+    # every op reads and writes a dozen attributes of the tape: they must stay the
+    # interpreter's specialized loads (attributes set outside Tape.__init__, or a lookup
+    # in the instance's __dict__, turn each into a dictionary lookup: 10% of W3's time)
+    import dis
+
+    if not hasattr(dis, "_specialized_instructions") or sys.implementation.name != "cpython":
+        pytest.skip("an interpreter without specialized attribute loads")
+    run = subprocess.run([sys.executable, "-c", _ATTRIBUTE_LOADS], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    load, extra = run.stdout.split("\n")[:2]
+    assert load == "LOAD_ATTR_INSTANCE_VALUE"
+    assert extra == "[]"  # no attribute set on the tape from outside

@@ -262,10 +262,15 @@ def _backward_scalar(output: Tensor) -> bool:
         owner = sinks.get(leaf)
         if owner is None:
             continue
-        if owner._grad is None and not tape.shapes[leaf]:  # the usual 0-d case, inline
+        if owner._grad is None:  # the usual case, inline: a new gradient
             grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
-            offset, _, code = tape.node_location(leaf)
-            _init(grad, None, adj[code][offset].item(), owner.dtype, _SCALAR)
+            offset, size, code = tape.node_location(leaf)
+            shape = tape.shapes[leaf]
+            if shape:
+                _init(grad, tape.copy_out(adj[code][offset:offset + size], shape), None,
+                      owner.dtype, shape)
+            else:
+                _init(grad, None, adj[code][offset].item(), owner.dtype, _SCALAR)
             owner._grad = grad
         else:
             _accumulate_grad(owner, _adjoint(tape, adj, leaf), False)

@@ -63,7 +63,7 @@ class _Callbacks:
 
 
 def _callbacks(tape, create: bool = False) -> _Callbacks | None:
-    state = tape.__dict__.get("python_callbacks")
+    state = tape.python_callbacks
     if state is None or state.generation != tape.generation:
         if not create:
             return None
@@ -124,7 +124,7 @@ def needs_python(tape) -> bool:
     detection): the engine's test before its one-kernel fast path."""
     if _anomaly.enabled or (_leaf_hooks and hooked_leaf_on(tape)):
         return True
-    state = tape.__dict__.get("python_callbacks")
+    state = tape.python_callbacks
     return (state is not None and state.generation == tape.generation
             and bool(state.functions or state.hooks))
 

@@ -40,10 +40,10 @@ def _scratch(tape) -> tuple[list[np.ndarray], list[np.ndarray]]:
     buffers and kept with the tape like them (fresh memory on every call would cost page
     faults)."""
     adj = tape.adjoint_buffers()
-    kept = tape.__dict__.get("second_order_scratch")
+    kept = tape.second_order_scratch
     if kept is None or any(k.shape[0] < a.shape[0] for k, a in zip(kept[0], adj)):
         kept = tuple([np.empty(a.shape[0], a.dtype) for a in adj] for _ in range(2))
-        tape.__dict__["second_order_scratch"] = kept
+        tape.second_order_scratch = kept
     return kept
 
 
