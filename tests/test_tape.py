@@ -350,3 +350,30 @@ def test_the_tape_keeps_fast_attribute_loads():
     load, extra = run.stdout.split("\n")[:2]
     assert load == "LOAD_ATTR_INSTANCE_VALUE"
     assert extra == "[]"  # no attribute set on the tape from outside
+
+
+def test_kernel_caches_are_dropped_when_the_sources_change(tmp_path):
+    # Numba's cache of a sweep does not notice a change in the generated steps it inlines
+    # from another module: the package's cache files go when the sources' digest changes
+    from jitgrad.kernels import generated, jit
+
+    cache = tmp_path / "kernels" / "__pycache__"
+    other = tmp_path / "optim" / "__pycache__"
+    cache.mkdir(parents=True)
+    other.mkdir(parents=True)
+    files = [cache / "sweep.sweep_tape-1.py311.nbi", cache / "sweep.sweep_tape-1.py311.1.nbc",
+             other / "_kernels.step-3.py311.nbi"]
+    for path in files:
+        path.write_bytes(b"old")
+    (cache / "sweep.cpython-311.pyc").write_bytes(b"bytecode")
+    (cache / jit._STAMP).write_text("digest of other sources")
+    assert jit.drop_stale_caches(tmp_path)
+    assert not any(path.exists() for path in files)
+    assert (cache / "sweep.cpython-311.pyc").exists()  # Python's own cache stays
+    assert (cache / jit._STAMP).read_text() == generated._salt()
+    files[0].write_bytes(b"new")
+    assert not jit.drop_stale_caches(tmp_path)  # the same sources: kept
+    assert files[0].exists()
+    # the package's own stamp was written when numba was loaded
+    stamp = Path(jit.__file__).parent / "__pycache__" / jit._STAMP
+    assert stamp.read_text() == generated._salt()
