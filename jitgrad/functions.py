@@ -1015,8 +1015,13 @@ def logical_not(a: Tensor) -> Tensor:
 
 
 def sign(input: Tensor) -> Tensor:
-    """The sign (-1, 0, 1); its derivative is zero, so it is not recorded."""
-    return Tensor._wrap(np.sign(input._value()), input.dtype)
+    """The sign (-1, 0, 1; 0 for nan, as torch); its derivative is zero, so it is not
+    recorded."""
+    x = input._value()
+    result = np.sign(x)
+    if input.dtype.is_floating_point:
+        result = np.where(np.isnan(x), 0.0, result).astype(x.dtype, copy=False)
+    return Tensor._wrap(result, input.dtype)
 
 
 def isnan(input: Tensor) -> Tensor:

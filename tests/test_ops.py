@@ -175,3 +175,46 @@ def test_broadcast_scalar_tensor_operands():
     (a * b + b).sum().backward()
     np.testing.assert_allclose(a.grad.numpy(), np.full((2, 2), 3.0))
     assert b.grad.item() == pytest.approx(10.0 + 4.0)
+
+
+_NAN = float("nan")
+# torch's derivatives at nan, zero and ties: relu passes the gradient where its output is
+# not <= 0 (a nan included), abs multiplies by sign (0 at nan), 0 ** x has derivative 0
+# for x >= 0 (not y * log(0)), maximum/minimum split ties
+# evenly and give all of it to both inputs where a nan leaves them unordered
+_EDGE_CASES = [
+    ("relu", lambda L, x: L.relu(x), [[_NAN, 0.0, -0.0, -1.0, 2.0]], [[1, 0, 0, 0, 1]]),
+    ("abs", lambda L, x: L.abs(x), [[_NAN, 0.0, -0.0, -1.0, 2.0]], [[0, 0, 0, -1, 1]]),
+    ("rpow_scalar", lambda L, x: 0.0 ** x, [[0.0, 1.0, 2.0, -1.0]], [[0, 0, 0, -np.inf]]),
+    ("maximum", lambda L, a, b: L.maximum(a, b),
+     [[_NAN, 1.0, 2.0, 2.0, 3.0], [1.0, _NAN, 2.0, 1.0, 5.0]],
+     [[1, 1, 0.5, 1, 0], [1, 1, 0.5, 0, 1]]),
+    ("minimum", lambda L, a, b: L.minimum(a, b),
+     [[_NAN, 1.0, 2.0, 2.0, 3.0], [1.0, _NAN, 2.0, 1.0, 5.0]],
+     [[1, 1, 0.5, 0, 1], [1, 1, 0.5, 1, 0]]),
+]
+
+
+@pytest.mark.parametrize("case", _EDGE_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_derivatives_at_nan_zero_and_ties(case, dtype):
+    name, fn, values, expected = case
+    d = getattr(jitgrad, dtype)
+    leaves = [jitgrad.tensor(v, dtype=d, requires_grad=True) for v in values]
+    fn(jitgrad, *leaves).sum().backward()                       # the Numba sweep
+    rule = jitgrad.autograd.grad(fn(jitgrad, *leaves).sum(), leaves, create_graph=True)
+    for leaf, by_rule, want in zip(leaves, rule, expected):     # and the differentiable rule
+        np.testing.assert_array_equal(leaf.grad.numpy(), np.array(want, np.float64))
+        np.testing.assert_array_equal(by_rule.detach().numpy(), np.array(want, np.float64))
+    torch = pytest.importorskip("torch")
+    ts = [torch.tensor(v, dtype=getattr(torch, dtype), requires_grad=True) for v in values]
+    fn(torch, *ts).sum().backward()
+    for leaf, t in zip(leaves, ts):
+        np.testing.assert_array_equal(leaf.grad.numpy(), t.grad.numpy())
+
+
+def test_sign_of_nan_is_zero():
+    x = jitgrad.tensor([_NAN, 0.0, -0.0, -2.0, 3.0])
+    assert jitgrad.sign(x).tolist() == [0.0, 0.0, 0.0, -1.0, 1.0]
+    assert jitgrad.sign(jitgrad.tensor(_NAN, dtype=jitgrad.float64)).item() == 0.0
+    assert jitgrad.sign(jitgrad.tensor([-3, 0, 4])).tolist() == [-1, 0, 1]

@@ -8,6 +8,8 @@ so on. Linear kinds apply their transpose kind as a recorded op.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import functions as F
@@ -51,7 +53,9 @@ def _power(x, exponent):
 
 
 def _log(v):
-    return float(np.log(v)) if isinstance(v, float) else F.log(v)
+    if isinstance(v, float):  # a constant: -inf at 0 and nan below, without NumPy's warning
+        return math.log(v) if v > 0.0 else (-math.inf if v == 0.0 else math.nan)
+    return F.log(v)
 
 
 NAMESPACE = {

@@ -812,9 +812,8 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         if w0:
             d0 = g * (y * (1.0 - y))
     elif code == 9:  # relu
-        x = x0
         if w0:
-            d0 = g * (positive(x))
+            d0 = g * (where(y <= 0.0, 0.0, 1.0))
     elif code == 10:  # abs
         x = x0
         if w0:
@@ -856,8 +855,9 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         if w0:
             d0 = g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
     elif code == 22:  # rpow_scalar
+        x = x0
         if w0:
-            d0 = g * (y * log(c0))
+            d0 = g * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
     elif code == 23:  # add
         if w0:
             d0 = g * (1.0)
@@ -893,16 +893,16 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         a = x0
         b = x1
         if w0:
-            d0 = g * ((a > b) + 0.5 * (a == b))
+            d0 = g * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
         if w1:
-            d1 = g * ((b > a) + 0.5 * (a == b))
+            d1 = g * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
     elif code == 29:  # minimum
         a = x0
         b = x1
         if w0:
-            d0 = g * ((a < b) + 0.5 * (a == b))
+            d0 = g * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
         if w1:
-            d1 = g * ((b < a) + 0.5 * (a == b))
+            d1 = g * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
     elif code == 30:  # where
         cond = x2
         if w0:

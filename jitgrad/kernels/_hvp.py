@@ -330,24 +330,24 @@ def hvp_sigmoid(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
 
 @kernel
 def hvp_relu(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
-    """ReluBackward0: d/dx = positive(x), its tangent 0.0"""
+    """ReluBackward0: d/dx = where(y <= 0.0, 0.0, 1.0), its tangent 0.0"""
     g_ = adj[oy:oy + n]
     dg_ = adj_tan[oy:oy + n]
-    x_ = vals[o0:o0 + n]
+    y_ = vals[oy:oy + n]
     part_ = part[oy:oy + n]
     if w0:
         adj0 = adj[o0:o0 + n]
         adj_tan0 = adj_tan[o0:o0 + n]
         if w0 == 2:
             for i in range(n):
-                x = x_[i]
-                p = positive(x)
+                y = y_[i]
+                p = where(y <= 0.0, 0.0, 1.0)
                 adj0[i] = g_[i] * p
                 adj_tan0[i] = dg_[i] * p
         else:
             for i in range(n):
-                x = x_[i]
-                p = positive(x)
+                y = y_[i]
+                p = where(y <= 0.0, 0.0, 1.0)
                 adj0[i] += g_[i] * p
                 adj_tan0[i] += dg_[i] * p
 
@@ -627,9 +627,11 @@ def keep_pow_scalar(vals, tan, part, o0, oy, n, a0, c0, c1):
 
 @kernel
 def hvp_rpow_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
-    """PowBackward2: d/dx = y * log(c0), its tangent dy * log(c0)"""
+    """PowBackward2: d/dx = where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)),
+    its tangent where(c0 == 0.0, where(x >= 0.0, 0.0, dy * log(c0)), dy * log(c0))"""
     g_ = adj[oy:oy + n]
     dg_ = adj_tan[oy:oy + n]
+    x_ = vals[o0:o0 + n]
     y_ = vals[oy:oy + n]
     dx_ = tan[o0:o0 + n]
     part_ = part[oy:oy + n]
@@ -638,20 +640,22 @@ def hvp_rpow_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2
         adj_tan0 = adj_tan[o0:o0 + n]
         if w0 == 2:
             for i in range(n):
+                x = x_[i]
                 y = y_[i]
                 dx = dx_[i]
-                p = y * log(c0)
-                dy = (y * log(c0)) * dx
+                p = where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))
+                dy = (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))) * dx
                 adj0[i] = g_[i] * p
-                adj_tan0[i] = dg_[i] * p + g_[i] * (dy * log(c0))
+                adj_tan0[i] = dg_[i] * p + g_[i] * (where(c0 == 0.0, where(x >= 0.0, 0.0, dy * log(c0)), dy * log(c0)))
         else:
             for i in range(n):
+                x = x_[i]
                 y = y_[i]
                 dx = dx_[i]
-                p = y * log(c0)
-                dy = (y * log(c0)) * dx
+                p = where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))
+                dy = (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))) * dx
                 adj0[i] += g_[i] * p
-                adj_tan0[i] += dg_[i] * p + g_[i] * (dy * log(c0))
+                adj_tan0[i] += dg_[i] * p + g_[i] * (where(c0 == 0.0, where(x >= 0.0, 0.0, dy * log(c0)), dy * log(c0)))
 
 
 @kernel
@@ -1257,8 +1261,8 @@ def hvp_pow(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1
 
 @kernel
 def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
-    """MaximumBackward0: d/da = (a > b) + 0.5 * (a == b), its tangent 0.0; d/db = (b > a) + 0.5
-    * (a == b), its tangent 0.0"""
+    """MaximumBackward0: d/da = where(a == b, 0.5, where(a < b, 0.0, 1.0)), its tangent 0.0;
+    d/db = where(a == b, 0.5, where(a > b, 0.0, 1.0)), its tangent 0.0"""
     if meta[mo] == 0:  # operands have the output's shape
         g_ = adj[oy:oy + n]
         dg_ = adj_tan[oy:oy + n]
@@ -1272,14 +1276,14 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (a > b) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                     adj0[i] = g_[i] * p
                     adj_tan0[i] = dg_[i] * p
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (a > b) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                     adj0[i] += g_[i] * p
                     adj_tan0[i] += dg_[i] * p
         if w1:
@@ -1289,14 +1293,14 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (b > a) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                     adj1[i] = g_[i] * p
                     adj_tan1[i] = dg_[i] * p
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (b > a) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                     adj1[i] += g_[i] * p
                     adj_tan1[i] += dg_[i] * p
         return
@@ -1331,7 +1335,7 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                p = (a > b) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                 contribution[i] = g_[i] * p
                 contribution_tan[i] = dg_[i] * p
             if s0[ndim - 1] == 1:
@@ -1347,7 +1351,7 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                p = (b > a) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                 contribution[i] = g_[i] * p
                 contribution_tan[i] = dg_[i] * p
             if s1[ndim - 1] == 1:
@@ -1374,8 +1378,8 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
 
 @kernel
 def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
-    """MinimumBackward0: d/da = (a < b) + 0.5 * (a == b), its tangent 0.0; d/db = (b < a) + 0.5
-    * (a == b), its tangent 0.0"""
+    """MinimumBackward0: d/da = where(a == b, 0.5, where(a > b, 0.0, 1.0)), its tangent 0.0;
+    d/db = where(a == b, 0.5, where(a < b, 0.0, 1.0)), its tangent 0.0"""
     if meta[mo] == 0:  # operands have the output's shape
         g_ = adj[oy:oy + n]
         dg_ = adj_tan[oy:oy + n]
@@ -1389,14 +1393,14 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (a < b) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                     adj0[i] = g_[i] * p
                     adj_tan0[i] = dg_[i] * p
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (a < b) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                     adj0[i] += g_[i] * p
                     adj_tan0[i] += dg_[i] * p
         if w1:
@@ -1406,14 +1410,14 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (b < a) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                     adj1[i] = g_[i] * p
                     adj_tan1[i] = dg_[i] * p
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = (b < a) + 0.5 * (a == b)
+                    p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                     adj1[i] += g_[i] * p
                     adj_tan1[i] += dg_[i] * p
         return
@@ -1448,7 +1452,7 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                p = (a < b) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                 contribution[i] = g_[i] * p
                 contribution_tan[i] = dg_[i] * p
             if s0[ndim - 1] == 1:
@@ -1464,7 +1468,7 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                p = (b < a) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                 contribution[i] = g_[i] * p
                 contribution_tan[i] = dg_[i] * p
             if s1[ndim - 1] == 1:

@@ -162,19 +162,19 @@ def reverse_sigmoid(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
 
 @kernel
 def reverse_relu(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
-    """ReluBackward0: d/d(x) = positive(x)"""
+    """ReluBackward0: d/d(x) = where(y <= 0.0, 0.0, 1.0)"""
     g_ = adj[uy:uy + n]
-    x_ = vals[o0:o0 + n]
+    y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
-                x = x_[i]
-                adj0[i] = g_[i] * (positive(x))
+                y = y_[i]
+                adj0[i] = g_[i] * (where(y <= 0.0, 0.0, 1.0))
         else:
             for i in range(n):
-                x = x_[i]
-                adj0[i] += g_[i] * (positive(x))
+                y = y_[i]
+                adj0[i] += g_[i] * (where(y <= 0.0, 0.0, 1.0))
 
 
 @kernel
@@ -323,19 +323,22 @@ def reverse_pow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2,
 
 @kernel
 def reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
-    """PowBackward2: d/d(x) = y * log(c0)"""
+    """PowBackward2: d/d(x) = where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))"""
     g_ = adj[uy:uy + n]
+    x_ = vals[o0:o0 + n]
     y_ = vals[oy:oy + n]
     if w0:
         adj0 = adj[u0:u0 + n]
         if w0 == 2:
             for i in range(n):
+                x = x_[i]
                 y = y_[i]
-                adj0[i] = g_[i] * (y * log(c0))
+                adj0[i] = g_[i] * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
         else:
             for i in range(n):
+                x = x_[i]
                 y = y_[i]
-                adj0[i] += g_[i] * (y * log(c0))
+                adj0[i] += g_[i] * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
 
 
 @kernel
@@ -744,7 +747,7 @@ def reverse_pow(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1
 
 @kernel
 def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
-    """MaximumBackward0: d/d(a, b) = (a > b) + 0.5 * (a == b), (b > a) + 0.5 * (a == b)"""
+    """MaximumBackward0: d/d(a, b) = where(a == b, 0.5, where(a < b, 0.0, 1.0)), where(a == b, 0.5, where(a > b, 0.0, 1.0))"""
     if meta[mo] == 0:  # operands have the output's shape
         g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
@@ -755,24 +758,24 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] = g_[i] * ((a > b) + 0.5 * (a == b))
+                    adj0[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] += g_[i] * ((a > b) + 0.5 * (a == b))
+                    adj0[i] += g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
         if w1:
             adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] = g_[i] * ((b > a) + 0.5 * (a == b))
+                    adj1[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] += g_[i] * ((b > a) + 0.5 * (a == b))
+                    adj1[i] += g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -803,7 +806,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * ((a > b) + 0.5 * (a == b))
+                contribution[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
             if s0[ndim - 1] == 1:
                 adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
@@ -814,7 +817,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * ((b > a) + 0.5 * (a == b))
+                contribution[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
             if s1[ndim - 1] == 1:
                 adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
@@ -836,7 +839,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
 
 @kernel
 def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
-    """MinimumBackward0: d/d(a, b) = (a < b) + 0.5 * (a == b), (b < a) + 0.5 * (a == b)"""
+    """MinimumBackward0: d/d(a, b) = where(a == b, 0.5, where(a > b, 0.0, 1.0)), where(a == b, 0.5, where(a < b, 0.0, 1.0))"""
     if meta[mo] == 0:  # operands have the output's shape
         g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
@@ -847,24 +850,24 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] = g_[i] * ((a < b) + 0.5 * (a == b))
+                    adj0[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] += g_[i] * ((a < b) + 0.5 * (a == b))
+                    adj0[i] += g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
         if w1:
             adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] = g_[i] * ((b < a) + 0.5 * (a == b))
+                    adj1[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] += g_[i] * ((b < a) + 0.5 * (a == b))
+                    adj1[i] += g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -895,7 +898,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * ((a < b) + 0.5 * (a == b))
+                contribution[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
             if s0[ndim - 1] == 1:
                 adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
@@ -906,7 +909,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * ((b < a) + 0.5 * (a == b))
+                contribution[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
             if s1[ndim - 1] == 1:
                 adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):

@@ -279,17 +279,17 @@ def tangent_sigmoid(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
 
 @kernel
 def tangent_relu(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
-    """ReluBackward0: ty = (positive(x)) * t_x"""
+    """ReluBackward0: ty = (where(y <= 0.0, 0.0, 1.0)) * t_x"""
     k = tan.shape[0]
     if k == 1:
         ty = tan[0, uy:uy + n]
-        x_ = vals[o0:o0 + n]
+        y_ = vals[oy:oy + n]
         t0 = tan[0, u0:u0 + n]
         for i in range(n):
-            x = x_[i]
+            y = y_[i]
             total = 0.0
             if a0:
-                total += (positive(x)) * t0[i]
+                total += (where(y <= 0.0, 0.0, 1.0)) * t0[i]
             if fresh:  # the first write: no need to clear the slot first
                 ty[i] = total
             else:
@@ -299,8 +299,8 @@ def tangent_relu(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c
         tan[:, uy:uy + n] = 0.0
     for i in range(n):
         if a0:
-            x = vals[o0 + i]
-            p = positive(x)
+            y = vals[oy + i]
+            p = where(y <= 0.0, 0.0, 1.0)
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u0 + i]
 
@@ -550,17 +550,19 @@ def tangent_pow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2,
 
 @kernel
 def tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
-    """PowBackward2: ty = (y * log(c0)) * t_x"""
+    """PowBackward2: ty = (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))) * t_x"""
     k = tan.shape[0]
     if k == 1:
         ty = tan[0, uy:uy + n]
+        x_ = vals[o0:o0 + n]
         y_ = vals[oy:oy + n]
         t0 = tan[0, u0:u0 + n]
         for i in range(n):
+            x = x_[i]
             y = y_[i]
             total = 0.0
             if a0:
-                total += (y * log(c0)) * t0[i]
+                total += (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))) * t0[i]
             if fresh:  # the first write: no need to clear the slot first
                 ty[i] = total
             else:
@@ -570,8 +572,9 @@ def tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2
         tan[:, uy:uy + n] = 0.0
     for i in range(n):
         if a0:
+            x = vals[o0 + i]
             y = vals[oy + i]
-            p = y * log(c0)
+            p = where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u0 + i]
 
@@ -923,7 +926,8 @@ def tangent_pow(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1
 
 @kernel
 def tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
-    """MaximumBackward0: ty = ((a > b) + 0.5 * (a == b)) * t_a + ((b > a) + 0.5 * (a == b)) * t_b"""
+    """MaximumBackward0: ty = (where(a == b, 0.5, where(a < b, 0.0, 1.0))) * t_a + (where(a == b,
+    0.5, where(a > b, 0.0, 1.0))) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
@@ -937,9 +941,9 @@ def tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
                 b = b_[i]
                 total = 0.0
                 if a0:
-                    total += ((a > b) + 0.5 * (a == b)) * t0[i]
+                    total += (where(a == b, 0.5, where(a < b, 0.0, 1.0))) * t0[i]
                 if a1:
-                    total += ((b > a) + 0.5 * (a == b)) * t1[i]
+                    total += (where(a == b, 0.5, where(a > b, 0.0, 1.0))) * t1[i]
                 if fresh:  # the first write: no need to clear the slot first
                     ty[i] = total
                 else:
@@ -951,13 +955,13 @@ def tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
             if a0:
                 a = vals[o0 + i]
                 b = vals[o1 + i]
-                p = (a > b) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                 for r in range(k):
                     tan[r, uy + i] += p * tan[r, u0 + i]
             if a1:
                 a = vals[o0 + i]
                 b = vals[o1 + i]
-                p = (b > a) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                 for r in range(k):
                     tan[r, uy + i] += p * tan[r, u1 + i]
         return
@@ -973,13 +977,13 @@ def tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
         if a0:
             a = vals[o0 + p0]
             b = vals[o1 + p1]
-            p = (a > b) + 0.5 * (a == b)
+            p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u0 + p0]
         if a1:
             a = vals[o0 + p0]
             b = vals[o1 + p1]
-            p = (b > a) + 0.5 * (a == b)
+            p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u1 + p1]
         d = ndim - 1
@@ -997,7 +1001,8 @@ def tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
 
 @kernel
 def tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
-    """MinimumBackward0: ty = ((a < b) + 0.5 * (a == b)) * t_a + ((b < a) + 0.5 * (a == b)) * t_b"""
+    """MinimumBackward0: ty = (where(a == b, 0.5, where(a > b, 0.0, 1.0))) * t_a + (where(a == b,
+    0.5, where(a < b, 0.0, 1.0))) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
@@ -1011,9 +1016,9 @@ def tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
                 b = b_[i]
                 total = 0.0
                 if a0:
-                    total += ((a < b) + 0.5 * (a == b)) * t0[i]
+                    total += (where(a == b, 0.5, where(a > b, 0.0, 1.0))) * t0[i]
                 if a1:
-                    total += ((b < a) + 0.5 * (a == b)) * t1[i]
+                    total += (where(a == b, 0.5, where(a < b, 0.0, 1.0))) * t1[i]
                 if fresh:  # the first write: no need to clear the slot first
                     ty[i] = total
                 else:
@@ -1025,13 +1030,13 @@ def tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
             if a0:
                 a = vals[o0 + i]
                 b = vals[o1 + i]
-                p = (a < b) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
                 for r in range(k):
                     tan[r, uy + i] += p * tan[r, u0 + i]
             if a1:
                 a = vals[o0 + i]
                 b = vals[o1 + i]
-                p = (b < a) + 0.5 * (a == b)
+                p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
                 for r in range(k):
                     tan[r, uy + i] += p * tan[r, u1 + i]
         return
@@ -1047,13 +1052,13 @@ def tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
         if a0:
             a = vals[o0 + p0]
             b = vals[o1 + p1]
-            p = (a < b) + 0.5 * (a == b)
+            p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u0 + p0]
         if a1:
             a = vals[o0 + p0]
             b = vals[o1 + p1]
-            p = (b < a) + 0.5 * (a == b)
+            p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u1 + p1]
         d = ndim - 1

@@ -63,7 +63,7 @@ def tanh(v):
 
 @inline_kernel
 def sign(v):
-    return np.sign(v)
+    return 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)  # 0 for nan, as torch.sign
 
 
 @inline_kernel

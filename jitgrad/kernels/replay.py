@@ -161,7 +161,7 @@ def _apply(op, a, b):
     if op == A_ISFINITE:
         return 1.0 if np.isfinite(a) else 0.0
     if op == A_SIGN:
-        return np.sign(a)
+        return 1.0 if a > 0 else (-1.0 if a < 0 else 0.0)  # 0 for nan, as torch.sign
     return a  # A_COPY
 
 

@@ -15,9 +15,10 @@ op("cos", "CosBackward0", ("x",), "-sin(x)", "cos(x)")
 op("tan", "TanBackward0", ("x",), "1.0 + y * y", "sin(x) / cos(x)")
 op("tanh", "TanhBackward0", ("x",), "1.0 - y * y", "tanh(x)")
 op("sigmoid", "SigmoidBackward0", ("x",), "y * (1.0 - y)", "1.0 / (1.0 + exp(-x))")
-# relu's derivative at 0 is 0, as torch: positive(x) is 1 where x > 0
-op("relu", "ReluBackward0", ("x",), "positive(x)", "where(x <= 0.0, 0.0, x)")  # nan stays nan
-op("abs", "AbsBackward0", ("x",), "sign(x)", "where(x < 0.0, -x, x)")
+# relu's derivative is 0 where the output is <= 0 and 1 elsewhere, a nan included, as torch
+op("relu", "ReluBackward0", ("x",), "where(y <= 0.0, 0.0, 1.0)",
+   "where(x <= 0.0, 0.0, x)")  # nan stays nan
+op("abs", "AbsBackward0", ("x",), "sign(x)", "where(x < 0.0, -x, x)")  # sign(nan) is 0
 op("log1p", "Log1PBackward0", ("x",), "1.0 / (1.0 + x)", "log1p(x)")
 op("expm1", "Expm1Backward0", ("x",), "y + 1.0", "expm1(x)")
 op("reciprocal", "ReciprocalBackward0", ("x",), "-(y * y)", "1.0 / x")
@@ -35,7 +36,9 @@ op("div_scalar", "DivBackward0", ("x",), "1.0 / c0", "x / c0")
 # x ** 0 has derivative 0 everywhere, also at x = 0 where c0 * x ** -1 would be nan
 op("pow_scalar", "PowBackward0", ("x",), "where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0))",
    "x ** c0")
-op("rpow_scalar", "PowBackward2", ("x",), "y * log(c0)", "c0 ** x")
+# 0 ** x for x >= 0 has derivative 0 (y * log(0) would be nan or -inf), as torch
+op("rpow_scalar", "PowBackward2", ("x",),
+   "where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0))", "c0 ** x")
 
 # binary, broadcasting
 op("add", "AddBackward0", ("a", "b"), ("1.0", "1.0"), "a + b")
@@ -45,12 +48,13 @@ op("div", "DivBackward0", ("a", "b"), ("1.0 / b", "-a / (b * b)"), "a / b")
 op("pow", "PowBackward1", ("a", "b"),
    ("where(b == 0.0, 0.0, b * a ** (b - 1.0))",
     "where((a == 0.0) & (b >= 0.0), 0.0, y * log(a))"), "a ** b")
-# ties split the gradient evenly between the two inputs, as torch does
+# ties split the gradient evenly between the two inputs, as torch does; where a nan makes
+# them unordered, both inputs get all of it (torch's masks are "<" and ">", not ">=")
 op("maximum", "MaximumBackward0", ("a", "b"),
-   ("(a > b) + 0.5 * (a == b)", "(b > a) + 0.5 * (a == b)"),
+   ("where(a == b, 0.5, where(a < b, 0.0, 1.0))", "where(a == b, 0.5, where(a > b, 0.0, 1.0))"),
    "where((a > b) | (a != a), a, b)")  # a nan operand wins, as in torch
 op("minimum", "MinimumBackward0", ("a", "b"),
-   ("(a < b) + 0.5 * (a == b)", "(b < a) + 0.5 * (a == b)"),
+   ("where(a == b, 0.5, where(a > b, 0.0, 1.0))", "where(a == b, 0.5, where(a < b, 0.0, 1.0))"),
    "where((a < b) | (a != a), a, b)")
 # cond is stored as 0.0/1.0 in the op's float type; it is not differentiable
 op("where", "WhereBackward0", ("a", "b", "cond"), ("cond", "1.0 - cond", None),
