@@ -202,7 +202,7 @@ class Tape:
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
         node_row = _NODE.pack(offset, size, dtype_code, 1, entry)
-        try:  # _append_rows inline
+        try:  # the rows (record_scalar appends them the same way: each inline, per op)
             self.entries += entry_row
             self.nodes += node_row
         except BufferError:
@@ -215,19 +215,10 @@ class Tape:
         self.n_entries = entry + 1
         return node, arena[offset:offset + size]
 
-    def _append_rows(self, node: int, node_row: bytes, entry_row: bytes) -> None:
-        try:
-            self.entries += entry_row
-            self.nodes += node_row
-        except BufferError:
-            self._append_rows_unpinned(node, node_row, entry_row)
-        else:
-            self.versions.append(0)
-            self.refs.append(1)
-
     def _append_rows_unpinned(self, node: int, node_row: bytes, entry_row: bytes) -> None:
-        """``_append_rows`` when a buffer could not grow: on fresh copies, cut back to the
-        rows before this one (the copies may hold part of it)."""
+        """An op's two rows, its version and its live reference when a buffer could not grow
+        (a view of it is alive): on fresh copies, cut back to the rows before this op (the
+        copies may hold part of it)."""
         self._unpin()
         del self.entries[(self.n_entries) * _ENTRY_BYTES:]
         del self.nodes[node * _NODE_BYTES:]
@@ -240,8 +231,7 @@ class Tape:
 
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
-        """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs
-        (``_append_rows`` inline)."""
+        """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs."""
         offset = self.used[dtype_code]
         arena = self.arenas[dtype_code]
         if offset >= arena.shape[0]:
