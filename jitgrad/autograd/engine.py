@@ -264,13 +264,11 @@ def _backward_scalar(output: Tensor) -> bool:
             continue
         if owner._grad is None:  # the usual case, inline: a new gradient
             grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
-            offset, size, code = tape.node_location(leaf)
-            shape = tape.shapes[leaf]
-            if shape:
-                _init(grad, tape.copy_out(adj[code][offset:offset + size], shape), None,
-                      owner.dtype, shape)
+            value = _adjoint(tape, adj, leaf)
+            if type(value) is float:
+                _init(grad, None, value, owner.dtype, _SCALAR)
             else:
-                _init(grad, None, adj[code][offset].item(), owner.dtype, _SCALAR)
+                _init(grad, value, None, owner.dtype, tape.shapes[leaf])
             owner._grad = grad
         else:
             _accumulate_grad(owner, _adjoint(tape, adj, leaf), False)
