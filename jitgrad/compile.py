@@ -101,7 +101,7 @@ __all__ = ["BranchChanged", "CompiledTape", "compile", "load", "trace"]
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _FORMAT = "jitgrad-compiled-tape"
 _FORMAT_VERSION = 1
-_EXTREMES = ("max", "min", "max_dim", "min_dim")
+_EXTREMES = ("max_dim", "min_dim")
 
 
 class BranchChanged(RuntimeError):
@@ -994,7 +994,7 @@ def _append_constant(program: _Program, values: np.ndarray, shape: tuple) -> int
 
 
 def _extreme_aux(program: _Program) -> list:
-    """max/min (along a dim) were recorded as gathers at the recorded argmax: recompute the
+    """max/min along a dim were recorded as gathers at the recorded argmax: recompute the
     indices on replay (first order), or guard them (second order: the gradient graph
     scatters at the recorded indices)."""
     entries, meta, kinds = program.entries, program.meta, _core_tables()[0]
@@ -1009,9 +1009,8 @@ def _extreme_aux(program: _Program) -> list:
         count = int(meta[mo])
         recorded = meta[mo + 1:mo + 1 + count].copy()
         shape = program.shapes[x]
-        dims = [None] if not name.endswith("_dim") else range(len(shape))
         fitting = []
-        for d in dims:
+        for d in range(len(shape)):
             fibers = _fibers(shape, d)
             if fibers[0] != count:
                 continue
@@ -1025,10 +1024,9 @@ def _extreme_aux(program: _Program) -> list:
                             fibers=fitting[0][1], flat=True))
             continue
         for d, fibers in fitting:
-            where = "" if d is None else f" along dim {d}"
             out.append(_Aux(e, -1, op, None, ("node", x), size=count, fibers=fibers,
                             flat=True, expect=recorded.astype(np.float64), guard=0,
-                            text=f"arg{name[:3]} of %{x}{where} stays at the recorded "
+                            text=f"arg{name[:3]} of %{x} along dim {d} stays at the recorded "
                                  f"positions", site=f"entry {e} ({name})",
                             name=f"arg{name[:3]}"))
     return out

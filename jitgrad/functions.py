@@ -1227,6 +1227,9 @@ def norm(input: Tensor, p=2, dim=None, keepdim: bool = False) -> Tensor:
                    lambda x, axis: np.sqrt(np.sum(x * x, axis=axis)))
 
 
+# the ufuncs' reduce directly (np.max adds Python layers); both keep a nan, as torch
+_EXTREME_FORWARD = {"max": lambda x, axis: np.maximum.reduce(x, axis=axis),
+                    "min": lambda x, axis: np.minimum.reduce(x, axis=axis)}
 _MaxResult = namedtuple("max", ["values", "indices"])
 _MinResult = namedtuple("min", ["values", "indices"])
 
@@ -1234,13 +1237,9 @@ _MinResult = namedtuple("min", ["values", "indices"])
 def _extreme(name: str, input: Tensor, dim, keepdim: bool, argfn):
     t = _check_tensor(input, name)
     x = t._value()
-    if x.size == 0:
-        raise IndexError(f"{name}(): Expected reduction dim to be specified for input.numel() "
-                         f"== 0. Specify the reduction dim with the 'dim' argument.")
-    if dim is None:
-        flat = int(argfn(x.reshape(-1)))
-        index = np.array([flat], np.int64)
-        return _gather(name, t, index, (), None)
+    _check_nonempty(name, t, dim)
+    if dim is None:  # the gradient is split between ties, as torch's MaxBackward1
+        return _reduce(f"{name}_all", t, None, False, _EXTREME_FORWARD[name])
     d = _canonical_dim(dim, t.ndim, name)
     if t.ndim == 0:
         picked = np.zeros((), np.int64)
@@ -1269,16 +1268,35 @@ def min(input: Tensor, dim=None, keepdim: bool = False):  # noqa: A001 - torch's
     return _extreme("min", input, dim, keepdim, np.argmin)
 
 
-def amax(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    if dim is None:
-        return max(input)
-    return max(input, dim, keepdim).values
+def amax(input: Tensor, dim=(), keepdim: bool = False) -> Tensor:
+    """Largest elements along ``dim`` (an int, a tuple, or all dims); the gradient is split
+    evenly between ties, as torch's."""
+    return _extreme_values("amax", input, dim, keepdim)
 
 
-def amin(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+def amin(input: Tensor, dim=(), keepdim: bool = False) -> Tensor:
+    return _extreme_values("amin", input, dim, keepdim)
+
+
+def _extreme_values(name: str, input: Tensor, dim, keepdim: bool) -> Tensor:
+    t = _check_tensor(input, name)
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        dim = None
+    _check_nonempty(name, t, dim)
+    return _reduce(name, t, dim, keepdim, _EXTREME_FORWARD[name[1:]])
+
+
+def _check_nonempty(name: str, t: Tensor, dim) -> None:
+    """An extreme of nothing is torch's error: RuntimeError without a dim, IndexError for an
+    empty reduced dim (other empty tensors give empty results)."""
+    if t.numel() != 0:
+        return
     if dim is None:
-        return min(input)
-    return min(input, dim, keepdim).values
+        raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() "
+                           f"== 0. Specify the reduction dim with the 'dim' argument.")
+    for d in _dims(dim, t.ndim, name):
+        if t._shape[d] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
 
 
 def argmax(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:

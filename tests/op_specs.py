@@ -140,8 +140,11 @@ SPECS = [
            linear=True),
     OpSpec("min_dim", lambda L, x: x.min(0, keepdim=True).values, [(3, 4)],
            lambda x: np.min(x, 0, keepdims=True), linear=True),
-    OpSpec("max", lambda L, x: x.max(), [(3, 4)], np.max, linear=True),
-    OpSpec("min", lambda L, x: x.min(), [(3, 4)], np.min, linear=True),
+    OpSpec("max_all", lambda L, x: x.max(), [(3, 4)], np.max, linear=True),
+    OpSpec("min_all", lambda L, x: x.min(), [(3, 4)], np.min, linear=True),
+    OpSpec("amax", lambda L, x: L.amax(x, (0, 2), keepdim=True), [(2, 3, 4)],
+           lambda x: np.max(x, axis=(0, 2), keepdims=True), linear=True),
+    OpSpec("amin", lambda L, x: x.amin(1), [(3, 4)], lambda x: np.min(x, 1), linear=True),
     OpSpec("index_add", _internal_scatter, [(4,)],
            lambda x: np.array([x[1], 0, x[3], 0, x[0] + x[2]]), torch=False, linear=True),
     OpSpec("to_dtype", lambda L, x: x.double() * x.float().double(), [(3, 4)],
@@ -171,7 +174,8 @@ def inputs_for(spec: OpSpec, seed: int = 0, dtype=np.float64) -> list:
     for shape in spec.shapes:
         values = rng.uniform(spec.low, spec.high, size=shape)
         if not spec.smooth or spec.op in ("relu", "abs", "clamp", "maximum", "minimum",
-                                          "where", "max", "min", "max_dim", "min_dim"):
+                                          "where", "max_all", "min_all", "max_dim", "min_dim",
+                                          "amax", "amin"):
             # keep clear of 0, of the clamp bounds and of ties between operands
             values = np.where(np.abs(values) < 0.1, values + 0.3, values)
             values = values + rng.uniform(0, 1e-3, size=shape) * np.arange(values.size).reshape(

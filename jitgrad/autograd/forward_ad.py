@@ -406,11 +406,7 @@ def _jvp(tape, op, row, inputs, ins, out) -> Tensor | None:
         return total
     tx = ins[0]
     if kind == REDUCE:
-        x = rules._node_tensor(tape, inputs[0])
-        keep = rules._keep_shape(tape, row, x.shape)
-        env = {"x": x, "n": c0, "c0": c0, "c1": c1}
-        if "y" in op.saves:
-            env["y"] = F.expand(F.reshape(rules._node_tensor(tape, out), *keep), *x.shape)
+        x, keep, env = rules.reduction_env(tape, op, row, inputs[0], out, c0, c1)
         term = rules._evaluate(op.partials[0], env) * tx
         if tuple(term.shape) != tuple(x.shape):
             term = F.expand(term, *x.shape)

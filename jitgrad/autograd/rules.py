@@ -155,12 +155,8 @@ def _vjp(tape, op, row, inputs, out, g, c0, c1):
             local = _evaluate(partial, env)
             yield k, sum_to(g * local, tape.shapes[node])
     elif kind == REDUCE:
-        x = _node_tensor(tape, inputs[0])
-        keep = _keep_shape(tape, row, x.shape)
+        x, keep, env = reduction_env(tape, op, row, inputs[0], out, c0, c1)
         g_full = F.expand(F.reshape(g, *keep), *x.shape)
-        env = {"x": x, "n": c0, "c0": c0, "c1": c1}
-        if "y" in op.saves:
-            env["y"] = F.expand(F.reshape(_node_tensor(tape, out), *keep), *x.shape)
         yield 0, g_full * _evaluate(op.partials[0], env)
     elif kind == MATMUL:
         batch, batch_a, batch_b, rows, inner, cols = _meta(tape, row, 6)
@@ -196,6 +192,25 @@ def _vjp(tape, op, row, inputs, out, g, c0, c1):
     elif kind == CAST:
         yield 0, F.to_dtype(g, F.dt.float32 if tape.node_dtype(inputs[0]) == 0
                             else F.dt.float64)
+
+
+def reduction_env(tape, op, row, source: int, out: int, c0: float, c1: float) -> tuple:
+    """(x, the output's shape with the reduced dims kept as 1, the names of the partial
+    with ``y`` and ``k`` spread over x's shape) of a reduction entry."""
+    x = _node_tensor(tape, source)
+    keep = _keep_shape(tape, row, x.shape)
+    env = {"x": x, "n": c0, "c0": c0, "c1": c1}
+    if "y" in op.saves:
+        env["y"] = F.expand(F.reshape(_node_tensor(tape, out), *keep), *x.shape)
+    if op.count is not None:  # k: the count summed over the reduced elements
+        counted = _evaluate(op.count, env)
+        if counted.dtype != x.dtype:  # where() of two floats is float32
+            counted = F.to_dtype(counted, x.dtype)
+        dims = tuple(d for d, size in enumerate(keep) if size == 1)
+        if dims:
+            counted = F.sum(counted, dim=dims, keepdim=True)
+        env["k"] = F.expand(counted, *x.shape) if x.shape else counted
+    return x, keep, env
 
 
 def _keep_shape(tape, row, x_shape) -> tuple:

@@ -668,6 +668,146 @@ def forward_norm(vals, ox, oy, nx, ny, c0, meta, mo):
         vals[oy + j] = sqrt(acc)
 
 
+@kernel
+def forward_max_all(vals, ox, oy, nx, ny, c0, meta, mo):
+    """max_all: acc = -np.inf; acc = x if x > acc or x != x else acc; y = acc"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if ndim == 0:  # reduced to a single value
+        acc = -np.inf
+        for i in range(nx):
+            x = float(vals[ox + i])
+            acc = x if x > acc or x != x else acc
+        vals[oy] = acc
+        return
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    index = np.zeros(ndim, np.int64)
+    accs = np.full(ny, -np.inf)
+    py = 0
+    for i in range(nx):
+        x = float(vals[ox + i])
+        acc = accs[py]
+        accs[py] = x if x > acc or x != x else acc
+        d = ndim - 1
+        while d >= 0:
+            index[d] += 1
+            py += strides[d]
+            if index[d] < shape[d]:
+                break
+            py -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+    for j in range(ny):
+        acc = accs[j]
+        vals[oy + j] = acc
+
+
+@kernel
+def forward_min_all(vals, ox, oy, nx, ny, c0, meta, mo):
+    """min_all: acc = np.inf; acc = x if x < acc or x != x else acc; y = acc"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if ndim == 0:  # reduced to a single value
+        acc = np.inf
+        for i in range(nx):
+            x = float(vals[ox + i])
+            acc = x if x < acc or x != x else acc
+        vals[oy] = acc
+        return
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    index = np.zeros(ndim, np.int64)
+    accs = np.full(ny, np.inf)
+    py = 0
+    for i in range(nx):
+        x = float(vals[ox + i])
+        acc = accs[py]
+        accs[py] = x if x < acc or x != x else acc
+        d = ndim - 1
+        while d >= 0:
+            index[d] += 1
+            py += strides[d]
+            if index[d] < shape[d]:
+                break
+            py -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+    for j in range(ny):
+        acc = accs[j]
+        vals[oy + j] = acc
+
+
+@kernel
+def forward_amax(vals, ox, oy, nx, ny, c0, meta, mo):
+    """amax: acc = -np.inf; acc = x if x > acc or x != x else acc; y = acc"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if ndim == 0:  # reduced to a single value
+        acc = -np.inf
+        for i in range(nx):
+            x = float(vals[ox + i])
+            acc = x if x > acc or x != x else acc
+        vals[oy] = acc
+        return
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    index = np.zeros(ndim, np.int64)
+    accs = np.full(ny, -np.inf)
+    py = 0
+    for i in range(nx):
+        x = float(vals[ox + i])
+        acc = accs[py]
+        accs[py] = x if x > acc or x != x else acc
+        d = ndim - 1
+        while d >= 0:
+            index[d] += 1
+            py += strides[d]
+            if index[d] < shape[d]:
+                break
+            py -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+    for j in range(ny):
+        acc = accs[j]
+        vals[oy + j] = acc
+
+
+@kernel
+def forward_amin(vals, ox, oy, nx, ny, c0, meta, mo):
+    """amin: acc = np.inf; acc = x if x < acc or x != x else acc; y = acc"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if ndim == 0:  # reduced to a single value
+        acc = np.inf
+        for i in range(nx):
+            x = float(vals[ox + i])
+            acc = x if x < acc or x != x else acc
+        vals[oy] = acc
+        return
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    index = np.zeros(ndim, np.int64)
+    accs = np.full(ny, np.inf)
+    py = 0
+    for i in range(nx):
+        x = float(vals[ox + i])
+        acc = accs[py]
+        accs[py] = x if x < acc or x != x else acc
+        d = ndim - 1
+        while d >= 0:
+            index[d] += 1
+            py += strides[d]
+            if index[d] < shape[d]:
+                break
+            py -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+    for j in range(ny):
+        acc = accs[j]
+        vals[oy + j] = acc
+
+
 @inline_kernel
 def scalar_forward(code, x0, x1, x2, c0, c1):
     """The forward expression of elementwise op ``code`` on loaded operands."""
@@ -996,6 +1136,14 @@ def forward_reduce(code, vals, ox, oy, nx, ny, c0, meta, mo):
         forward_logsumexp(vals, ox, oy, nx, ny, c0, meta, mo)
     elif code == 45:  # norm
         forward_norm(vals, ox, oy, nx, ny, c0, meta, mo)
+    elif code == 46:  # max_all
+        forward_max_all(vals, ox, oy, nx, ny, c0, meta, mo)
+    elif code == 47:  # min_all
+        forward_min_all(vals, ox, oy, nx, ny, c0, meta, mo)
+    elif code == 48:  # amax
+        forward_amax(vals, ox, oy, nx, ny, c0, meta, mo)
+    elif code == 49:  # amin
+        forward_amin(vals, ox, oy, nx, ny, c0, meta, mo)
 
 
 @kernel

@@ -35,7 +35,8 @@ SECOND_ORDER = np.array([
     144, 145, 145, 145, 401, 401, 145, 145, 145, 144, 144, 145, 145, 145, 144, 144, 144,
     144, 144, 144, 144, 401, 145, 176, 176, 179, 179, 179, 176, 176, 176, 179, 179, 179,
     179, 179, 179, 243, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144,
-    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 0, 0,
+    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144,
+    144, 0, 0,
 ], np.int64)
 
 
@@ -2139,6 +2140,93 @@ def hvp_norm(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
 
 
 @kernel
+def hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
+    """MaxBackward1: d/dx = where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) /
+    k, its tangent 0.0, k the sum of where(y == y, where(x == y, 1.0, 0.0), where(x ==
+    x, 0.0, 1.0)) (``fresh``: the first write, assign)"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if nx == 0:
+        return
+    ny = 1 if ndim == 0 else int(nx / n + 0.5)
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    counts = np.zeros(ny)
+    index = np.zeros(ndim, np.int64)
+    for walk in range(2):
+        index[:] = 0
+        py = 0
+        for i in range(nx):
+            x = float(vals[ox + i])
+            y = float(vals[oy + py])
+            if walk == 0:
+                counts[py] += where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0))
+            else:
+                k = counts[py]
+                g = adj[oy + py]
+                dg = adj_tan[oy + py]
+                p = where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) / k
+                if fresh:
+                    adj[ox + i] = g * p
+                    adj_tan[ox + i] = dg * p
+                else:
+                    adj[ox + i] += g * p
+                    adj_tan[ox + i] += dg * p
+            d = ndim - 1
+            while d >= 0:  # the next element: move the output's offset
+                index[d] += 1
+                py += strides[d]
+                if index[d] < shape[d]:
+                    break
+                py -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+
+
+@kernel
+def hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
+    """AmaxBackward0: d/dx = where(x == y, 1.0, 0.0) / k, its tangent 0.0, k the sum of where(x
+    == y, 1.0, 0.0) (``fresh``: the first write, assign)"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if nx == 0:
+        return
+    ny = 1 if ndim == 0 else int(nx / n + 0.5)
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    counts = np.zeros(ny)
+    index = np.zeros(ndim, np.int64)
+    for walk in range(2):
+        index[:] = 0
+        py = 0
+        for i in range(nx):
+            x = float(vals[ox + i])
+            y = float(vals[oy + py])
+            if walk == 0:
+                counts[py] += where(x == y, 1.0, 0.0)
+            else:
+                k = counts[py]
+                g = adj[oy + py]
+                dg = adj_tan[oy + py]
+                p = where(x == y, 1.0, 0.0) / k
+                if fresh:
+                    adj[ox + i] = g * p
+                    adj_tan[ox + i] = dg * p
+                else:
+                    adj[ox + i] += g * p
+                    adj_tan[ox + i] += dg * p
+            d = ndim - 1
+            while d >= 0:  # the next element: move the output's offset
+                index[d] += 1
+                py += strides[d]
+                if index[d] < shape[d]:
+                    break
+                py -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+
+
+@kernel
 def hvp_elementwise(code, vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     if code == 0:  # neg
         hvp_neg(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
@@ -2232,6 +2320,14 @@ def hvp_reduce(code, vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
         hvp_logsumexp(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 45:  # norm
         hvp_norm(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 46:  # max_all
+        hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 47:  # min_all
+        hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 48:  # amax
+        hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 49:  # amin
+        hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel

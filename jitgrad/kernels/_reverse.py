@@ -1372,6 +1372,82 @@ def reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
 
 
 @kernel
+def reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """MaxBackward1: d/dx = where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) / k, k the sum of where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) (``fresh``: the first write, assign)"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if nx == 0:
+        return
+    ny = 1 if ndim == 0 else int(nx / n + 0.5)
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    counts = np.zeros(ny)
+    index = np.zeros(ndim, np.int64)
+    for walk in range(2):
+        index[:] = 0
+        py = 0
+        for i in range(nx):
+            x = float(vals[ox + i])
+            y = float(vals[oy + py])
+            if walk == 0:
+                counts[py] += where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0))
+            else:
+                k = counts[py]
+                g = adj[oy + py]
+                if fresh:
+                    adj[ox + i] = g * (where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) / k)
+                else:
+                    adj[ox + i] += g * (where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) / k)
+            d = ndim - 1
+            while d >= 0:  # the next element: move the output's offset
+                index[d] += 1
+                py += strides[d]
+                if index[d] < shape[d]:
+                    break
+                py -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+
+
+@kernel
+def reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh):
+    """AmaxBackward0: d/dx = where(x == y, 1.0, 0.0) / k, k the sum of where(x == y, 1.0, 0.0) (``fresh``: the first write, assign)"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if nx == 0:
+        return
+    ny = 1 if ndim == 0 else int(nx / n + 0.5)
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    counts = np.zeros(ny)
+    index = np.zeros(ndim, np.int64)
+    for walk in range(2):
+        index[:] = 0
+        py = 0
+        for i in range(nx):
+            x = float(vals[ox + i])
+            y = float(vals[oy + py])
+            if walk == 0:
+                counts[py] += where(x == y, 1.0, 0.0)
+            else:
+                k = counts[py]
+                g = adj[oy + py]
+                if fresh:
+                    adj[ox + i] = g * (where(x == y, 1.0, 0.0) / k)
+                else:
+                    adj[ox + i] += g * (where(x == y, 1.0, 0.0) / k)
+            d = ndim - 1
+            while d >= 0:  # the next element: move the output's offset
+                index[d] += 1
+                py += strides[d]
+                if index[d] < shape[d]:
+                    break
+                py -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+
+
+@kernel
 def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     if code == 0:  # neg
         reverse_neg(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
@@ -1455,6 +1531,14 @@ def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
         reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
     elif code == 45:  # norm
         reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 46:  # max_all
+        reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 47:  # min_all
+        reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 48:  # amax
+        reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
+    elif code == 49:  # amin
+        reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel

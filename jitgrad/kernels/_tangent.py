@@ -1437,6 +1437,81 @@ def tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo):
 
 
 @kernel
+def tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo):
+    """MaxBackward1: ty = sum over the reduced dims of (where(y == y, where(x == y, 1.0, 0.0),
+    where(x == x, 0.0, 1.0)) / k) * tx, k the sum of where(y == y, where(x == y, 1.0, 0.0),
+    where(x == x, 0.0, 1.0))"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if nx == 0:
+        return
+    ny = 1 if ndim == 0 else int(nx / n + 0.5)
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    counts = np.zeros(ny)
+    index = np.zeros(ndim, np.int64)
+    for walk in range(2):
+        index[:] = 0
+        py = 0
+        for i in range(nx):
+            x = float(vals[ox + i])
+            y = float(vals[oy + py])
+            if walk == 0:
+                counts[py] += where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0))
+            else:
+                k = counts[py]
+                p = where(y == y, where(x == y, 1.0, 0.0), where(x == x, 0.0, 1.0)) / k
+                for r in range(tan.shape[0]):
+                    tan[r, oy + py] += p * tan[r, ox + i]
+            d = ndim - 1
+            while d >= 0:  # the next element: move the output's offset
+                index[d] += 1
+                py += strides[d]
+                if index[d] < shape[d]:
+                    break
+                py -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+
+
+@kernel
+def tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo):
+    """AmaxBackward0: ty = sum over the reduced dims of (where(x == y, 1.0, 0.0) / k) * tx, k the
+    sum of where(x == y, 1.0, 0.0)"""
+    n = c0  # elements reduced into each output
+    ndim = meta[mo]
+    if nx == 0:
+        return
+    ny = 1 if ndim == 0 else int(nx / n + 0.5)
+    shape = meta[mo + 1:mo + 1 + ndim]
+    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims
+    counts = np.zeros(ny)
+    index = np.zeros(ndim, np.int64)
+    for walk in range(2):
+        index[:] = 0
+        py = 0
+        for i in range(nx):
+            x = float(vals[ox + i])
+            y = float(vals[oy + py])
+            if walk == 0:
+                counts[py] += where(x == y, 1.0, 0.0)
+            else:
+                k = counts[py]
+                p = where(x == y, 1.0, 0.0) / k
+                for r in range(tan.shape[0]):
+                    tan[r, oy + py] += p * tan[r, ox + i]
+            d = ndim - 1
+            while d >= 0:  # the next element: move the output's offset
+                index[d] += 1
+                py += strides[d]
+                if index[d] < shape[d]:
+                    break
+                py -= strides[d] * shape[d]
+                index[d] = 0
+                d -= 1
+
+
+@kernel
 def tangent_elementwise(code, vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     if code == 0:  # neg
         tangent_neg(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
@@ -1520,6 +1595,14 @@ def tangent_reduce(code, vals, tan, ox, oy, nx, c0, meta, mo):
         tangent_logsumexp(vals, tan, ox, oy, nx, c0, meta, mo)
     elif code == 45:  # norm
         tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo)
+    elif code == 46:  # max_all
+        tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo)
+    elif code == 47:  # min_all
+        tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo)
+    elif code == 48:  # amax
+        tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo)
+    elif code == 49:  # amin
+        tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo)
 
 
 @kernel

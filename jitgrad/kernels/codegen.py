@@ -29,3 +29,45 @@ def main(argv: list[str], target: Path, text: str, module: str) -> int:
     target.write_text(text)
     print(f"wrote {target}")
     return 0
+
+
+def counted_reduction(header: list[str], count: str, body: list[str]) -> str:
+    """Source of a reduction step whose partial reads ``k``, the sum of ``count`` over the
+    elements reduced into each output. ``header`` is the decorator, signature and docstring
+    (the signature has ``vals, ox, oy, nx, c0, meta, mo``); ``body`` runs per input element
+    ``i`` (at ``ox + i``) with ``x``, its output's offset ``py`` (at ``oy + py``), ``y`` and
+    ``k``. Two walks over the input: the first sums the counts, the second runs the body;
+    these reductions (max, min) are not the hot ones, so one element at a time."""
+    lines = [
+        "", "", *header,
+        "    n = c0  # elements reduced into each output",
+        "    ndim = meta[mo]",
+        "    if nx == 0:",
+        "        return",
+        "    ny = 1 if ndim == 0 else int(nx / n + 0.5)",
+        "    shape = meta[mo + 1:mo + 1 + ndim]",
+        "    strides = meta[mo + 1 + ndim:mo + 1 + 2 * ndim]  # 0 along reduced dims",
+        "    counts = np.zeros(ny)",
+        "    index = np.zeros(ndim, np.int64)",
+        "    for walk in range(2):",
+        "        index[:] = 0",
+        "        py = 0",
+        "        for i in range(nx):",
+        "            x = float(vals[ox + i])",
+        "            y = float(vals[oy + py])",
+        "            if walk == 0:",
+        f"                counts[py] += {count}",
+        "            else:",
+        "                k = counts[py]",
+        *["                " + line for line in body],
+        "            d = ndim - 1",
+        "            while d >= 0:  # the next element: move the output's offset",
+        "                index[d] += 1",
+        "                py += strides[d]",
+        "                if index[d] < shape[d]:",
+        "                    break",
+        "                py -= strides[d] * shape[d]",
+        "                index[d] = 0",
+        "                d -= 1",
+    ]
+    return "\n".join(lines)

@@ -35,7 +35,8 @@ def _function_name(op) -> str:
     """Ops with the same derivative share one compiled step (sum and sum_dim, the matrix
     products, ...): named after the first op declared with it."""
     for other in OPS:
-        if (other.kind, other.inputs, other.partials) == (op.kind, op.inputs, op.partials):
+        if ((other.kind, other.inputs, other.partials, other.count)
+                == (op.kind, op.inputs, op.partials, op.count)):
             return f"reverse_{other.name}"
     raise AssertionError(op.name)
 
@@ -173,6 +174,19 @@ def _reduce(op) -> str:
     ``y`` are one value per row, else they are a row of the output's; either way each row
     is a vectorizable loop over views."""
     (partial,) = op.partials
+    if op.count is not None:
+        return codegen.counted_reduction([
+            "@kernel",
+            f"def {_function_name(op)}(vals, adj, ox, oy, nx, c0, meta, mo, fresh):",
+            f'    """{op.grad_fn}: d/dx = {partial}, k the sum of {op.count} (``fresh``: the '
+            f'first write, assign)"""',
+        ], op.count, [
+            "g = adj[oy + py]",
+            "if fresh:",
+            f"    adj[ox + i] = g * ({partial})",
+            "else:",
+            f"    adj[ox + i] += g * ({partial})",
+        ])
     used = _names_in(partial)
     loads = ["g = g_[i]"]
     if "x" in used:

@@ -231,7 +231,8 @@ def _docstring(text: str, indent: str = "    ") -> str:
 def _function_name(op) -> str:
     """Ops with the same derivative share one compiled step (as in ``generate.py``)."""
     for other in OPS:
-        if (other.kind, other.inputs, other.partials) == (op.kind, op.inputs, op.partials):
+        if ((other.kind, other.inputs, other.partials, other.count)
+                == (op.kind, op.inputs, op.partials, op.count)):
             return f"hvp_{other.name}"
     raise AssertionError(op.name)
 
@@ -416,6 +417,27 @@ def _reduce(op) -> str:
     (partial,) = op.partials
     (derived,) = partial_tangents(op)
     names = _step_names(op)
+    if op.count is not None:
+        loads = ["dx = tan[ox + i]"] if "dx" in names else []
+        loads += ["dy = tan[oy + py]"] if "dy" in names else []
+        return codegen.counted_reduction([
+            "@kernel",
+            f"def {_function_name(op)}(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, "
+            "fresh):",
+            _docstring(f"{op.grad_fn}: d/dx = {partial}, its tangent {derived}, k the sum of "
+                       f"{op.count} (``fresh``: the first write, assign)"),
+        ], op.count, [
+            "g = adj[oy + py]",
+            "dg = adj_tan[oy + py]",
+            *loads,
+            f"p = {partial}",
+            "if fresh:",
+            *["    " + line for line in _update("adj[ox + i]", "adj_tan[ox + i]", "=", derived,
+                                              "g", "dg")],
+            "else:",
+            *["    " + line for line in _update("adj[ox + i]", "adj_tan[ox + i]", "+=",
+                                              derived, "g", "dg")],
+        ])
     per_output = [name for name in ("y", "dy") if name in names]
     per_input = [name for name in ("x", "dx") if name in names]
     buffers = {"x": "vals", "dx": "tan", "y": "vals", "dy": "tan", "g": "adj", "dg": "adj_tan"}

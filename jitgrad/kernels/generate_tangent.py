@@ -116,7 +116,8 @@ def _docstring(text: str) -> str:
 def _function_name(op) -> str:
     """Ops with the same derivative share one compiled step (as in ``generate.py``)."""
     for other in OPS:
-        if (other.kind, other.inputs, other.partials) == (op.kind, op.inputs, op.partials):
+        if ((other.kind, other.inputs, other.partials, other.count)
+                == (op.kind, op.inputs, op.partials, op.count)):
             return f"tangent_{other.name}"
     raise AssertionError(op.name)
 
@@ -221,6 +222,17 @@ def _elementwise(op) -> str:
 def _reduce(op) -> str:
     (partial,) = op.partials
     used = _names_in(partial)
+    if op.count is not None:
+        return codegen.counted_reduction([
+            "@kernel",
+            f"def {_function_name(op)}(vals, tan, ox, oy, nx, c0, meta, mo):",
+            _docstring(f"{op.grad_fn}: ty = sum over the reduced dims of ({partial}) * tx, "
+                       f"k the sum of {op.count}"),
+        ], op.count, [
+            f"p = {partial}",
+            "for r in range(tan.shape[0]):",
+            "    tan[r, oy + py] += p * tan[r, ox + i]",
+        ])
     lines = [
         "",
         "",

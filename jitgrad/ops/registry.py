@@ -4,7 +4,9 @@ A declaration (:class:`OpDef`) names the op, the torch ``grad_fn`` it shows, its
 for the kinds that have them, its derivative: one expression per differentiable input in a
 tiny expression language (Python syntax; names ``x``/``a``/``b``/``cond`` for inputs, ``y``
 for the output, ``g`` for the incoming adjoint, ``c0``/``c1`` for float attributes, ``n``
-for a reduction's element count). The same string is
+for a reduction's element count, ``k`` for a reduction's count: the sum over the reduced
+elements of the op's ``count`` expression, e.g. the number of ties at the maximum). The same
+string is
 
 * turned into Numba source for the reverse sweep (``jitgrad/kernels/generate.py``),
 * evaluated with jitgrad Tensors for ``create_graph=True`` (``jitgrad/autograd/rules.py``),
@@ -37,7 +39,7 @@ KIND_NAMES = {ELEMENTWISE: "elementwise", REDUCE: "reduce", RESTRIDE: "restride"
 EXPRESSION_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh", "sign",
                         "positive",
                         "in_range", "where", "power", "matmul", "mT")
-EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n")
+EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n", "k")
 
 
 @dataclass(eq=False)
@@ -58,6 +60,10 @@ class OpDef:
     # layer's weight, read in place instead of copied out transposed); its partials are
     # written for that layout
     transposed_b: bool = False
+    # reduce kind: an expression of ``x`` and ``y`` whose sum over the elements reduced into
+    # an output is that output's ``k`` in the partial (recomputed by every kernel from the
+    # values, so a compiled replay sees the new ties)
+    count: str | None = None
 
     @property
     def b_dims(self) -> str:
@@ -111,7 +117,7 @@ def register(op: OpDef) -> OpDef:
     if op.name in BY_NAME:
         raise ValueError(f"op {op.name!r} registered twice")
     saves = set()
-    for partial in op.partials:
+    for partial in (*op.partials, op.count):
         if partial is not None:
             saves |= _names_in(partial)
     if op.forward is not None:
@@ -129,8 +135,10 @@ def elementwise(name: str, grad_fn: str, inputs: tuple[str, ...], partials, forw
     return register(OpDef(name, grad_fn, ELEMENTWISE, tuple(inputs), tuple(partials), forward))
 
 
-def reduction(name: str, grad_fn: str, partial: str):
-    return register(OpDef(name, grad_fn, REDUCE, ("x",), (partial,)))
+def reduction(name: str, grad_fn: str, partial: str, count: str | None = None):
+    if ("k" in _names_in(partial)) != (count is not None):
+        raise ValueError(f"reduction {name!r}: a partial reads k exactly when a count is given")
+    return register(OpDef(name, grad_fn, REDUCE, ("x",), (partial,), count=count))
 
 
 def linear(name: str, grad_fn: str, kind: int, inputs=("x",)):

@@ -25,8 +25,6 @@ linear("place", "AsStridedScatterBackward0", PLACE)
 linear("index", "IndexBackward0", GATHER)
 linear("max_dim", "MaxBackward0", GATHER)
 linear("min_dim", "MinBackward0", GATHER)
-linear("max", "MaxBackward1", GATHER)
-linear("min", "MinBackward1", GATHER)
 linear("index_add", "IndexPutBackward0", SCATTER)
 
 linear("to_dtype", "ToCopyBackward0", CAST)
