@@ -325,6 +325,24 @@ def test_nan_inputs_propagate_as_nan():
     assert np.isnan(guarded(np.array([np.nan, 1.0])))
 
 
+def test_sign_replays_as_torch_sign_at_nan_and_zero():
+    # sign() is recomputed on replay (the replay's own sign): 0 at nan and at +-0, as torch;
+    # the gradient with respect to w is sign(x) itself
+    def f(x, w):
+        return (torch.sign(x) * w).sum()
+
+    tape = torch.compile(f, np.ones(5), np.ones(5))
+    x, w = np.array([np.nan, -2.0, 3.0, 0.0, -0.0]), np.ones(5)
+    value, (_, grad_w) = tape.value_and_grad(x, w)
+    leaf = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    eager_value = f(torch.tensor(x, dtype=torch.float64), leaf)
+    eager_value.backward()
+    np.testing.assert_array_equal(grad_w, [0.0, -1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(grad_w, leaf.grad.numpy())
+    assert value == eager_value.item() == 0.0
+    assert tape.recordings == 1
+
+
 def test_load_refuses_corrupt_and_foreign_files(tmp_path):
     path = tmp_path / "tape.npz"
     torch.compile(lambda x: (x * x).sum(), np.ones(2)).save(path)
