@@ -15,7 +15,8 @@ import numpy as np
 from . import _dtype as dt
 from . import _vmath_forward
 from ._quiet import ERROR_STATE, IGNORE, quietly
-from .ops.registry import BY_NAME
+from .kernels.layout import E_IN0, E_OP
+from .ops.registry import BY_NAME, OPS
 from .recording import (
     SCALAR_FORWARD,
     broadcast_meta,
@@ -24,7 +25,7 @@ from .recording import (
     node_of,
 )
 from .tape import _state
-from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init
+from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init, _storage_of
 
 _F32 = dt.float32
 _F64 = dt.float64
@@ -1860,8 +1861,21 @@ def inplace(t: Tensor, compute) -> Tensor:
             f"output with shape {list(t.shape)} doesn't match the broadcast shape "
             f"{list(result.shape)}")
     data = t._value()
+    kept = None
+    if (result._op >= 0 and t._op >= 0 and t._tape is result._tape and t._node >= 0
+            and t._gen == result._gen and _storage_of(t).node == t._node):
+        # the op may read t's value (x.mul_(y) does, for y's gradient): keep it in a slot
+        # of its own instead of failing the backward (torch saves the original self)
+        entry = result._tape.node_entry(result._node)
+        fields = result._tape.entry_fields(entry)
+        saves = OPS[fields[E_OP]].saves
+        if any(fields[E_IN0 + k] == t._node and name in saves
+               for k, name in enumerate(OPS[fields[E_OP]].inputs)):
+            kept = (entry, result._tape.node_view(t._node).copy())
     data[...] = result._value()
     _bump_version(t)
+    if kept is not None:
+        result._tape.keep_overwritten_input(kept[0], t._node, result._node, kept[1])
     if result._op >= 0:  # recorded: t now stands for the op's output
         tape = result._tape
         if t._node >= 0 and t._tape is not None:

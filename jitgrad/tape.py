@@ -27,9 +27,11 @@ from .kernels.layout import (
     DTYPE_F32,
     DTYPE_F64,
     E_FREED,
+    E_IN0,
     E_META,
     E_OP,
     E_OUT,
+    E_VER0,
     E_WIDTH,
     N_DTYPE,
     N_ENTRY,
@@ -269,6 +271,22 @@ class Tape:
 
     def entry_field(self, entry: int, field: int) -> int:
         return _INT.unpack_from(self.entries, (entry * E_WIDTH + field) * 8)[0]
+
+    def keep_overwritten_input(self, entry: int, old: int, new: int, values) -> None:
+        """After an in-place write gave ``old``'s slot the values of ``new`` (made from
+        ``old`` by ``entry``, which may read ``old``'s value): move ``old`` to ``new``'s
+        slot, holding ``values`` (what ``old`` held), and ``new`` to the written slot. The
+        entry accepts the version the write gave ``old``; older entries that saved it
+        still fail their backward, as torch's."""
+        self.node_view(new)[...] = values
+        old_offset = self.node_field(old, N_OFFSET)
+        self.set_node_field(old, N_OFFSET, self.node_field(new, N_OFFSET))
+        self.set_node_field(new, N_OFFSET, old_offset)
+        fields = self.entry_fields(entry)
+        for k in range(3):
+            if fields[E_IN0 + k] == old:
+                _INT.pack_into(self.entries, (entry * E_WIDTH + E_VER0 + k) * 8,
+                               self.versions[old])
 
     def free_entry(self, entry: int) -> None:
         _INT.pack_into(self.entries, (entry * E_WIDTH + E_FREED) * 8, 1)

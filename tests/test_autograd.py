@@ -222,6 +222,86 @@ def test_in_place_on_non_leaf_is_recorded():
     np.testing.assert_allclose(y.detach().numpy(), [9.0, 15.0])
 
 
+@pytest.mark.parametrize("shape", [(), (3,)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_in_place_ops_that_read_the_value_they_overwrite(shape, dtype):
+    # u.mul_(m) reads u for m's gradient, u.div_(x) and u.pow_(2) for their own: the
+    # overwritten value is kept for the op's backward (torch saves the original self)
+    d = getattr(torch, dtype)
+    x = torch.full(shape, 2.0, dtype=d, requires_grad=True)
+    mask = torch.full(shape, 3.0, dtype=d)
+    u = x * 2.0
+    u.mul_(mask)  # a constant mask: dropout's pattern
+    assert type(u.grad_fn).__name__ == "MulBackward0"
+    v = x * 1.5
+    v.mul_(x)  # x requires grad: its gradient reads v's value before the write
+    w = x + 1.0
+    w.div_(x)
+    p = x - 1.0
+    p.pow_(3)
+    (u + v * v + w + p).sum().backward()
+    # d/dx [6x + (1.5 x^2)^2 + (x + 1) / x + (x - 1)^3] = 6 + 9 x^3 - 1 / x^2 + 3 (x - 1)^2
+    expected = 6.0 + 9.0 * 8.0 - 0.25 + 3.0
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(shape, expected, d.numpy))
+    np.testing.assert_array_equal(u.detach().numpy(), np.full(shape, 12.0))
+    np.testing.assert_array_equal(v.detach().numpy(), np.full(shape, 6.0))
+    # create_graph reads the kept values too: d2/dx2 = 27 x^2 + 2 / x^3 + 6 (x - 1)
+    x = torch.full(shape, 2.0, dtype=d, requires_grad=True)
+    v = x * 1.5
+    v.mul_(x)
+    w = x + 1.0
+    w.div_(x)
+    p = x - 1.0
+    p.pow_(3)
+    (g,) = torch.autograd.grad((v * v + w + p).sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    np.testing.assert_allclose(h.numpy(), np.full(shape, 27.0 * 4 + 0.25 + 6.0), rtol=1e-6)
+
+
+def test_a_value_saved_before_an_in_place_op_still_fails_its_backward():
+    # the kept value serves the in-place op's own entry only; an older consumer sees the
+    # version change, as torch's
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    u = x * 2.0
+    z = u * u
+    u.mul_(torch.tensor([3.0, 3.0]))
+    u.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [6.0, 6.0])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
+
+
+def test_in_place_ops_match_torch():
+    torch_ = pytest.importorskip("torch")
+    results = []
+    for lib in (torch_, torch):
+        x = lib.tensor([0.5, -1.0, 2.0], dtype=lib.float64, requires_grad=True)
+        m = lib.tensor([1.0, 0.0, 2.0], dtype=lib.float64)
+        h = lib.tanh(x) * 3.0
+        h.mul_(m)
+        h.add_(x * x)
+        k = x * 2.0 + 1.0
+        k.div_(x * x + 1.0)
+        k.sub_(h)
+        (h * k).sum().backward()
+        results.append((h.detach().numpy(), k.detach().numpy(), x.grad.numpy()))
+    for ours, theirs in zip(results[1], results[0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-13)
+
+
+def test_views_of_recorded_tensors_are_copies_as_the_readme_says():
+    # README, "Known limits": pinned so that a change of this behaviour is noticed
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    u = x * 2.0
+    v = u[0:2]
+    u.mul_(3.0)
+    assert v.tolist() == [2.0, 4.0] and u.tolist() == [6.0, 12.0, 18.0]
+    plain = torch.tensor([1.0, 2.0, 3.0]) * 2.0
+    alias = plain[0:2]
+    plain.mul_(3.0)
+    assert alias.tolist() == [6.0, 12.0]  # not recorded: a NumPy view, as torch's
+
+
 def test_softmax_and_losses_compose():
     torch.manual_seed(0)
     logits = torch.randn(4, 3, requires_grad=True)
