@@ -1458,6 +1458,8 @@ def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     end = _canonical_dim(end_dim, input.ndim, "flatten")
     if start > end:
         raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+    if start == end:  # nothing to merge: the input itself, as torch
+        return input
     shape = input.shape
     middle = 1
     for s in shape[start:end + 1]:

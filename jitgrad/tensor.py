@@ -484,8 +484,8 @@ def _setitem(self, key, value) -> None:
 Tensor.__setitem__ = _setitem
 Tensor.__hash__ = lambda self: id(self)
 
-Tensor.T = property(lambda self: F.permute(self, *range(self.ndim - 1, -1, -1))
-                    if self.ndim != 2 else F.t(self))
+# torch's T is a permute of every dim (PermuteBackward0, for matrices too)
+Tensor.T = property(lambda self: F.permute(self, *range(self.ndim - 1, -1, -1)))
 Tensor.mT = property(lambda self: F.transpose(self, -2, -1))
 
 

@@ -302,6 +302,16 @@ def test_views_of_recorded_tensors_are_copies_as_the_readme_says():
     assert alias.tolist() == [6.0, 12.0]  # not recorded: a NumPy view, as torch's
 
 
+def test_view_grad_fn_names_and_identities_as_torch():
+    m = torch.ones(2, 3, requires_grad=True)
+    x = torch.ones(4, requires_grad=True)
+    assert type(m.T.grad_fn).__name__ == "PermuteBackward0"  # torch's T is a permute
+    assert type(m.t().grad_fn).__name__ == "TBackward0"
+    assert x.flatten() is x and m.flatten(1, 1) is m and m.flatten(-1) is m
+    assert type(m.flatten().grad_fn).__name__ == "ViewBackward0"
+    assert torch.ones((), requires_grad=True).flatten().shape == (1,)
+
+
 def test_softmax_and_losses_compose():
     torch.manual_seed(0)
     logits = torch.randn(4, 3, requires_grad=True)
