@@ -218,3 +218,65 @@ def test_sign_of_nan_is_zero():
     assert jitgrad.sign(x).tolist() == [0.0, 0.0, 0.0, -1.0, 1.0]
     assert jitgrad.sign(jitgrad.tensor(_NAN, dtype=jitgrad.float64)).item() == 0.0
     assert jitgrad.sign(jitgrad.tensor([-3, 0, 4])).tolist() == [-1, 0, 1]
+
+
+# a selection's adjoint is masked, not multiplied: where it selects nothing the gradient is
+# exactly 0 even when the incoming one is inf or nan (sqrt'(0) = inf), as torch's threshold,
+# clamp, where and maximum backwards; a product (abs, mul) lets inf * 0 be nan, as torch's
+def _masked_programs(L, shape=(3,)):
+    zeros = L.zeros(shape, dtype=L.float64)
+    return {
+        "relu": lambda x: L.sqrt(L.relu(x)),
+        "clamp": lambda x: L.sqrt(L.clamp(x, min=0.0)),
+        "where": lambda x: L.log(L.where(x > 0, x, zeros)),
+        "maximum": lambda x: L.sqrt(L.maximum(x, zeros)),
+        "abs_times_zero": lambda x: L.sqrt(L.abs(x) * 0.0),
+    }
+
+
+_MASKED = {  # x = [-1, 0, 4]
+    "relu": [0.0, 0.0, 0.25],
+    "clamp": [0.0, np.inf, 0.25],  # clamp passes the gradient at its bound
+    "where": [0.0, 0.0, 0.25],
+    "maximum": [0.0, np.inf, 0.25],  # a tie: half of inf
+    "abs_times_zero": [np.nan, np.nan, np.nan],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MASKED))
+def test_selections_mask_an_infinite_incoming_gradient(name):
+    x = np.array([-1.0, 0.0, 4.0])
+    expected = np.array(_MASKED[name])
+    f = _masked_programs(jitgrad)[name]
+    t = jitgrad.tensor(x, dtype=jitgrad.float64, requires_grad=True)
+    f(t).sum().backward()  # the Numba sweep
+    np.testing.assert_array_equal(t.grad.numpy(), expected)
+    t = jitgrad.tensor(x, dtype=jitgrad.float64, requires_grad=True)
+    (g,) = jitgrad.autograd.grad(f(t).sum(), t, create_graph=True)  # the rule
+    np.testing.assert_array_equal(g.detach().numpy(), expected)
+    tape = jitgrad.compile(lambda u: f(u).sum(), np.ones(3))  # the compiled replay
+    np.testing.assert_array_equal(tape.grad(x), expected)
+    program = _masked_programs(jitgrad, ())
+    for i, v in enumerate(x):  # 0-d values take the scalar paths
+        s = jitgrad.tensor(v, dtype=jitgrad.float64, requires_grad=True)
+        program[name](s).backward()
+        np.testing.assert_array_equal(s.grad.item(), expected[i])
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(x, requires_grad=True)
+    _masked_programs(torch)[name](t).sum().backward()
+    np.testing.assert_array_equal(t.grad.numpy(), expected)
+
+
+def test_second_order_through_a_selection_of_a_nan_derivative():
+    # norm's second derivative at 0 is nan; relu selects nothing there: torch gives 0
+    def f(L, t):
+        return L.relu(t).norm(dim=0).sum()
+
+    x = np.array([[0.0, -1.0, 2.0]])
+    t = jitgrad.tensor(x, dtype=jitgrad.float64, requires_grad=True)
+    (g,) = jitgrad.autograd.grad(f(jitgrad, t), t, create_graph=True)
+    (h,) = jitgrad.autograd.grad(g.sum(), t)
+    np.testing.assert_array_equal(h.numpy(), [[0.0, 0.0, 0.0]])
+    hv = jitgrad.func.hvp(lambda u: f(jitgrad, u), (jitgrad.tensor(x, dtype=jitgrad.float64),),
+                          (jitgrad.tensor(np.ones((1, 3)), dtype=jitgrad.float64),))
+    np.testing.assert_array_equal(hv.numpy(), [[0.0, 0.0, 0.0]])

@@ -25,6 +25,7 @@ from ..ops.registry import (
     REDUCE,
     RESTRIDE,
     SCATTER,
+    selects,
 )
 from ..tensor import Tensor, _init
 
@@ -153,7 +154,11 @@ def _vjp(tape, op, row, inputs, out, g, c0, c1):
             if partial is None or not _wants(tape, node):
                 continue
             local = _evaluate(partial, env)
-            yield k, sum_to(g * local, tape.shapes[node])
+            if selects(partial) and isinstance(local, Tensor):  # a mask: exactly 0 where it is
+                contribution = F.where(local == 0.0, 0.0, g * local)
+            else:
+                contribution = g * local
+            yield k, sum_to(contribution, tape.shapes[node])
     elif kind == REDUCE:
         x, keep, env = reduction_env(tape, op, row, inputs[0], out, c0, c1)
         g_full = F.expand(F.reshape(g, *keep), *x.shape)

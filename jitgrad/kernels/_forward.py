@@ -953,7 +953,7 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
             d0 = g * (y * (1.0 - y))
     elif code == 9:  # relu
         if w0:
-            d0 = g * (where(y <= 0.0, 0.0, 1.0))
+            d0 = where((where(y <= 0.0, 0.0, 1.0)) == 0.0, 0.0, g * (where(y <= 0.0, 0.0, 1.0)))
     elif code == 10:  # abs
         x = x0
         if w0:
@@ -974,7 +974,7 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
     elif code == 15:  # clamp
         x = x0
         if w0:
-            d0 = g * (in_range(x, c0, c1))
+            d0 = where((in_range(x, c0, c1)) == 0.0, 0.0, g * (in_range(x, c0, c1)))
     elif code == 16:  # add_scalar
         if w0:
             d0 = g * (1.0)
@@ -1033,22 +1033,22 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         a = x0
         b = x1
         if w0:
-            d0 = g * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+            d0 = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
         if w1:
-            d1 = g * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+            d1 = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
     elif code == 29:  # minimum
         a = x0
         b = x1
         if w0:
-            d0 = g * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+            d0 = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
         if w1:
-            d1 = g * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+            d1 = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
     elif code == 30:  # where
         cond = x2
         if w0:
-            d0 = g * (cond)
+            d0 = where((cond) == 0.0, 0.0, g * (cond))
         if w1:
-            d1 = g * (1.0 - cond)
+            d1 = where((1.0 - cond) == 0.0, 0.0, g * (1.0 - cond))
     return d0, d1, d2
 
 

@@ -343,14 +343,14 @@ def hvp_relu(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c
             for i in range(n):
                 y = y_[i]
                 p = where(y <= 0.0, 0.0, 1.0)
-                adj0[i] = g_[i] * p
-                adj_tan0[i] = dg_[i] * p
+                adj0[i] = where(p == 0.0, 0.0, g_[i] * p)
+                adj_tan0[i] = where(p == 0.0, 0.0, dg_[i] * p)
         else:
             for i in range(n):
                 y = y_[i]
                 p = where(y <= 0.0, 0.0, 1.0)
-                adj0[i] += g_[i] * p
-                adj_tan0[i] += dg_[i] * p
+                adj0[i] += where(p == 0.0, 0.0, g_[i] * p)
+                adj_tan0[i] += where(p == 0.0, 0.0, dg_[i] * p)
 
 
 @kernel
@@ -497,14 +497,14 @@ def hvp_clamp(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
             for i in range(n):
                 x = x_[i]
                 p = in_range(x, c0, c1)
-                adj0[i] = g_[i] * p
-                adj_tan0[i] = dg_[i] * p
+                adj0[i] = where(p == 0.0, 0.0, g_[i] * p)
+                adj_tan0[i] = where(p == 0.0, 0.0, dg_[i] * p)
         else:
             for i in range(n):
                 x = x_[i]
                 p = in_range(x, c0, c1)
-                adj0[i] += g_[i] * p
-                adj_tan0[i] += dg_[i] * p
+                adj0[i] += where(p == 0.0, 0.0, g_[i] * p)
+                adj_tan0[i] += where(p == 0.0, 0.0, dg_[i] * p)
 
 
 @kernel
@@ -1278,15 +1278,15 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
-                    adj0[i] = g_[i] * p
-                    adj_tan0[i] = dg_[i] * p
+                    adj0[i] = where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan0[i] = where(p == 0.0, 0.0, dg_[i] * p)
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
-                    adj0[i] += g_[i] * p
-                    adj_tan0[i] += dg_[i] * p
+                    adj0[i] += where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan0[i] += where(p == 0.0, 0.0, dg_[i] * p)
         if w1:
             adj1 = adj[o1:o1 + n]
             adj_tan1 = adj_tan[o1:o1 + n]
@@ -1295,15 +1295,15 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
-                    adj1[i] = g_[i] * p
-                    adj_tan1[i] = dg_[i] * p
+                    adj1[i] = where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan1[i] = where(p == 0.0, 0.0, dg_[i] * p)
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
-                    adj1[i] += g_[i] * p
-                    adj_tan1[i] += dg_[i] * p
+                    adj1[i] += where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan1[i] += where(p == 0.0, 0.0, dg_[i] * p)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -1337,8 +1337,8 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 a = a_[i]
                 b = b_[i]
                 p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
-                contribution[i] = g_[i] * p
-                contribution_tan[i] = dg_[i] * p
+                contribution[i] = where(p == 0.0, 0.0, g_[i] * p)
+                contribution_tan[i] = where(p == 0.0, 0.0, dg_[i] * p)
             if s0[ndim - 1] == 1:
                 adj0 = adj[o0 + p0:o0 + p0 + width]
                 adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
@@ -1353,8 +1353,8 @@ def hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 a = a_[i]
                 b = b_[i]
                 p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
-                contribution[i] = g_[i] * p
-                contribution_tan[i] = dg_[i] * p
+                contribution[i] = where(p == 0.0, 0.0, g_[i] * p)
+                contribution_tan[i] = where(p == 0.0, 0.0, dg_[i] * p)
             if s1[ndim - 1] == 1:
                 adj1 = adj[o1 + p1:o1 + p1 + width]
                 adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]
@@ -1395,15 +1395,15 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
-                    adj0[i] = g_[i] * p
-                    adj_tan0[i] = dg_[i] * p
+                    adj0[i] = where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan0[i] = where(p == 0.0, 0.0, dg_[i] * p)
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
-                    adj0[i] += g_[i] * p
-                    adj_tan0[i] += dg_[i] * p
+                    adj0[i] += where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan0[i] += where(p == 0.0, 0.0, dg_[i] * p)
         if w1:
             adj1 = adj[o1:o1 + n]
             adj_tan1 = adj_tan[o1:o1 + n]
@@ -1412,15 +1412,15 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
-                    adj1[i] = g_[i] * p
-                    adj_tan1[i] = dg_[i] * p
+                    adj1[i] = where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan1[i] = where(p == 0.0, 0.0, dg_[i] * p)
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
                     p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
-                    adj1[i] += g_[i] * p
-                    adj_tan1[i] += dg_[i] * p
+                    adj1[i] += where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan1[i] += where(p == 0.0, 0.0, dg_[i] * p)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -1454,8 +1454,8 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 a = a_[i]
                 b = b_[i]
                 p = where(a == b, 0.5, where(a > b, 0.0, 1.0))
-                contribution[i] = g_[i] * p
-                contribution_tan[i] = dg_[i] * p
+                contribution[i] = where(p == 0.0, 0.0, g_[i] * p)
+                contribution_tan[i] = where(p == 0.0, 0.0, dg_[i] * p)
             if s0[ndim - 1] == 1:
                 adj0 = adj[o0 + p0:o0 + p0 + width]
                 adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
@@ -1470,8 +1470,8 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
                 a = a_[i]
                 b = b_[i]
                 p = where(a == b, 0.5, where(a < b, 0.0, 1.0))
-                contribution[i] = g_[i] * p
-                contribution_tan[i] = dg_[i] * p
+                contribution[i] = where(p == 0.0, 0.0, g_[i] * p)
+                contribution_tan[i] = where(p == 0.0, 0.0, dg_[i] * p)
             if s1[ndim - 1] == 1:
                 adj1 = adj[o1 + p1:o1 + p1 + width]
                 adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]
@@ -1509,14 +1509,14 @@ def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
                 for i in range(n):
                     cond = cond_[i]
                     p = cond
-                    adj0[i] = g_[i] * p
-                    adj_tan0[i] = dg_[i] * p
+                    adj0[i] = where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan0[i] = where(p == 0.0, 0.0, dg_[i] * p)
             else:
                 for i in range(n):
                     cond = cond_[i]
                     p = cond
-                    adj0[i] += g_[i] * p
-                    adj_tan0[i] += dg_[i] * p
+                    adj0[i] += where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan0[i] += where(p == 0.0, 0.0, dg_[i] * p)
         if w1:
             adj1 = adj[o1:o1 + n]
             adj_tan1 = adj_tan[o1:o1 + n]
@@ -1524,14 +1524,14 @@ def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
                 for i in range(n):
                     cond = cond_[i]
                     p = 1.0 - cond
-                    adj1[i] = g_[i] * p
-                    adj_tan1[i] = dg_[i] * p
+                    adj1[i] = where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan1[i] = where(p == 0.0, 0.0, dg_[i] * p)
             else:
                 for i in range(n):
                     cond = cond_[i]
                     p = 1.0 - cond
-                    adj1[i] += g_[i] * p
-                    adj_tan1[i] += dg_[i] * p
+                    adj1[i] += where(p == 0.0, 0.0, g_[i] * p)
+                    adj_tan1[i] += where(p == 0.0, 0.0, dg_[i] * p)
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -1559,8 +1559,8 @@ def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
             for i in range(width):
                 cond = cond_[i]
                 p = cond
-                contribution[i] = g_[i] * p
-                contribution_tan[i] = dg_[i] * p
+                contribution[i] = where(p == 0.0, 0.0, g_[i] * p)
+                contribution_tan[i] = where(p == 0.0, 0.0, dg_[i] * p)
             if s0[ndim - 1] == 1:
                 adj0 = adj[o0 + p0:o0 + p0 + width]
                 adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
@@ -1574,8 +1574,8 @@ def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
             for i in range(width):
                 cond = cond_[i]
                 p = 1.0 - cond
-                contribution[i] = g_[i] * p
-                contribution_tan[i] = dg_[i] * p
+                contribution[i] = where(p == 0.0, 0.0, g_[i] * p)
+                contribution_tan[i] = where(p == 0.0, 0.0, dg_[i] * p)
             if s1[ndim - 1] == 1:
                 adj1 = adj[o1 + p1:o1 + p1 + width]
                 adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]

@@ -170,11 +170,11 @@ def reverse_relu(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c
         if w0 == 2:
             for i in range(n):
                 y = y_[i]
-                adj0[i] = g_[i] * (where(y <= 0.0, 0.0, 1.0))
+                adj0[i] = where((where(y <= 0.0, 0.0, 1.0)) == 0.0, 0.0, g_[i] * (where(y <= 0.0, 0.0, 1.0)))
         else:
             for i in range(n):
                 y = y_[i]
-                adj0[i] += g_[i] * (where(y <= 0.0, 0.0, 1.0))
+                adj0[i] += where((where(y <= 0.0, 0.0, 1.0)) == 0.0, 0.0, g_[i] * (where(y <= 0.0, 0.0, 1.0)))
 
 
 @kernel
@@ -269,11 +269,11 @@ def reverse_clamp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, 
         if w0 == 2:
             for i in range(n):
                 x = x_[i]
-                adj0[i] = g_[i] * (in_range(x, c0, c1))
+                adj0[i] = where((in_range(x, c0, c1)) == 0.0, 0.0, g_[i] * (in_range(x, c0, c1)))
         else:
             for i in range(n):
                 x = x_[i]
-                adj0[i] += g_[i] * (in_range(x, c0, c1))
+                adj0[i] += where((in_range(x, c0, c1)) == 0.0, 0.0, g_[i] * (in_range(x, c0, c1)))
 
 
 @kernel
@@ -758,24 +758,24 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+                    adj0[i] = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] += g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+                    adj0[i] += where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
         if w1:
             adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+                    adj1[i] = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] += g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+                    adj1[i] += where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -806,7 +806,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+                contribution[i] = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
             if s0[ndim - 1] == 1:
                 adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
@@ -817,7 +817,7 @@ def reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+                contribution[i] = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
             if s1[ndim - 1] == 1:
                 adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
@@ -850,24 +850,24 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+                    adj0[i] = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj0[i] += g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+                    adj0[i] += where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
         if w1:
             adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+                    adj1[i] = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] += g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+                    adj1[i] += where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -898,7 +898,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0)))
+                contribution[i] = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
             if s0[ndim - 1] == 1:
                 adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
@@ -909,7 +909,7 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0)))
+                contribution[i] = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g_[i] * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
             if s1[ndim - 1] == 1:
                 adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):
@@ -940,21 +940,21 @@ def reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, 
             if w0 == 2:
                 for i in range(n):
                     cond = cond_[i]
-                    adj0[i] = g_[i] * (cond)
+                    adj0[i] = where((cond) == 0.0, 0.0, g_[i] * (cond))
             else:
                 for i in range(n):
                     cond = cond_[i]
-                    adj0[i] += g_[i] * (cond)
+                    adj0[i] += where((cond) == 0.0, 0.0, g_[i] * (cond))
         if w1:
             adj1 = adj[u1:u1 + n]
             if w1 == 2:
                 for i in range(n):
                     cond = cond_[i]
-                    adj1[i] = g_[i] * (1.0 - cond)
+                    adj1[i] = where((1.0 - cond) == 0.0, 0.0, g_[i] * (1.0 - cond))
             else:
                 for i in range(n):
                     cond = cond_[i]
-                    adj1[i] += g_[i] * (1.0 - cond)
+                    adj1[i] += where((1.0 - cond) == 0.0, 0.0, g_[i] * (1.0 - cond))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -979,7 +979,7 @@ def reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, 
         if w0:
             for i in range(width):
                 cond = cond_[i]
-                contribution[i] = g_[i] * (cond)
+                contribution[i] = where((cond) == 0.0, 0.0, g_[i] * (cond))
             if s0[ndim - 1] == 1:
                 adj0 = adj[u0 + p0:u0 + p0 + width]
                 for i in range(width):
@@ -989,7 +989,7 @@ def reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, 
         if w1:
             for i in range(width):
                 cond = cond_[i]
-                contribution[i] = g_[i] * (1.0 - cond)
+                contribution[i] = where((1.0 - cond) == 0.0, 0.0, g_[i] * (1.0 - cond))
             if s1[ndim - 1] == 1:
                 adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):

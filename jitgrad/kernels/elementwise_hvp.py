@@ -34,7 +34,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from ..ops.registry import ELEMENTWISE, OPS, REDUCE
+from ..ops.registry import ELEMENTWISE, OPS, REDUCE, selects
 from .layout import DTYPE_F64, E_WIDTH, HAS_SECOND_ORDER, N_WIDTH
 from .loops import _baked, _names, _rename
 
@@ -332,12 +332,14 @@ def source(shape: tuple) -> tuple[str, tuple, tuple]:
             store = "=" if k in fresh else "+="
             fresh.discard(k)
             gv, hv = adjoint[v]
-            step.append(f"{gv} {store} {g} * p")
-            if term == "0.0":
-                step.append(f"{hv} {store} {h} * p")
+            second = f"{h} * p" if term == "0.0" else (
+                f"{h} * p + {g} * ({_rename(term, dict(moving, dy='dy'))})")
+            if selects(partial):  # a mask: exactly 0 where p is (ops.registry.adjoint_product)
+                step.append(f"{gv} {store} where(p == 0.0, 0.0, {g} * p)")
+                step.append(f"{hv} {store} where(p == 0.0, 0.0, {second})")
             else:
-                step.append(f"{hv} {store} {h} * p + {g} * "
-                            f"({_rename(term, dict(moving, dy='dy'))})")
+                step.append(f"{gv} {store} {g} * p")
+                step.append(f"{hv} {store} {second}")
             lines += step
     if any(_UNKNOWN in line for line in (*before, *body)):
         raise _Declined  # a step reads what is not computed (or not recorded)

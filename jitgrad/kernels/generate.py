@@ -6,7 +6,8 @@
 The generated module is committed (Numba's on-disk cache needs functions that live in a
 real file) and a test checks that it matches the registry. Each derivative expression of
 ``jitgrad/ops`` is pasted into a loop: elementwise ops accumulate ``g * partial`` into each
-input, following broadcast strides; reductions read ``g`` and ``y`` at the reduced index;
+input (masked for selections: ``ops.registry.adjoint_product``), following broadcast
+strides; reductions read ``g`` and ``y`` at the reduced index;
 matrix products evaluate their vector-Jacobian products per batch.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..ops.registry import ELEMENTWISE, MATMUL, OPS, REDUCE, _names_in
+from ..ops.registry import ELEMENTWISE, MATMUL, OPS, REDUCE, _names_in, adjoint_product
 from . import codegen
 
 TARGET = Path(__file__).with_name("_reverse.py")
@@ -73,7 +74,7 @@ def _contiguous(op, indent: str) -> list[str]:
             for name in [*op.inputs, "y"]:
                 if name in used:
                     out.append(f"{indent}            {name} = {name}_[i]")
-            out.append(f"{indent}            adj{k}[i] {store} g_[i] * ({partial})")
+            out.append(f"{indent}            adj{k}[i] {store} {adjoint_product('g_[i]', partial)}")
     return out
 
 
@@ -148,7 +149,7 @@ def _broadcast(op) -> list[str]:
         for name in [*inputs, "y"]:
             if name in names:
                 out.append(f"                {name} = {name}_[i]")
-        out += [f"                contribution[i] = g_[i] * ({partial})",
+        out += [f"                contribution[i] = {adjoint_product('g_[i]', partial)}",
                 f"            if s{k}[ndim - 1] == 1:",
                 f"                adj{k} = adj[u{k} + p{k}:u{k} + p{k} + width]",
                 "                for i in range(width):",

@@ -22,7 +22,15 @@ import ast
 import sys
 from pathlib import Path
 
-from ..ops.registry import ELEMENTWISE, EXPRESSION_FUNCTIONS, MATMUL, OPS, REDUCE, _names_in
+from ..ops.registry import (
+    ELEMENTWISE,
+    EXPRESSION_FUNCTIONS,
+    MATMUL,
+    OPS,
+    REDUCE,
+    _names_in,
+    adjoint_product,
+)
 from . import codegen
 
 TARGET = Path(__file__).with_name("_forward.py")
@@ -269,7 +277,7 @@ def _scalar_adjoints() -> str:
         for k, partial in enumerate(op.partials):
             if partial is not None:
                 lines.append(f"        if w{k}:")
-                lines.append(f"            d{k} = g * ({_scalar(partial)})")
+                lines.append(f"            d{k} = {adjoint_product('g', _scalar(partial))}")
     lines.append("    return d0, d1, d2")
     return "\n".join(lines)
 

@@ -47,6 +47,7 @@ from ..ops.registry import (
     RESTRIDE,
     SCATTER,
     _names_in,
+    selects,
 )
 from . import codegen
 from .layout import FLOWS_SHIFT, HAS_SECOND_ORDER, KEEPS_PARTIAL
@@ -238,9 +239,13 @@ def _function_name(op) -> str:
 
 
 def _update(adjoint: str, adjoint_tangent: str, store: str, derived: str, g: str,
-            dg: str) -> list[str]:
-    """``adjoint += g * p`` and ``adjoint_tangent += dg * p + g * dp`` for one element."""
+            dg: str, masked: bool = False) -> list[str]:
+    """``adjoint += g * p`` and ``adjoint_tangent += dg * p + g * dp`` for one element;
+    ``masked`` (a selection, see ``ops.registry.adjoint_product``): both exactly 0 where p is."""
     second = f"{dg} * p" if derived == "0.0" else f"{dg} * p + {g} * ({derived})"
+    if masked:
+        return [f"{adjoint} {store} where(p == 0.0, 0.0, {g} * p)",
+                f"{adjoint_tangent} {store} where(p == 0.0, 0.0, {second})"]
     return [f"{adjoint} {store} {g} * p", f"{adjoint_tangent} {store} {second}"]
 
 
@@ -298,7 +303,7 @@ def _elementwise(op) -> str:
             for test, store in ((f"if w{k} == 2:", "="), ("else:", "+=")):
                 body = [*loads, *extra,
                         *_update(f"adj{k}[i]", f"adj_tan{k}[i]", store, derived[k], "g_[i]",
-                                 "dg_[i]")]
+                                 "dg_[i]", selects(op.partials[k]))]
                 out += [f"{indent}    {test}", *_loop(f"{indent}        ", "for i in range(n):",
                                                        body)]
         return out
@@ -386,7 +391,7 @@ def _broadcast(op, names: set[str]) -> list[str]:
         loads, extra = _elementwise_loads(op, k)
         body = [*loads, *extra,
                 *_update("contribution[i]", "contribution_tan[i]", "=", derived[k], "g_[i]",
-                         "dg_[i]")]
+                         "dg_[i]", selects(op.partials[k]))]
         out += [f"        if w{k}:", *_loop("            ", "for i in range(width):", body)]
         out += [f"            if s{k}[ndim - 1] == 1:",
                 f"                adj{k} = adj[o{k} + p{k}:o{k} + p{k} + width]",

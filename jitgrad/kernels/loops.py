@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ops.registry import OPS
+from ..ops.registry import OPS, selects
 from .generated import generated_name, load_generated
 from .layout import (
     E_IN0,
@@ -612,7 +612,11 @@ def _reverse_iteration(w: _Writer, indent: int, last: bool, first: bool) -> None
             if pos.tag == TAG_COPY:
                 w.emit(indent, f"d = a{j}")
             else:
-                w.emit(indent, f"d = a{j} * ({_rename(_scalar(partial), names)})")
+                local = _rename(_scalar(partial), names)
+                if selects(partial):  # a mask: exactly 0 where it is (registry.adjoint_product)
+                    w.emit(indent, f"d = where(({local}) == 0.0, 0.0, a{j} * ({local}))")
+                else:
+                    w.emit(indent, f"d = a{j} * ({local})")
             op = pos.operands[k]
             if op[0] == "mem":
                 w.emit(indent, f"adj[{_at(f'b{j}_{k} + it * s{j}_{k}')}] += d")

@@ -113,6 +113,47 @@ def _names_in(expression: str) -> set[str]:
     return found
 
 
+def selects(partial: str) -> bool:
+    """Whether a partial is a selection: ``in_range()``, ``positive()``, the where op's
+    condition, or a ``where()`` whose every branch is a number (relu's, maximum's); its
+    adjoint product is masked (:func:`adjoint_product`). A ``where()`` choosing between
+    expressions (pow's) is a product, as torch's.
+
+    >>> selects("where(y <= 0.0, 0.0, 1.0)"), selects("where(c0 == 0.0, 0.0, c0 * x)")
+    (True, False)
+    """
+    if partial in ("cond", "1.0 - cond"):
+        return True
+    node = ast.parse(partial, mode="eval").body
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        return False
+    if node.func.id in ("in_range", "positive"):
+        return True
+
+    def numbers(branch) -> bool:
+        if isinstance(branch, ast.Constant):
+            return isinstance(branch.value, float)
+        return (isinstance(branch, ast.Call) and isinstance(branch.func, ast.Name)
+                and branch.func.id == "where" and all(numbers(b) for b in branch.args[1:]))
+
+    return numbers(node)
+
+
+def adjoint_product(g: str, partial: str) -> str:
+    """``g * partial`` as the reverse steps compute it. A selection gives exactly 0 where it
+    is 0, even where ``g`` is inf or nan (``sqrt(relu(x))`` at x <= 0: the inf derivative of
+    sqrt(0) does not reach x), as torch's threshold, where and clamp backwards mask.
+
+    >>> adjoint_product("g", "y")
+    'g * (y)'
+    >>> adjoint_product("g", "in_range(x, c0, c1)")
+    'where((in_range(x, c0, c1)) == 0.0, 0.0, g * (in_range(x, c0, c1)))'
+    """
+    if selects(partial):
+        return f"where(({partial}) == 0.0, 0.0, {g} * ({partial}))"
+    return f"{g} * ({partial})"
+
+
 def register(op: OpDef) -> OpDef:
     if op.name in BY_NAME:
         raise ValueError(f"op {op.name!r} registered twice")
