@@ -1411,6 +1411,7 @@ def _record_program(f, specs: list, args: tuple, order: int):
     previous = _recorder()
     tape = Tape()
     tape.next_check = 1 << 62  # keep every entry: no liveness restarts while recording
+    tape.compactable = False  # the recording keeps node ids of its own
     _hooks.install()
     try:
         state.tape = tape

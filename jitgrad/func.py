@@ -151,34 +151,41 @@ class _Call:
         self.connected = (enclosed or any(t._requires_grad for t in self.originals)
                           or any(isinstance(x, Tensor) and x._requires_grad
                                  for i, x in enumerate(args) if i not in argnums))
-        if _state.grad_enabled:  # (as enable_grad would, it is on again afterwards)
-            try:
-                result = self._record(func, args, duals)
-            finally:
-                _state.grad_enabled = True
-        else:
-            with enable_grad():
-                result = self._record(func, args, duals)
-        self.aux = None
-        if has_aux:
-            if not (isinstance(result, (tuple, list)) and len(result) == 2):
-                raise RuntimeError(f"{name}(f, ...)(*args): output of function f should be a "
-                                   f"tuple: (output, aux) if has_aux is True")
-            result, self.aux = result
-        self.output = result
-        self.outputs, self.output_spec = _flatten(result)
-        for i, out in enumerate(self.outputs):
-            if not isinstance(out, Tensor):
-                raise RuntimeError(f"{name}: expected f(*args) to return only Tensors, got "
-                                   f"{type(out).__name__} at position {i}")
-        if not self.connected and _closes_over_graph(self.tape, self.start, self.inputs):
-            self.connected = True
+        self._held = None  # the tape while this call keeps its entry numbers (start)
+        try:
+            if _state.grad_enabled:  # (as enable_grad would, it is on again afterwards)
+                try:
+                    result = self._record(func, args, duals)
+                finally:
+                    _state.grad_enabled = True
+            else:
+                with enable_grad():
+                    result = self._record(func, args, duals)
+            self.aux = None
+            if has_aux:
+                if not (isinstance(result, (tuple, list)) and len(result) == 2):
+                    raise RuntimeError(f"{name}(f, ...)(*args): output of function f should be a "
+                                       f"tuple: (output, aux) if has_aux is True")
+                result, self.aux = result
+            self.output = result
+            self.outputs, self.output_spec = _flatten(result)
+            for i, out in enumerate(self.outputs):
+                if not isinstance(out, Tensor):
+                    raise RuntimeError(f"{name}: expected f(*args) to return only Tensors, got "
+                                       f"{type(out).__name__} at position {i}")
+            if not self.connected and _closes_over_graph(self.tape, self.start, self.inputs):
+                self.connected = True
+        finally:
+            if self._held is not None:  # a compaction may renumber from here on
+                self._held.holds -= 1
 
     def _record(self, func: Callable, args: list, duals):
         """``func`` called on the differentiable copies, recorded (grad mode is on)."""
         # a pending restart of the tape happens now: not under the inputs' nodes
         self.tape = _state.tape
         self.tape.before_record()
+        self.tape.holds += 1
+        self._held = self.tape
         if duals is not None:
             self.inputs = duals(self.originals, self.connected)
         elif self.connected:
@@ -638,7 +645,7 @@ def _tangent_sweep(tape, seeds: list, start: int, stop: int, outputs: list) -> l
 
 
 def _node(t: Tensor, tape) -> int:
-    if t._tape is tape and t._gen == tape.generation and t._node >= 0 and t._requires_grad:
+    if t._tape is tape and t._node >= 0 and t._requires_grad and tape.adopt(t):
         return t._node
     return -1
 

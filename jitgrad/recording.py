@@ -44,7 +44,7 @@ def node_of(tape, t) -> int:
     """The node of tensor ``t`` on ``tape``'s current generation, registering it (copying
     its value into the arena) when it has none: leaves, constants, and values from an
     older generation."""
-    if t._tape is tape and t._gen == tape.generation:
+    if t._tape is tape and (t._gen == tape.generation or tape.adopt(t)):
         node = t._node
         if node >= 0 and (t._op >= 0 or _storage_version(t) == t._node_version):
             return node

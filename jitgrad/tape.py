@@ -12,7 +12,10 @@ still pending (not freed by a backward), the next recording starts a new generat
 tables restart at row 0 and the arenas are swapped for ones no tensor views. Tensors of an
 old generation keep their data (their arena stays alive through their views) and read as
 graph-freed. This keeps training loops and forgotten-``no_grad`` inference in constant
-memory.
+memory. When a liveness check finds live tensors on pending entries (a loss computed in
+grad mode and never differentiated), the tape is compacted instead: the rows those
+tensors' backward can reach move to a new generation, renumbered, and tensors of the old
+one find their new rows through ``carried`` when next used (``adopt``).
 """
 from __future__ import annotations
 
@@ -89,6 +92,12 @@ class Tape:
         # the instance would turn every later attribute load on the tape into a slow one)
         self.python_callbacks = None
         self.second_order_scratch = None
+        # a compaction renumbers the rows it keeps: (generation, node) of a live tensor then
+        # -> its node now, and (generation, entry) of its producing entry -> that entry now
+        # (a grad_fn object names its entry); tensors move over when next used
+        self.carried: dict | None = None
+        self.carried_entries: dict | None = None
+        self.compactable = True  # False for a private recording tape (compile)
 
     # -- values -------------------------------------------------------------------------
     def alloc(self, dtype_code: int, size: int) -> int:
@@ -359,7 +368,7 @@ class Tape:
             self.maybe_restart = False
             if self._count_pending_alive() == 0:
                 self._restart()
-            else:
+            elif not (self._may_compact() and self.compact()):
                 self.next_check = self.recheck_at = 2 * self.n_entries
                 self.next_check_values = 2 * (self.used[0] + self.used[1])
 
@@ -397,6 +406,167 @@ class Tape:
 
         return count_pending_alive_on_tape(self.entries, self.nodes, self.refs)
 
+    def _may_compact(self) -> bool:
+        """Whether nothing but tensors (and grad_fn objects) holds this generation's row
+        numbers: no code that keeps node ids is running (``holds``: the engine, the
+        function transforms, dual levels), no custom Function or tensor hook is recorded
+        (their callbacks are keyed by node) and anomaly mode kept no traces."""
+        if self.holds or not self.compactable or self.__dict__.get("anomaly_traces"):
+            return False
+        state = self.python_callbacks
+        return state is None or state.generation != self.generation or not (
+            state.functions or state.hooks)
+
+    def compact(self) -> bool:
+        """Keep only the rows a live tensor's backward can reach, renumbered in order, in a
+        new generation, with their values packed into fresh arenas (tensors keep viewing
+        the old ones, which hold the same values). Returns False, changing nothing, when
+        the live rows are most of the tape. Tensors of the old generation move to their
+        new rows when next used (``adopt``); the others read as graph-freed, as after a
+        restart."""
+        from .kernels.compact import gather_slots, live_subgraph
+
+        entries, _, nodes, versions, refs, meta = self.tables()
+        node_map, entry_map = live_subgraph(entries, nodes, refs)
+        kept_nodes = np.flatnonzero(node_map >= 0)
+        kept_entries = np.flatnonzero(entry_map >= 0)
+        sizes = nodes[kept_nodes, N_SIZE]
+        if (2 * kept_entries.shape[0] > self.n_entries
+                and 2 * int(sizes.sum()) > self.used[0] + self.used[1]):
+            return False
+        new_entries = entries[kept_entries]
+        for column in (E_OUT, E_IN0, E_IN0 + 1, E_IN0 + 2):
+            ids = new_entries[:, column]
+            new_entries[:, column] = np.where(ids >= 0, node_map[np.maximum(ids, 0)], ids)
+        new_meta = self._compact_meta(entries[:, E_META], new_entries, meta)
+        new_nodes = nodes[kept_nodes]
+        producers = new_nodes[:, N_ENTRY]
+        new_nodes[:, N_ENTRY] = np.where(producers >= 0, entry_map[np.maximum(producers, 0)],
+                                         producers)
+        for code in (DTYPE_F32, DTYPE_F64):
+            rows = np.flatnonzero(new_nodes[:, N_DTYPE] == code)
+            # in order of offset: packing then only moves values down (see gather_slots)
+            rows = rows[np.argsort(new_nodes[rows, N_OFFSET], kind="stable")]
+            offsets = new_nodes[rows, N_OFFSET]
+            slot_sizes = new_nodes[rows, N_SIZE]
+            ends = np.cumsum(slot_sizes)
+            total = int(ends[-1]) if ends.shape[0] else 0
+            arena = self.arenas[code]
+            target = self._fresh_arena(code)
+            if target.shape[0] < total:
+                target = np.empty(max(2 * total, _INITIAL_ARENA), arena.dtype)
+            gather_slots(arena, target, offsets, slot_sizes, ends - slot_sizes)
+            new_nodes[rows, N_OFFSET] = ends - slot_sizes
+            self.arenas[code] = target
+            self.used[code] = total
+        live = kept_nodes[refs[kept_nodes] > 0]
+        self._carry(node_map, entry_map, live, nodes[live, N_ENTRY])
+        self.generation += 1
+        self.entries = bytearray(new_entries.tobytes())
+        self.nodes = bytearray(new_nodes.tobytes())
+        self.versions = array("q", versions[kept_nodes].tobytes())
+        self.refs = array("q", refs[kept_nodes].tobytes())
+        self.meta = array("q", new_meta.tobytes())
+        shapes = self.shapes
+        self.shapes = [shapes[node] for node in kept_nodes.tolist()]
+        self.leaves = {int(node_map[node]): t for node, t in self.leaves.items()
+                       if node_map[node] >= 0}
+        self.retained = {int(node_map[node]): t for node, t in self.retained.items()
+                         if node_map[node] >= 0}
+        self.n_entries = kept_entries.shape[0]
+        self.n_nodes = kept_nodes.shape[0]
+        values = self.used[0] + self.used[1]
+        # the next check when the tape has grown by a check's worth, and at least doubled:
+        # a compaction costs the rows it keeps, so a large live graph is compacted rarely
+        self.next_check = self.recheck_at = max(self.n_entries + _CHECK_EVERY,
+                                                2 * self.n_entries)
+        self.next_check_values = max(values + _CHECK_VALUES, 2 * values)
+        self.restart_ready = self.maybe_restart = False
+        self.second_order_scratch = None
+        return True
+
+    @staticmethod
+    def _compact_meta(offsets, new_entries, meta) -> np.ndarray:
+        """The meta rows of the kept entries, packed after the shared zero; rewrites the
+        kept entries' meta offsets. An entry's rows run to the next offset any entry
+        uses."""
+        starts = np.unique(offsets[offsets > 0])
+        ends = np.append(starts[1:], meta.shape[0])
+        kept = new_entries[:, E_META]
+        used = np.unique(kept[kept > 0])
+        lengths = ends[np.searchsorted(starts, used)] - used
+        new_starts = 1 + np.cumsum(lengths) - lengths
+        packed = np.zeros(1 + int(lengths.sum()), np.int64)
+        if used.shape[0]:
+            from .kernels.compact import gather_slots
+
+            gather_slots(meta, packed, used, lengths, new_starts)
+            new_entries[:, E_META] = np.where(
+                kept > 0, new_starts[np.minimum(np.searchsorted(used, kept),
+                                                used.shape[0] - 1)], 0)
+        return packed
+
+    def _carry(self, node_map, entry_map, live, producers) -> None:
+        """Where the tensors of this generation (and those carried before) will find their
+        rows after a compaction; rows it drops are forgotten (their tensors read as
+        graph-freed)."""
+        generation = self.generation
+        carried = {}
+        for key, node in (self.carried or {}).items():
+            moved = int(node_map[node])
+            if moved >= 0:
+                carried[key] = moved
+        for node, moved in zip(live.tolist(), node_map[live].tolist()):
+            carried[(generation, node)] = moved
+        self.carried = carried or None
+        carried = {}
+        for key, entry in (self.carried_entries or {}).items():
+            moved = int(entry_map[entry])
+            if moved >= 0:
+                carried[key] = moved
+        producers = producers[producers >= 0]
+        for entry, moved in zip(producers.tolist(), entry_map[producers].tolist()):
+            if moved >= 0:
+                carried[(generation, entry)] = moved
+        self.carried_entries = carried or None
+
+    def adopt(self, t) -> bool:
+        """Whether tensor ``t`` of this tape has a row in the current generation, moving it
+        (and its storage) to the row a compaction carried it to."""
+        generation = self.generation
+        if t._gen == generation:
+            return True
+        carried = self.carried
+        if carried is None or t._node < 0:
+            return False
+        node = carried.get((t._gen, t._node))
+        if node is None:
+            return False
+        storage = t._storage
+        if (storage is not None and storage.tape is self and storage.generation == t._gen
+                and storage.node == t._node):
+            storage.generation = generation
+            storage.node = node
+        t._gen = generation
+        t._node = node
+        return True
+
+    def adopt_storage(self, storage) -> None:
+        """Move a storage's node (a version counter's mirror) to its carried row."""
+        if self.carried is not None and storage.generation != self.generation:
+            node = self.carried.get((storage.generation, storage.node))
+            if node is not None:
+                storage.generation = self.generation
+                storage.node = node
+
+    def current_entry(self, entry: int, generation: int) -> int:
+        """``entry`` of ``generation`` in the current generation, or -1 when it is gone."""
+        if generation == self.generation:
+            return entry
+        if self.carried_entries is None:
+            return -1
+        return self.carried_entries.get((generation, entry), -1)
+
     def _restart(self) -> None:
         self.generation += 1
         self.restart_ready = self.maybe_restart = False
@@ -415,6 +585,8 @@ class Tape:
         self.recheck_at = 0
         self.leaves.clear()
         self.retained.clear()
+        # carried tensors still alive refer to freed entries or are leaves: graph-freed
+        self.carried = self.carried_entries = None
         for code in (DTYPE_F32, DTYPE_F64):
             if self.used[code]:
                 self.arenas[code] = self._fresh_arena(code)
@@ -465,6 +637,10 @@ class Tape:
         """A tensor referring to ``node`` died."""
         if generation == self.generation:
             self.refs[node] -= 1
+        elif self.carried is not None:
+            node = self.carried.get((generation, node), -1)
+            if node >= 0:
+                self.refs[node] -= 1
 
     def add_ref(self, node: int) -> None:
         self.refs[node] += 1

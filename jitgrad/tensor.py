@@ -84,7 +84,7 @@ class Tensor:
         data = self._data
         if data is None:
             tape = self._tape
-            if tape is not None and self._gen == tape.generation and self._node >= 0:
+            if tape is not None and self._node >= 0 and tape.adopt(self):
                 # a view of the arena slot, so in-place writes reach the recorded value
                 data = tape.node_view(self._node)
             else:
@@ -225,7 +225,7 @@ class Tensor:
         if self._op < 0:
             return
         self._retains_grad = True
-        if self._tape is not None and self._gen == self._tape.generation:
+        if self._tape is not None and self._tape.adopt(self):
             self._tape.retained[self._node] = self
 
     @property
@@ -313,6 +313,8 @@ class Tensor:
             tape = self._tape
             if tape.generation == self._gen:
                 tape.refs[node] -= 1
+            elif tape.carried is not None:  # moved to a compacted generation, unused since
+                tape.release(node, self._gen)
 
 
 _engine_module = None
@@ -352,7 +354,7 @@ def _storage_of(t: Tensor) -> _Storage:
     if storage is None:
         storage = t._storage = _Storage()
         tape = t._tape
-        if t._op >= 0 and tape is not None and t._gen == tape.generation:
+        if t._op >= 0 and tape is not None and tape.adopt(t):
             t._value()  # a recorded output: its memory is the node's arena slot
             storage.attach(tape, t._node)
     return storage
@@ -377,6 +379,8 @@ def _bump_version(t: Tensor) -> None:
     storage = _storage_of(t)
     storage.version += 1
     tape = storage.tape
+    if tape is not None and storage.generation != tape.generation:
+        tape.adopt_storage(storage)
     if tape is not None and storage.generation == tape.generation and storage.node >= 0:
         tape.versions[storage.node] += 1
         if t._op >= 0:
@@ -385,7 +389,7 @@ def _bump_version(t: Tensor) -> None:
             if slot.size == data.size and not np.may_share_memory(slot, data):
                 slot[...] = data.reshape(slot.shape)
     own = t._tape
-    if own is not None and t._node >= 0 and t._gen == own.generation and t._node != storage.node:
+    if own is not None and t._node >= 0 and own.adopt(t) and t._node != storage.node:
         own.versions[t._node] += 1
 
 

@@ -69,7 +69,7 @@ def _root_node(tape, output: Tensor, index: int) -> int:
     if not output._requires_grad:
         raise RuntimeError(
             f"element {index} of tensors does not require grad and does not have a grad_fn")
-    if output._op >= 0 and (output._tape is not tape or output._gen != tape.generation):
+    if output._op >= 0 and (output._tape is not tape or not tape.adopt(output)):
         raise RuntimeError(_FREED_MESSAGE)
     return node_of(tape, output)
 
@@ -233,10 +233,11 @@ def _backward_scalar(output: Tensor) -> bool:
     without its generality (the per-call cost of a small training step). False when the
     general path must run; errors are the general path's."""
     tape = _state.tape
-    node = output._node
-    if (output._tape is not tape or output._gen != tape.generation or output._op < 0
-            or node < 0 or needs_python(tape)):
+    if (output._tape is not tape or output._op < 0 or output._node < 0
+            or not (output._gen == tape.generation or tape.adopt(output))
+            or needs_python(tape)):
         return False
+    node = output._node
     offset, size, code = tape.node_location(node)
     if size != 1:
         return False
@@ -283,20 +284,24 @@ def backward_many(tensors, grad_tensors=None, retain_graph=None, create_graph: b
     """``torch.autograd.backward``: accumulate gradients into ``.grad`` of the leaves (or of
     ``inputs`` only) and of tensors that called ``retain_grad()``."""
     tape = _state.tape
-    input_list = _as_list(inputs)
-    if input_list:
-        targets = [node_of(tape, t) for t in input_list]
-        sinks = dict(zip(targets, input_list))
-    else:
-        targets = None
-        # a leaf may own several nodes in one generation (registered again after an
-        # in-place write): each one's adjoint is added to its .grad
-        sinks = {**tape.retained, **tape.leaves}
-    adjoints = run(tensors, grad_tensors, retain_graph, create_graph, targets)
-    for node, adjoint in adjoints.items():
-        owner = sinks.get(node)
-        if owner is not None:
-            _accumulate_grad(owner, adjoint, create_graph)
+    tape.holds += 1  # node ids are kept below: no compaction renumbers them meanwhile
+    try:
+        input_list = _as_list(inputs)
+        if input_list:
+            targets = [node_of(tape, t) for t in input_list]
+            sinks = dict(zip(targets, input_list))
+        else:
+            targets = None
+            # a leaf may own several nodes in one generation (registered again after an
+            # in-place write): each one's adjoint is added to its .grad
+            sinks = {**tape.retained, **tape.leaves}
+        adjoints = run(tensors, grad_tensors, retain_graph, create_graph, targets)
+        for node, adjoint in adjoints.items():
+            owner = sinks.get(node)
+            if owner is not None:
+                _accumulate_grad(owner, adjoint, create_graph)
+    finally:
+        tape.holds -= 1
 
 
 def _accumulate_grad(owner: Tensor, adjoint, create_graph: bool) -> None:
@@ -355,8 +360,12 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph: bo
         if not t._requires_grad:
             raise RuntimeError(f"One of the differentiated Tensors (input {i}) does not "
                                f"require grad")
-    targets = [node_of(tape, t) for t in input_list]
-    adjoints = run(outputs, grad_outputs, retain_graph, create_graph, targets)
+    tape.holds += 1  # node ids are kept below: no compaction renumbers them meanwhile
+    try:
+        targets = [node_of(tape, t) for t in input_list]
+        adjoints = run(outputs, grad_outputs, retain_graph, create_graph, targets)
+    finally:
+        tape.holds -= 1
     result = []
     for i, (t, node) in enumerate(zip(input_list, targets)):
         adjoint = adjoints.get(node)

@@ -579,7 +579,7 @@ def record_alias(tensor: Tensor) -> Tensor:
 
 
 def _node_on_tape(tensor: Tensor, tape) -> int:
-    if tensor._tape is tape and tensor._gen == tape.generation and tensor._node >= 0:
+    if tensor._tape is tape and tensor._node >= 0 and tape.adopt(tensor):
         return tensor._node
     return -1
 

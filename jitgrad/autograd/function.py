@@ -98,8 +98,8 @@ def hooked_leaf_on(tape) -> bool:
     of another thread's tape, or of an ended generation, cannot be reached by its sweeps)."""
     for ref, hooks in list(_leaf_hooks.values()):
         leaf = ref()
-        if (leaf is not None and hooks and leaf._tape is tape
-                and leaf._gen == tape.generation and leaf._node >= 0):
+        if (leaf is not None and hooks and leaf._tape is tape and leaf._node >= 0
+                and tape.adopt(leaf)):
             return True
     return False
 
@@ -773,7 +773,7 @@ def register_hook(tensor: Tensor, hook) -> RemovableHandle:
                 del _leaf_hooks[key]
     else:
         tape = tensor._tape
-        if tape is None or tensor._gen != tape.generation or tensor._node < 0:
+        if tape is None or tensor._node < 0 or not tape.adopt(tensor):
             raise RuntimeError("cannot register a hook on a tensor whose graph was already "
                                "freed by a backward")
         table = _callbacks(tape, create=True).hooks

@@ -27,6 +27,10 @@ class Node:
     @property
     def next_functions(self) -> tuple:
         tape = self._tape
+        if tape is not None and self._generation != tape.generation and self._entry >= 0:
+            entry = tape.current_entry(self._entry, self._generation)  # after a compaction
+            if entry >= 0:
+                self._entry, self._generation = entry, tape.generation
         if tape is None or self._generation != tape.generation or self._entry < 0:
             return ()
         entries = [self._entry]
@@ -101,7 +105,7 @@ def node_for_tensor(t):
     """The grad_fn of non-leaf tensor ``t``."""
     tape = t._tape
     name = OPS[t._op].grad_fn
-    if tape is not None and t._gen == tape.generation and t._node >= 0:
+    if tape is not None and t._node >= 0 and tape.adopt(t):
         return _class_for(name)(tape, tape.node_field(t._node, N_ENTRY), t._gen)
     return _class_for(name)(None, -1, t._gen)
 
