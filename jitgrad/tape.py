@@ -411,7 +411,9 @@ class Tape:
         numbers: no code that keeps node ids is running (``holds``: the engine, the
         function transforms, dual levels), no custom Function or tensor hook is recorded
         (their callbacks are keyed by node) and anomaly mode kept no traces."""
-        if self.holds or not self.compactable or self.__dict__.get("anomaly_traces"):
+        # (getattr, not __dict__: reading an instance's __dict__ makes every later
+        # attribute load on it a dictionary lookup)
+        if self.holds or not self.compactable or getattr(self, "anomaly_traces", None):
             return False
         state = self.python_callbacks
         return state is None or state.generation != self.generation or not (

@@ -308,6 +308,14 @@ class Square(torch.autograd.Function):
         return 2 * x * g
 
 
+tape = current_tape()
+w = torch.tensor(0.5, requires_grad=True)
+for _ in range(2):
+    torch.sin(w) * 2.0                                  # dies at once
+    kept = w * 3.0                                      # pending, never differentiated
+    tape.next_check = tape.n_entries                    # the next op checks liveness
+    kept = kept * 3.0                                   # and compacts the tape
+assert tape.generation == 2 and tape.n_entries == 2
 x = torch.linspace(-1.0, 1.0, 2048, dtype=torch.float64, requires_grad=True)
 (torch.sin(x) * x).sum().backward()                      # the one-kernel backward
 (g,) = torch.autograd.grad((x ** 3).sum(), x, create_graph=True)
