@@ -728,10 +728,11 @@ def _wrappers() -> list:
     def setitem(original):
         def wrapper(self, key, value):
             rec = _recorder()
-            if rec is not None:
-                rec.mutate(self, "x[...] = v")
+            node = self._node
             original(self, key, value)
-            if rec is not None:
+            # a recorded write (self or value requires grad) made self a new node
+            if rec is not None and not (self._node != node and self._tape is rec.tape):
+                rec.mutate(self, "x[...] = v")
                 rec.derive(self, [self, value] if isinstance(value, Tensor) else [self])
         return wrapper
 

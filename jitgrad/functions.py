@@ -1845,6 +1845,57 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
 
 
 # -- in place ------------------------------------------------------------------------------
+def setitem(t: Tensor, key, value) -> None:
+    """``t[key] = value`` when ``t`` or ``value`` is recorded (``t`` floating): ``t`` becomes
+    ``where(region, value placed there, t)``, as torch's CopySlices, so the gradient reaches
+    ``value`` from the region and ``t``'s old value from everywhere else. Repeated
+    positions of an integer-array key keep the last value written, as NumPy's assignment."""
+    index = _normalize_index(key)
+    try:
+        positions = np.arange(t.numel(), dtype=np.int64).reshape(t.shape)[index]
+    except IndexError as error:
+        raise IndexError(f"{error} (assigning into a tensor of shape {list(t.shape)})") \
+            from None
+    region = np.shape(positions)
+    if not isinstance(value, Tensor):
+        value = tensor(value, dtype=t.dtype)
+    elif value.dtype is not t.dtype:
+        value = to_dtype(value, t.dtype)
+    shape = tuple(value.shape)
+    while len(shape) > len(region) and shape[0] == 1:  # leading ones broadcast away
+        shape = shape[1:]
+    try:
+        target = np.broadcast_shapes(shape, region)
+    except ValueError:
+        target = None
+    if len(shape) > len(region) or target != region:
+        raise RuntimeError(f"shape mismatch: value tensor of shape {list(value.shape)} cannot "
+                           f"be broadcast to indexing result of shape {list(region)}")
+    if shape != tuple(value.shape):
+        value = reshape(value, shape)
+    if shape != region:
+        value = expand(value, *region)
+    flat = np.asarray(positions, order="C").reshape(-1)
+    values = reshape(value, (-1,)) if value.ndim != 1 else value
+    # the last write at each position wins: keep that one of every repeated position
+    order = flat[::-1]
+    unique, first = np.unique(order, return_index=True)
+    if unique.size != flat.size:
+        last = flat.size - 1 - first
+        values = _gather("index", values, last, (last.size,), None)
+        flat = unique
+    from .autograd.rules import _scatter
+
+    placed = _scatter(values, tuple(t.shape), flat)
+    mask = np.zeros(t.numel(), bool)
+    mask[flat] = True
+
+    def compute():
+        return where(Tensor._wrap(mask.reshape(t.shape), dt.bool_), placed, t)
+
+    inplace(t, compute)
+
+
 def inplace(t: Tensor, compute) -> Tensor:
     """Run ``compute()`` (an out-of-place op giving the new value) and store the result in
     ``t``'s memory. When the op is recorded ``t`` becomes its output (torch's rebase)."""

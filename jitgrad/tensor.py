@@ -477,9 +477,10 @@ Tensor.__getitem__ = F.getitem
 
 def _setitem(self, key, value) -> None:
     if F._recording(self) or (isinstance(value, Tensor) and F._recording(value)):
-        raise RuntimeError(
-            "assigning into a tensor that requires grad (x[i] = v) is not differentiable "
-            "here; build the value with torch.where or torch.cat, or assign under no_grad()")
+        if self.dtype.is_floating_point:
+            F.setitem(self, key, value)  # recorded, as torch's CopySlices
+            return
+        value = value.detach()  # an integer or bool tensor takes the value, not its graph
     array = self._value()
     array[F._normalize_index(key)] = value._value() if isinstance(value, Tensor) else value
     _bump_version(self)
