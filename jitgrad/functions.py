@@ -1845,6 +1845,9 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
 
 
 # -- in place ------------------------------------------------------------------------------
+COPY_SLICES = 1.0  # the constant of a where entry recorded by an assignment
+
+
 def setitem(t: Tensor, key, value) -> None:
     """``t[key] = value`` when ``t`` or ``value`` is recorded (``t`` floating): ``t`` becomes
     ``where(region, value placed there, t)``, as torch's CopySlices, so the gradient reaches
@@ -1891,7 +1894,10 @@ def setitem(t: Tensor, key, value) -> None:
     mask[flat] = True
 
     def compute():
-        return where(Tensor._wrap(mask.reshape(t.shape), dt.bool_), placed, t)
+        cond = Tensor._wrap(mask.reshape(t.shape).astype(t.dtype.numpy), t.dtype)
+        # where's constant is unused by its derivative: 1 marks the entry as an
+        # assignment, for grad_fn's name (torch's CopySlices)
+        return _elementwise("where", [placed, t, cond], COPY_SLICES, result=t.dtype)
 
     inplace(t, compute)
 

@@ -264,7 +264,10 @@ class Tensor:
     def __repr__(self) -> str:
         suffixes = []
         if self._op >= 0:
-            suffixes.append(f"grad_fn=<{_grad_fn_name(self._op)}>")
+            name = _grad_fn_name(self._op)
+            if name == "WhereBackward0":  # or an assignment's CopySlices
+                name = type(self.grad_fn).__name__
+            suffixes.append(f"grad_fn=<{name}>")
         elif self._requires_grad:
             suffixes.append("requires_grad=True")
         return tensor_repr(self._value() if self._data is not None else

@@ -21,6 +21,10 @@ def test_assigning_a_number_into_a_recorded_tensor():
     y[0] = 10.0
     assert y.tolist() == [10.0, 4.0, 6.0]
     assert y.requires_grad and not y.is_leaf
+    assert repr(y) == "tensor([10.,  4.,  6.], grad_fn=<CopySlices>)"  # torch's
+    assert type(y.grad_fn).__name__ == "CopySlices"
+    assert "MulBackward0" in [type(f).__name__ for f, _ in y.grad_fn.next_functions]
+    assert type(torch.where(x > 1, x, y).grad_fn).__name__ == "WhereBackward0"
     (y * y).sum().backward()
     assert x.grad.tolist() == [0.0, 16.0, 24.0]  # nothing through the overwritten element
 

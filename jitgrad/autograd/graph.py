@@ -6,8 +6,10 @@ require grad), and ``AccumulateGrad.variable`` is the leaf.
 """
 from __future__ import annotations
 
-from ..kernels.layout import E_IN0, N_ENTRY
-from ..ops.registry import OPS, PLACE
+from ..kernels.layout import E_C0, E_IN0, N_ENTRY
+from ..ops.registry import BY_NAME, OPS, PLACE
+
+_WHERE = BY_NAME["where"].code
 
 
 class Node:
@@ -90,13 +92,21 @@ def _class_for(name: str) -> type:
     return cls
 
 
+def _name_of_entry(tape, entry: int) -> str:
+    """The grad_fn name of an entry: its op's, or torch's CopySlices for the where entry
+    an assignment ``t[key] = value`` records (marked by its otherwise unused constant)."""
+    fields = tape.entry_fields(entry)
+    if fields[0] == _WHERE and fields[E_C0] == 1.0:
+        return "CopySlices"
+    return OPS[fields[0]].grad_fn
+
+
 def _function_of_node(tape, node: int):
     if node < 0 or not tape.node_requires_grad(node):
         return None
     entry = tape.node_entry(node)
     if entry >= 0:
-        op = OPS[tape.entry_op(entry)]
-        return _class_for(op.grad_fn)(tape, entry, tape.generation)
+        return _class_for(_name_of_entry(tape, entry))(tape, entry, tape.generation)
     leaf = tape.leaves.get(node)
     return AccumulateGrad(tape, -1, tape.generation, leaf) if leaf is not None else None
 
@@ -106,6 +116,9 @@ def node_for_tensor(t):
     tape = t._tape
     name = OPS[t._op].grad_fn
     if tape is not None and t._node >= 0 and tape.adopt(t):
-        return _class_for(name)(tape, tape.node_field(t._node, N_ENTRY), t._gen)
+        entry = tape.node_field(t._node, N_ENTRY)
+        if entry >= 0:
+            name = _name_of_entry(tape, entry)
+        return _class_for(name)(tape, entry, t._gen)
     return _class_for(name)(None, -1, t._gen)
 
