@@ -2,7 +2,8 @@
 double-backward Hessian-vector products must agree, and a compiled replay must give the
 eager gradient. Each op is chosen so that both libraries define it at the drawn inputs
 (clamped logs and square roots, positive bases); ties and zeros still occur (relu, amax,
-maximum of an input with itself), where the two must agree on the choices too."""
+maximum of an input with itself), where the two must agree on the choices too. In-place
+ops and assignments run on recorded tensors."""
 from __future__ import annotations
 
 import numpy as np
@@ -92,8 +93,21 @@ def _in_place(L, rng, a, b):
     except ValueError:
         return None
     u = a * 1.0
-    [lambda: u.mul_(b), lambda: u.add_(b * 0.5), lambda: u.div_(b * b + 1.0)][
-        int(rng.integers(0, 3))]()
+
+    def assign():  # t[key] = value (torch's CopySlices); the value broadcasts
+        value = b.sum() * 0.3
+        if u.dim() == 0:
+            u[...] = value
+            return
+        # (no repeated position: torch leaves the value written there undefined)
+        rows = [0, -1] if u.shape[0] > 1 else [0]
+        key = [slice(1, None), (Ellipsis, 0), rows, u > 0.5][int(rng.integers(0, 4))]
+        if isinstance(key, list):
+            key = L.tensor(key)
+        u[key] = value
+
+    [lambda: u.mul_(b), lambda: u.add_(b * 0.5), lambda: u.div_(b * b + 1.0), assign][
+        int(rng.integers(0, 4))]()
     return u
 
 
