@@ -179,3 +179,21 @@ def test_against_torch(dtype):
     rtol = 1e-5 if dtype == "float32" else 1e-12
     for ours, theirs in zip(*results):
         np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol)
+
+
+@needs_torch
+def test_augmented_assignment_into_a_recorded_tensor():
+    # y[k] op= v is y[k] read, the op in place on that copy, then y[k] = the result
+    data = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    results = []
+    for lib in (torch, real_torch):
+        x = lib.tensor(data, requires_grad=True)
+        y = x * 1.0
+        y[:, :2] *= 2
+        y[y > 5] += 100
+        y[0] -= x[1]
+        y[1, 1:] /= x[0, :2] + 1.0
+        y.sum().backward()
+        results.append((y.detach().numpy(), x.grad.numpy()))
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
