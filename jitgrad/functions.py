@@ -1322,12 +1322,12 @@ def argmin(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     """``exp(log_softmax(x))``: a composition, differentiated through its parts."""
-    return exp(log_softmax(input, dim, dtype))
+    return named(exp(log_softmax(input, dim, dtype)), "SoftmaxBackward0")
 
 
 def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     t = input if dtype is None else to_dtype(input, dtype)
-    return t - logsumexp(t, dim, keepdim=True)
+    return named(t - logsumexp(t, dim, keepdim=True), "LogSoftmaxBackward0")
 
 
 # -- linear data movement ----------------------------------------------------------------------
@@ -1845,7 +1845,15 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
 
 
 # -- in place ------------------------------------------------------------------------------
-COPY_SLICES = 1.0  # the constant of a where entry recorded by an assignment
+def named(result: Tensor, grad_fn: str) -> Tensor:
+    """Show the grad_fn of ``result``, the output of a composite recorded as several
+    entries, as torch's single op ``grad_fn`` (its last entry takes the name)."""
+    tape = result._tape
+    if result._op >= 0 and result._node >= 0 and tape is not None and tape.adopt(result):
+        entry = tape.node_entry(result._node)
+        if entry >= 0:
+            tape.names[entry] = grad_fn
+    return result
 
 
 def setitem(t: Tensor, key, value) -> None:
@@ -1894,12 +1902,9 @@ def setitem(t: Tensor, key, value) -> None:
     mask[flat] = True
 
     def compute():
-        cond = Tensor._wrap(mask.reshape(t.shape).astype(t.dtype.numpy), t.dtype)
-        # where's constant is unused by its derivative: 1 marks the entry as an
-        # assignment, for grad_fn's name (torch's CopySlices)
-        return _elementwise("where", [placed, t, cond], COPY_SLICES, result=t.dtype)
+        return where(Tensor._wrap(mask.reshape(t.shape), dt.bool_), placed, t)
 
-    inplace(t, compute)
+    named(inplace(t, compute), "CopySlices")
 
 
 def inplace(t: Tensor, compute) -> Tensor:

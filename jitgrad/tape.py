@@ -98,6 +98,9 @@ class Tape:
         self.carried: dict | None = None
         self.carried_entries: dict | None = None
         self.compactable = True  # False for a private recording tape (compile)
+        # entry -> torch's grad_fn name where a composite's last entry stands for the
+        # whole (log_softmax's subtraction shows as LogSoftmaxBackward0)
+        self.names: dict[int, str] = {}
 
     # -- values -------------------------------------------------------------------------
     def alloc(self, dtype_code: int, size: int) -> int:
@@ -475,6 +478,8 @@ class Tape:
                        if node_map[node] >= 0}
         self.retained = {int(node_map[node]): t for node, t in self.retained.items()
                          if node_map[node] >= 0}
+        self.names = {int(entry_map[entry]): name for entry, name in self.names.items()
+                      if entry_map[entry] >= 0}
         self.n_entries = kept_entries.shape[0]
         self.n_nodes = kept_nodes.shape[0]
         values = self.used[0] + self.used[1]
@@ -587,6 +592,7 @@ class Tape:
         self.recheck_at = 0
         self.leaves.clear()
         self.retained.clear()
+        self.names.clear()
         # carried tensors still alive refer to freed entries or are leaves: graph-freed
         self.carried = self.carried_entries = None
         for code in (DTYPE_F32, DTYPE_F64):

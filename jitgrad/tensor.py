@@ -264,9 +264,10 @@ class Tensor:
     def __repr__(self) -> str:
         suffixes = []
         if self._op >= 0:
-            name = _grad_fn_name(self._op)
-            if name == "WhereBackward0":  # or an assignment's CopySlices
-                name = type(self.grad_fn).__name__
+            tape = self._tape
+            # a composite's name (functions.named) is the tape's to tell
+            name = (type(self.grad_fn).__name__ if tape is not None and tape.names
+                    else _grad_fn_name(self._op))
             suffixes.append(f"grad_fn=<{name}>")
         elif self._requires_grad:
             suffixes.append("requires_grad=True")

@@ -88,10 +88,14 @@ def test_carried_arrays_keep_values_grads_and_retained_grads(small_tape):
     h = torch.tanh(x) * 3.0
     h.retain_grad()
     kept = (h * h).sum()
+    probabilities = torch.log_softmax(h.reshape(1, -1), 1)  # a named composite
     generation = small_tape.generation
     for _ in range(60):
         _ = _chain(x.sum(), 0.5, 5)  # garbage on top
     assert small_tape.generation > generation
+    assert type(probabilities.grad_fn).__name__ == "LogSoftmaxBackward0"
+    assert type((x * 2.0).grad_fn).__name__ == "MulBackward0"
+    assert list(small_tape.names.values()) == ["LogSoftmaxBackward0"]
     np.testing.assert_array_equal(h.detach().numpy(), np.tanh(x.detach().numpy()) * 3.0)
     kept.backward()
     t = x.detach().numpy()

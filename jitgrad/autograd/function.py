@@ -314,7 +314,8 @@ def _record(cls, ctx, args: tuple, outputs: list) -> list:
         shape = tuple(out.shape)
         node, slot = F._new_output_node(tape, out.dtype, shape)
         slot[...] = out._value()
-        tape.record(FUNCTION_OUTPUT, node, hub, -1, -1, tape.add_meta([hub, j]))
+        entry = tape.record(FUNCTION_OUTPUT, node, hub, -1, -1, tape.add_meta([hub, j]))
+        tape.names[entry] = _grad_fn_name(recorded)  # torch's <cls>Backward
         recorded.outputs.append(node)
         value = F._output(tape, slot, None, out.dtype, shape, node, FUNCTION_OUTPUT)
         if not shape:

@@ -6,10 +6,8 @@ require grad), and ``AccumulateGrad.variable`` is the leaf.
 """
 from __future__ import annotations
 
-from ..kernels.layout import E_C0, E_IN0, N_ENTRY
-from ..ops.registry import BY_NAME, OPS, PLACE
-
-_WHERE = BY_NAME["where"].code
+from ..kernels.layout import E_IN0, N_ENTRY
+from ..ops.registry import OPS, PLACE
 
 
 class Node:
@@ -93,12 +91,10 @@ def _class_for(name: str) -> type:
 
 
 def _name_of_entry(tape, entry: int) -> str:
-    """The grad_fn name of an entry: its op's, or torch's CopySlices for the where entry
-    an assignment ``t[key] = value`` records (marked by its otherwise unused constant)."""
-    fields = tape.entry_fields(entry)
-    if fields[0] == _WHERE and fields[E_C0] == 1.0:
-        return "CopySlices"
-    return OPS[fields[0]].grad_fn
+    """The grad_fn name of an entry: its op's, or torch's name of the composite whose
+    last entry it is (``functions.named``: CopySlices, LogSoftmaxBackward0, ...)."""
+    name = tape.names.get(entry)
+    return name if name is not None else OPS[tape.entry_op(entry)].grad_fn
 
 
 def _function_of_node(tape, node: int):

@@ -6,7 +6,7 @@ jitgrad's ops (so they are differentiable, to any order, with no rules of their 
 >>> logits = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
 >>> loss = F.cross_entropy(logits, torch.tensor([0]))
 >>> loss
-tensor(0.1698, grad_fn=<MeanBackward0>)
+tensor(0.1698, grad_fn=<NllLossBackward0>)
 >>> loss.backward()
 >>> logits.grad
 tensor([[-0.1562,  0.1142,  0.0420]])
@@ -140,7 +140,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Mean (``reduction``) of ``(input - target) ** 2``."""
     _check_reduction(reduction)
     _warn_broadcast(input, target)
-    return _reduce((input - target) ** 2, reduction)
+    return T.named(_reduce((input - target) ** 2, reduction), "MseLossBackward0")
 
 
 def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -238,7 +238,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     _check_reduction(reduction)
     rows, index, shape = _class_rows(input, target, "nll_loss")
     weight = _checked_weight(weight, rows.shape[1])
-    return _picked(rows, index, ignore_index, weight, reduction, shape)
+    return T.named(_picked(rows, index, ignore_index, weight, reduction, shape),
+                   "NllLossBackward0")
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -260,7 +261,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
             # x[i, t_i] as one gather at flat positions (indexing would rebuild them)
             flat = np.arange(0, index.size * input.shape[1], input.shape[1]) + index
             picked = T._gather("index", input, flat, (index.size,), None)
-            return _reduce(T.logsumexp(input, 1) - picked, reduction)
+            return T.named(_reduce(T.logsumexp(input, 1) - picked, reduction),
+                           "NllLossBackward0")
     class_dim = 0 if input.ndim == 1 else 1
     logp = T.log_softmax(input, class_dim)
     if target.dtype.is_floating_point and target.shape == input.shape:
@@ -271,7 +273,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     w = _checked_weight(weight, classes)
     loss = _picked(rows, index, ignore_index, w, reduction, shape)
     if label_smoothing == 0.0:
-        return loss
+        return T.named(loss, "NllLossBackward0")
     # torch's smoothing term: the (weighted) mean of -log p over the classes
     scaled = rows if w is None else rows * T.from_numpy(np.ascontiguousarray(
         w.astype(rows.dtype.numpy)))
@@ -330,7 +332,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
              + (1.0 - target) * _log_clamped(1.0 - input, x == 1))
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return T.named(_reduce(loss, reduction), "BinaryCrossEntropyBackward0")
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
@@ -351,4 +353,4 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
         loss = (1.0 - target) * input + ((pos_weight - 1.0) * target + 1.0) * softplus
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return T.named(_reduce(loss, reduction), "BinaryCrossEntropyWithLogitsBackward0")
