@@ -27,8 +27,9 @@ from .functions import (  # noqa: F401
     logical_and, logical_not, logical_or, logsumexp, lt, manual_seed, matmul, max, maximum,
     mean, min, minimum, mm, mul, multiply, mv, ne, neg, negative, norm, ones, ones_like,
     permute, pow, prod, rand, rand_like, randint, randn, randn_like, randperm, reciprocal, relu,
-    reshape, sigmoid, sign, sin, softmax, sqrt, squeeze, stack, sub, subtract, sum, swapaxes,
-    t, tan, tanh, tensor, transpose, true_divide, unsqueeze, view, where, zeros, zeros_like,
+    reshape, sigmoid, sign, sin, softmax, sqrt, squeeze, stack, std, sub, subtract, sum,
+    swapaxes, t, tan, tanh, tensor, transpose, true_divide, unsqueeze, var, view, where, zeros,
+    zeros_like,
 )
 
 float = float32  # noqa: A001 - torch.float

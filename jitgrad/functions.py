@@ -1194,6 +1194,42 @@ def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tenso
     return _reduce("mean", t, dim, keepdim, _mean_forward, "mean_dim")
 
 
+def _dispersion(name: str, input: Tensor, dim, unbiased, keepdim: bool, correction):
+    """The variance of ``input`` along ``dim`` (all dims when None), divided by the count
+    less ``correction`` (1, Bessel's, unless ``unbiased=False`` or ``correction`` says
+    otherwise), as torch's ``var``/``std`` with their legacy positional ``unbiased``."""
+    if isinstance(dim, bool):  # var(x, False): the legacy unbiased flag
+        dim, unbiased = None, dim
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    elif unbiased is not None:
+        raise ValueError(f"{name}(): cannot specify both unbiased and correction")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{name}(): input dtype should be floating point, but got "
+                           f"{input.dtype}")
+    dims = range(input.ndim) if dim is None else (dim,) if isinstance(dim, int) else dim
+    count = 1
+    for d in dims:
+        count *= input.shape[_canonical_dim(d, input.ndim, name)] if input.ndim else 1
+    centered = input - mean(input, dim, keepdim=True)
+    squares = sum(centered * centered, dim, keepdim=keepdim)
+    return squares / float(builtins.max(count - correction, 0))
+
+
+def var(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *,
+        correction=None) -> Tensor:
+    """Variance along ``dim`` (an int, a tuple, or None for all), with Bessel's correction
+    unless ``unbiased=False`` or ``correction=`` says otherwise."""
+    return named(_dispersion("var", input, dim, unbiased, keepdim, correction), "VarBackward0")
+
+
+def std(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *,
+        correction=None) -> Tensor:
+    """Standard deviation: the square root of :func:`var`."""
+    return named(sqrt(_dispersion("std", input, dim, unbiased, keepdim, correction)),
+                 "StdBackward0")
+
+
 def _mean_forward(x, axis):
     total = np.add.reduce(x, axis=axis)  # np.mean's own sum, without its Python layers
     if x.size == 0:  # the mean of nothing is nan (NumPy would also warn)

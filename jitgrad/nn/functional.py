@@ -44,6 +44,53 @@ def sigmoid(input: Tensor) -> Tensor:
     return T.sigmoid(input)
 
 
+def _softplus(z: Tensor) -> Tensor:
+    """``log(1 + exp(z))`` without overflow: ``z + log1p(exp(-z))`` for z > 0, else
+    ``log1p(exp(z))``. Each branch reads z through a where that gives the other branch 0,
+    so neither overflows (an inf there would make its masked gradient 0 * inf = nan), and
+    at z = 0 the smooth branch gives both derivatives (sigmoid(0), sigmoid'(0))."""
+    positive = z > 0
+    above = T.where(positive, z, 0.0)
+    below = T.where(positive, 0.0, z)
+    return T.where(positive, above + T.log1p(T.exp(-above)), T.log1p(T.exp(below)))
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta x)) / beta``, and ``x`` itself where ``beta x > threshold``."""
+    z = input * beta if beta != 1.0 else input
+    smooth = _softplus(z) / beta if beta != 1.0 else _softplus(z)
+    return T.named(T.where(z > threshold, input, smooth), "SoftplusBackward0")
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    """``log(sigmoid(x)) = -softplus(-x)``, without overflow."""
+    return T.named(-_softplus(-input), "LogSigmoidBackward0")
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """``x * sigmoid(x)`` (swish)."""
+    if inplace:
+        return T.inplace(input, lambda: silu(input))
+    return T.named(input * T.sigmoid(input), "SiluBackward0")
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """``x`` where ``x > 0``, else ``negative_slope * x`` (the slope's side at 0, as torch)."""
+    if inplace:
+        return T.inplace(input, lambda: leaky_relu(input, negative_slope))
+    return T.named(T.where(input > 0, input, input * negative_slope), "LeakyReluBackward0")
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``."""
+    if inplace:
+        return T.inplace(input, lambda: elu(input, alpha))
+    # expm1 of x where x <= 0, of 0 elsewhere: the branch not taken never overflows, and
+    # at 0 the negative side's derivatives are torch's (alpha, alpha)
+    negative = T.expm1(T.where(input > 0, 0.0, input)) * alpha
+    return T.named(T.where(input > 0, input, negative), "EluBackward0")
+
+
 def _softmax_dim(name: str, ndim: int, dim: int | None) -> int:
     if dim is not None:
         return dim
@@ -344,9 +391,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     if target.shape != input.shape:
         raise ValueError(f"Target size ({target.shape}) must be the same as input size "
                          f"({input.shape})")
-    # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), exp of a non-positive number. maximum,
-    # not clamp: at x = 0 it splits the gradient (-1/2, the true -sigmoid(0)).
-    softplus = T.maximum(-input, 0.0) + T.log1p(T.exp(-T.abs(input)))
+    softplus = _softplus(-input)  # exact to second order at 0 (see _softplus)
     if pos_weight is None:
         loss = (1.0 - target) * input + softplus
     else:
