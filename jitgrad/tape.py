@@ -441,13 +441,10 @@ class Tape:
             return False
         new_entries = entries[kept_entries]
         for column in (E_OUT, E_IN0, E_IN0 + 1, E_IN0 + 2):
-            ids = new_entries[:, column]
-            new_entries[:, column] = np.where(ids >= 0, node_map[np.maximum(ids, 0)], ids)
+            new_entries[:, column] = _renumbered(new_entries[:, column], node_map)
         new_meta = self._compact_meta(entries[:, E_META], new_entries, meta)
         new_nodes = nodes[kept_nodes]
-        producers = new_nodes[:, N_ENTRY]
-        new_nodes[:, N_ENTRY] = np.where(producers >= 0, entry_map[np.maximum(producers, 0)],
-                                         producers)
+        new_nodes[:, N_ENTRY] = _renumbered(new_nodes[:, N_ENTRY], entry_map)
         for code in (DTYPE_F32, DTYPE_F64):
             rows = np.flatnonzero(new_nodes[:, N_DTYPE] == code)
             # in order of offset: packing then only moves values down (see gather_slots)
@@ -517,25 +514,9 @@ class Tape:
         """Where the tensors of this generation (and those carried before) will find their
         rows after a compaction; rows it drops are forgotten (their tensors read as
         graph-freed)."""
-        generation = self.generation
-        carried = {}
-        for key, node in (self.carried or {}).items():
-            moved = int(node_map[node])
-            if moved >= 0:
-                carried[key] = moved
-        for node, moved in zip(live.tolist(), node_map[live].tolist()):
-            carried[(generation, node)] = moved
-        self.carried = carried or None
-        carried = {}
-        for key, entry in (self.carried_entries or {}).items():
-            moved = int(entry_map[entry])
-            if moved >= 0:
-                carried[key] = moved
-        producers = producers[producers >= 0]
-        for entry, moved in zip(producers.tolist(), entry_map[producers].tolist()):
-            if moved >= 0:
-                carried[(generation, entry)] = moved
-        self.carried_entries = carried or None
+        self.carried = _carried(self.carried, node_map, self.generation, live)
+        self.carried_entries = _carried(self.carried_entries, entry_map, self.generation,
+                                        producers[producers >= 0])
 
     def adopt(self, t) -> bool:
         """Whether tensor ``t`` of this tape has a row in the current generation, moving it
@@ -666,6 +647,26 @@ class Tape:
                 np.frombuffer(self.versions, np.int64) if n_nodes else _EMPTY_INT,
                 np.frombuffer(self.refs, np.int64) if n_nodes else _EMPTY_INT,
                 np.frombuffer(self.meta, np.int64) if len(self.meta) else _EMPTY_META)
+
+
+def _renumbered(ids: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """Row numbers through a compaction's ``mapping``; negative ones (none) stay."""
+    return np.where(ids >= 0, mapping[np.maximum(ids, 0)], ids)
+
+
+def _carried(before: dict | None, mapping: np.ndarray, generation: int,
+             rows: np.ndarray) -> dict | None:
+    """A forwarding map after a compaction: the keys carried before, moved on through
+    ``mapping`` (dropped where their row was), and ``(generation, row)`` of ``rows``."""
+    carried = {}
+    for key, row in (before or {}).items():
+        moved = int(mapping[row])
+        if moved >= 0:
+            carried[key] = moved
+    for row, moved in zip(rows.tolist(), mapping[rows].tolist()):
+        if moved >= 0:
+            carried[(generation, row)] = moved
+    return carried or None
 
 
 _EMPTY_INT = np.zeros(0, np.int64)

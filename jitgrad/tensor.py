@@ -383,8 +383,8 @@ def _bump_version(t: Tensor) -> None:
     storage = _storage_of(t)
     storage.version += 1
     tape = storage.tape
-    if tape is not None and storage.generation != tape.generation:
-        tape.adopt_storage(storage)
+    if tape is not None:
+        tape.adopt_storage(storage)  # (a no-op unless a compaction moved its node)
     if tape is not None and storage.generation == tape.generation and storage.node >= 0:
         tape.versions[storage.node] += 1
         if t._op >= 0:
