@@ -720,10 +720,35 @@ def _wrappers() -> list:
             if not (t._node != node and t._node >= 0 and t._tape is rec.tape):
                 rec.mutate(t, "an in-place op")
                 rec.derive(t, [t, *box])
+                _derive_views(rec, t)
             return result
         return wrapper
 
     hook([F], "inplace", inplace)
+
+    def synced(original):
+        def wrapper(target, source):
+            rec = _recorder()
+            if rec is not None:  # a write through a view, outside the graph
+                rec.mutate(target, "a write through a view")
+                rec.derive(target, [target, source])
+            return original(target, source)
+        return wrapper
+
+    hook([F], "_synced", synced)
+
+    def detach(original):
+        def wrapper(self):
+            result = original(self)
+            rec = _recorder()
+            if rec is not None and rec.info(result) is None:
+                info = rec.info(self)  # a value computed outside the graph stays one
+                if info is not None:
+                    rec.derive(result, [self])
+            return result
+        return wrapper
+
+    hook([Tensor], "detach", detach)
 
     def setitem(original):
         def wrapper(self, key, value):
@@ -734,6 +759,7 @@ def _wrappers() -> list:
             if rec is not None and not (self._node != node and self._tape is rec.tape):
                 rec.mutate(self, "x[...] = v")
                 rec.derive(self, [self, value] if isinstance(value, Tensor) else [self])
+                _derive_views(rec, self)
         return wrapper
 
     hook([Tensor], "__setitem__", setitem)
@@ -746,11 +772,28 @@ def _wrappers() -> list:
             if rec is not None and not (self._node != node and self._tape is rec.tape):
                 rec.mutate(self, "copy_()")
                 rec.derive(self, [self, src] if isinstance(src, Tensor) else [self])
+                _derive_views(rec, self)
             return result
         return wrapper
 
     hook([Tensor], "copy_", copy_)
     return out
+
+
+def _derive_views(rec: _Recorder, t) -> None:
+    """``t`` was written outside the graph: its bases and its views, which share its
+    memory, now hold values computed from what ``t`` was computed from."""
+    storage, seen = t._storage, t
+    while storage is not None and storage.link is not None:
+        base = storage.link[0]
+        rec.mutate(base, "a write through a view")
+        rec.derive(base, [base, seen])
+        storage, seen = base._storage, base
+    for ref in (t._storage.views or ()) if t._storage is not None else ():
+        view = ref()
+        if view is not None:
+            rec.mutate(view, "a write to a view's base")
+            rec.derive(view, [view, t])
 
 
 def _escape_nested(rec: _Recorder, data) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import math
 import numbers
+import weakref
 from array import array
 from collections import namedtuple
 
@@ -25,7 +26,15 @@ from .recording import (
     node_of,
 )
 from .tape import _state
-from .tensor import Size, Tensor, _bump_version, _canonical_dim, _init, _storage_of
+from .tensor import (
+    Size,
+    Tensor,
+    _bump_version,
+    _canonical_dim,
+    _init,
+    _Storage,
+    _storage_of,
+)
 
 _F32 = dt.float32
 _F64 = dt.float64
@@ -1375,21 +1384,24 @@ def _contiguous_strides(shape: tuple) -> list:
     return strides
 
 
-def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0) -> Tensor:
+def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0,
+              link: bool = True) -> Tensor:
     """Record ``view`` (a NumPy view of ``t``'s contiguous data, starting ``offset``
-    elements in; None: find out) as op ``name``."""
-    if not _recording(t):
-        if view.ndim == 0 and t._data is not None:
-            return _output(None, None, view.item(), t.dtype, (), -1, -1)
-        if view.ndim == 0:
-            return _output(None, None, t._item, t.dtype, (), -1, -1)
-        return Tensor._wrap(np.asarray(view, order="C"), t.dtype)
+    elements in; None: find out) as op ``name``; the result is a view of ``t`` (writes to
+    either reach the other) unless ``link`` is false (a copy)."""
     base = t._value()
     itemsize = base.itemsize
     if offset is None:
         offset = (view.__array_interface__["data"][0] -
                   base.__array_interface__["data"][0]) // itemsize
     strides = [s // itemsize for s in view.strides]
+    if not _recording(t):
+        if view.ndim == 0:
+            out = _output(None, None, view.item(), t.dtype, (), -1, -1)
+        else:
+            out = Tensor._wrap(np.asarray(view, order="C") if link else
+                               np.array(view, order="C"), t.dtype)
+        return _link(out, t, name, view.shape, strides, offset) if link else out
     # the sweep trusts these numbers: check that every element read lies inside the input
     low = high = offset
     for size, stride in zip(view.shape, strides):
@@ -1412,8 +1424,132 @@ def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0) ->
     slot = slot.reshape(view.shape)
     slot[...] = view
     if view.ndim == 0:
-        return _output(tape, None, float(slot), t.dtype, (), node, code)
-    return _output(tape, slot, None, t.dtype, view.shape, node, code)
+        out = _output(tape, None, float(slot), t.dtype, (), node, code)
+    else:
+        out = _output(tape, slot, None, t.dtype, view.shape, node, code)
+    return _link(out, t, name, view.shape, strides, offset) if link else out
+
+
+# -- views: torch's views share their base's memory; here a view of a recorded tensor is a
+# copy (its own arena slot), kept in step with its base: a write to either reaches the other
+def _link(out: Tensor, base: Tensor, name: str, shape, strides, offset: int) -> Tensor:
+    """Make ``out`` the view ``name`` of ``base``: element ``i`` of ``out`` (shape ``shape``)
+    is element ``offset + sum(i * strides)`` of ``base``'s (C-ordered) data."""
+    storage = _Storage()
+    if out._node >= 0:
+        storage.attach(out._tape, out._node)
+    storage.link = (base, name, tuple(shape), tuple(strides), offset)
+    out._storage = storage
+    owner = _storage_of(base)
+    views = owner.views
+    if views is None:
+        owner.views = [weakref.ref(out)]
+    else:
+        views.append(weakref.ref(out))
+        n = len(views)
+        if n >= 16 and not n & (n - 1):  # at each power of two: drop the dead
+            views[:] = [ref for ref in views if ref() is not None]
+    return out
+
+
+def is_contiguous(t: Tensor) -> bool:
+    """Whether ``t``'s elements lie in its memory in C order with no gaps, as torch's: true
+    but for a view that transposes, steps or expands its base."""
+    storage = t._storage
+    if storage is None or storage.link is None:
+        return True
+    _, _, shape, strides, _ = storage.link
+    step = 1
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        if size != 1:
+            if stride != step:
+                return False
+            step *= size
+    return True
+
+
+def _positions(link: tuple) -> np.ndarray:
+    """Where a view's elements lie in its base's flat data, in the view's C order."""
+    base, _, shape, strides, offset = link
+    grid = np.arange(base.numel(), dtype=np.int64)[offset:]
+    return np.lib.stride_tricks.as_strided(
+        grid, shape, [s * grid.itemsize for s in strides]).reshape(-1)
+
+
+def _overlapping(link: tuple) -> bool:
+    shape, strides = link[2], link[3]
+    return any(stride == 0 and size > 1 for size, stride in zip(shape, strides))
+
+
+def _check_write(t: Tensor) -> None:
+    """Before an in-place write to ``t``: torch's errors for writes it refuses through
+    views (of a leaf that requires grad, to an expanded view)."""
+    storage = t._storage
+    while storage is not None and storage.link is not None:
+        link = storage.link
+        if _overlapping(link):
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor "
+                "refers to a single memory location. Please clone() the tensor before "
+                "performing the operation.")
+        base = link[0]
+        if _state.grad_enabled and base._requires_grad and base._op < 0:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in "
+                               "an in-place operation.")
+        storage = base._storage
+
+
+def _remade(link: tuple) -> Tensor:
+    """The view ``link`` names, taken again of its base's current value (recorded)."""
+    base, name, shape, strides, offset = link
+    data = base._value()
+    view = np.lib.stride_tricks.as_strided(
+        data.reshape(-1)[offset:], shape, [s * data.itemsize for s in strides])
+    return named(_restride(name, base, view, offset), "AsStridedBackward0")
+
+
+def _propagate(t: Tensor, origin) -> None:
+    """After a write to ``t``: write its base (a view's values go back to the region they
+    came from) and its views (taken again), but not ``origin``, the tensor the write came
+    from. Recorded where the written tensor is (torch's CopySlices and regenerated views),
+    else a copy of the data with the versions bumped."""
+    storage = t._storage
+    link = storage.link
+    if link is not None and link[0] is not origin:
+        base = link[0]
+        positions = _positions(link)
+        if _state.grad_enabled and t._requires_grad and base.dtype.is_floating_point:
+            values = reshape(t, (-1,)) if t.ndim != 1 else t
+            _assign(base, positions, values, lambda b, compute: _inplace(b, compute, t))
+        else:
+            data, into = t._value(), base._value()
+            if not np.may_share_memory(data, into):  # else an alias: nothing to copy
+                into.reshape(-1)[positions] = data.reshape(-1)
+            _bump_version(base, t)
+            _synced(base, t)
+    views = storage.views
+    if views:
+        live = [view for view in [ref() for ref in views] if view is not None]
+        if len(live) < len(views):
+            storage.views = [weakref.ref(view) for view in live] or None
+        for view in live:
+            if view is origin or view._storage is None:
+                continue
+            link = view._storage.link
+            base = link[0]
+            if _state.grad_enabled and base._requires_grad and view.dtype.is_floating_point:
+                _inplace(view, lambda link=link: _remade(link), t)
+            else:
+                data, source = view._value(), base._value()
+                if not np.may_share_memory(data, source):
+                    data.reshape(-1)[...] = source.reshape(-1)[_positions(link)]
+                _bump_version(view, t)
+                _synced(view, base)
+
+
+def _synced(target: Tensor, source: Tensor) -> None:
+    """``target``'s memory was written from ``source``'s outside the graph (a compiled
+    tape's recording wraps this to see it)."""
 
 
 def _slice_1d(t: Tensor, key: slice) -> Tensor:
@@ -1432,7 +1568,8 @@ def _slice_1d(t: Tensor, key: slice) -> Tensor:
     node, slot = tape.record_output(_SLICE_CODE, 0 if t.dtype is _F32 else 1, shape, size, src,
                                     -1, -1, meta)
     slot[...] = view
-    return _output(tape, slot, None, t.dtype, shape, node, _SLICE_CODE)
+    return _link(_output(tape, slot, None, t.dtype, shape, node, _SLICE_CODE), t, "slice",
+                 shape, (step,), start)
 
 
 def _select_1d(t: Tensor, index: int) -> Tensor:
@@ -1448,7 +1585,8 @@ def _select_1d(t: Tensor, index: int) -> Tensor:
     node, slot = tape.record_output(_SELECT_CODE, 0 if t.dtype is _F32 else 1, (), 1, src, -1,
                                     -1, meta)
     slot[0] = value
-    return _output(tape, None, float(slot[0]), t.dtype, (), node, _SELECT_CODE)
+    return _link(_output(tape, None, float(slot[0]), t.dtype, (), node, _SELECT_CODE), t,
+                 "select", (), (), index)
 
 
 def _infer_shape(shape: tuple, numel: int, op: str) -> tuple:
@@ -1475,7 +1613,9 @@ def reshape(input: Tensor, *shape) -> Tensor:
     shape = _infer_shape(shape, input.numel(), "reshape")
     if tuple(shape) == tuple(input.shape) and not _recording(input):
         return _restride("view", input, input._value())
-    return _restride("view", input, input._value().reshape(shape))
+    # a transposed or strided view is copied by a reshape, as in torch: no longer a view
+    return _restride("view", input, input._value().reshape(shape),
+                     link=is_contiguous(input) or tuple(shape) == tuple(input.shape))
 
 
 def _shape_arg_allow_inferred(shape) -> tuple:
@@ -1931,6 +2071,12 @@ def setitem(t: Tensor, key, value) -> None:
         last = flat.size - 1 - first
         values = _gather("index", values, last, (last.size,), None)
         flat = unique
+    _assign(t, flat, values, inplace)
+
+
+def _assign(t: Tensor, flat: np.ndarray, values: Tensor, write) -> None:
+    """``t.view(-1)[flat] = values`` (``flat`` without repeats, ``values`` 1-d), recorded
+    by ``write(t, compute)`` as ``where(region, values placed there, t)``."""
     from .autograd.rules import _scatter
 
     placed = _scatter(values, tuple(t.shape), flat)
@@ -1940,15 +2086,22 @@ def setitem(t: Tensor, key, value) -> None:
     def compute():
         return where(Tensor._wrap(mask.reshape(t.shape), dt.bool_), placed, t)
 
-    named(inplace(t, compute), "CopySlices")
+    named(write(t, compute), "CopySlices")
 
 
 def inplace(t: Tensor, compute) -> Tensor:
     """Run ``compute()`` (an out-of-place op giving the new value) and store the result in
-    ``t``'s memory. When the op is recorded ``t`` becomes its output (torch's rebase)."""
+    ``t``'s memory. When the op is recorded ``t`` becomes its output (torch's rebase). A
+    view's base and a base's views see the write, as in torch."""
+    return _inplace(t, compute, None)
+
+
+def _inplace(t: Tensor, compute, origin) -> Tensor:
     if _state.grad_enabled and t._requires_grad and t._op < 0:
         raise RuntimeError(
             "a leaf Variable that requires grad is being used in an in-place operation.")
+    if origin is None:
+        _check_write(t)
     result = compute()
     if result.dtype is not t.dtype:
         if dt.promote(result.dtype, t.dtype) is not t.dtype:
@@ -1973,7 +2126,7 @@ def inplace(t: Tensor, compute) -> Tensor:
                for k, name in enumerate(OPS[fields[E_OP]].inputs)):
             kept = (entry, result._tape.node_view(t._node).copy())
     data[...] = result._value()
-    _bump_version(t)
+    _bump_version(t, False)
     if kept is not None:
         result._tape.keep_overwritten_input(kept[0], t._node, result._node, kept[1])
     if result._op >= 0:  # recorded: t now stands for the op's output
@@ -1986,4 +2139,7 @@ def inplace(t: Tensor, compute) -> Tensor:
         t._storage.attach(tape, result._node)
         if t._retains_grad:
             tape.retained[t._node] = t
+    storage = t._storage
+    if storage.link is not None or storage.views:
+        _propagate(t, origin)
     return t

@@ -31,15 +31,21 @@ class Size(tuple):
 
 class _Storage:
     """Shared by a tensor and its aliases (``detach()``): the version counter bumped by
-    in-place writes, and the tape node whose arena slot mirrors this memory."""
+    in-place writes, and the tape node whose arena slot mirrors this memory. A view's
+    storage names its base (``link``: base tensor, view op, shape, strides and offset in
+    elements of the base's data) and a base's lists its views (weak references): a write to
+    either is carried to the other (``functions._propagate``), as torch's views share
+    memory."""
 
-    __slots__ = ("version", "tape", "generation", "node")
+    __slots__ = ("version", "tape", "generation", "node", "link", "views")
 
     def __init__(self) -> None:
         self.version = 0
         self.tape = None
         self.generation = -1
         self.node = -1
+        self.link = None
+        self.views = None
 
     def attach(self, tape, node: int) -> None:
         self.tape = tape
@@ -104,7 +110,8 @@ class Tensor:
         self._item = None
         self._shape = Size(self._data.shape)
         self.dtype = dt.from_numpy_dtype(self._data.dtype)
-        _bump_version(self)
+        _bump_version(self, False)  # new memory: no longer a view's base or a view
+        self._storage.link = self._storage.views = None
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
         if self._requires_grad and not force:
@@ -374,9 +381,10 @@ def _alias(t: Tensor, requires_grad: bool) -> Tensor:
     return alias
 
 
-def _bump_version(t: Tensor) -> None:
+def _bump_version(t: Tensor, origin=None) -> None:
     """After an in-place write to ``t``'s memory: bump the version that saved values are
-    checked against. A recorded output's memory is its node's arena slot, or a copy of it
+    checked against, then carry the write to ``t``'s base and views (but ``origin``, where
+    the write came from). A recorded output's memory is its node's arena slot, or a copy of it
     (a 0-d result, an arena that grew since): keep that slot in step with the memory, since
     later ops keep using the node. A leaf's or constant's node was a copy: the next op
     registers a new one."""
@@ -395,6 +403,8 @@ def _bump_version(t: Tensor) -> None:
     own = t._tape
     if own is not None and t._node >= 0 and own.adopt(t) and t._node != storage.node:
         own.versions[t._node] += 1
+    if origin is not False and (storage.link is not None or storage.views):
+        F._propagate(t, origin)
 
 
 def _grad_fn_name(code: int) -> str:
@@ -519,7 +529,8 @@ Tensor.long = lambda self: F.to_dtype(self, dt.int64)
 Tensor.int = lambda self: F.to_dtype(self, dt.int64)
 Tensor.bool = lambda self: F.to_dtype(self, dt.bool_)
 Tensor.cpu = lambda self: self
-Tensor.contiguous = lambda self: self
+Tensor.contiguous = lambda self: self if F.is_contiguous(self) else F.clone(self)
+Tensor.is_contiguous = lambda self: F.is_contiguous(self)
 Tensor.expand_as = lambda self, other: F.expand(self, *other.shape)
 Tensor.view_as = lambda self, other: F.reshape(self, *other.shape)
 Tensor.reshape_as = lambda self, other: F.reshape(self, *other.shape)

@@ -106,9 +106,23 @@ def _in_place(L, rng, a, b):
             key = L.tensor(key)
         u[key] = value
 
-    [lambda: u.mul_(b), lambda: u.add_(b * 0.5), lambda: u.div_(b * b + 1.0), assign][
-        int(rng.integers(0, 4))]()
-    return u
+    def view_of(t):
+        if t.dim() == 0:
+            return t.view(1)
+        return [lambda: t[1:], lambda: t[..., :1], lambda: t.transpose(0, -1),
+                lambda: t.reshape(-1)][int(rng.integers(0, 4))]()
+
+    def through_view():  # the write reaches u (torch's CopySlices)
+        view_of(u).mul_(b.sum() * 0.5 + 1.0)
+        return u
+
+    def into_base():  # a view taken before the write sees it
+        view = view_of(u)
+        u.add_(b * 0.5)
+        return view
+
+    return [lambda: u.mul_(b), lambda: u.add_(b * 0.5), lambda: u.div_(b * b + 1.0),
+            lambda: assign() or u, through_view, into_base][int(rng.integers(0, 6))]()
 
 
 def program(L, seed: int, leaves: list):
