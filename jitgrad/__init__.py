@@ -31,6 +31,7 @@ from .functions import (  # noqa: F401
     swapaxes, t, tan, tanh, tensor, transpose, true_divide, unsqueeze, var, view, where, zeros,
     zeros_like,
 )
+from .functions import all_ as all, any_ as any  # noqa: E402,F401,A004 - torch's names
 
 float = float32  # noqa: A001 - torch.float
 double = float64

@@ -1247,9 +1247,43 @@ def _mean_forward(x, axis):
 
 
 def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    """Product of the elements (grad_fn ``ProdBackward0``/``ProdBackward1``). The op's
+    derivative ``y / x`` holds where no factor is 0; with zeros among recorded factors the
+    product is taken as (product of the nonzero ones) * (the zeros' part), exact to second
+    order at up to two zeros (torch's product of the other factors)."""
     t = input if dtype is None else to_dtype(input, dtype)
-    return _reduce("prod", t, dim, keepdim, lambda x, axis: np.multiply.reduce(x, axis=axis),
-                   "prod_dim")
+    if (_recording(t) and t.dtype.is_floating_point and t.numel()
+            and bool(any_(eq(t, 0)))):  # a selection: a compiled replay guards it
+        return _prod_with_zeros(t, dim, keepdim)
+    return _reduce("prod", t, dim, keepdim, _prod_forward, "prod_dim")
+
+
+def any_(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """``torch.any``: whether any element (along ``dim``) is nonzero, as a bool tensor."""
+    return ne(sum(ne(input, 0), dim, keepdim, dtype=dt.int64), 0)
+
+
+def all_(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    """``torch.all``: whether every element (along ``dim``) is nonzero, as a bool tensor."""
+    return eq(sum(eq(input, 0), dim, keepdim, dtype=dt.int64), 0)
+
+
+def _prod_forward(x, axis):
+    return np.multiply.reduce(x, axis=axis)
+
+
+def _prod_with_zeros(t: Tensor, dim, keepdim: bool) -> Tensor:
+    zero = t == 0
+    others = _reduce("prod", where(zero, 1.0, t), dim, keepdim, _prod_forward, "prod_dim")
+    count = sum(zero.to(t.dtype), dim, keepdim)
+    zeros = where(zero, t, 0.0)  # the zero factors (0 or -0), differentiable
+    first = sum(zeros, dim, keepdim)
+    # the product of the zero factors: the zero itself where there is one; where there
+    # are two, e2 = (s^2 - sum of squares) / 2, whose mixed second derivative is 1
+    second = (first * first - sum(zeros * zeros, dim, keepdim)) * 0.5
+    part = where(count == 1, first, where(count == 2, second, 0.0))
+    return named(where(count == 0, others, others * part),
+                 "ProdBackward0" if dim is None else "ProdBackward1")
 
 
 def _logsumexp_forward(x, axis):

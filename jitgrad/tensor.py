@@ -531,6 +531,8 @@ Tensor.bool = lambda self: F.to_dtype(self, dt.bool_)
 Tensor.cpu = lambda self: self
 Tensor.contiguous = lambda self: self if F.is_contiguous(self) else F.clone(self)
 Tensor.is_contiguous = lambda self: F.is_contiguous(self)
+Tensor.any = lambda self, dim=None, keepdim=False: F.any_(self, dim, keepdim)
+Tensor.all = lambda self, dim=None, keepdim=False: F.all_(self, dim, keepdim)
 Tensor.expand_as = lambda self, other: F.expand(self, *other.shape)
 Tensor.view_as = lambda self, other: F.reshape(self, *other.shape)
 Tensor.reshape_as = lambda self, other: F.reshape(self, *other.shape)

@@ -118,3 +118,4 @@ def test_modules():
     nn.functional.leaky_relu(y, 0.1, inplace=True)
     np.testing.assert_allclose(y.detach().numpy(), np.where(DATA > 0, DATA, 0.1 * DATA),
                                rtol=1e-6)
+
