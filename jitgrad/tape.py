@@ -557,6 +557,9 @@ class Tape:
 
     def _restart(self) -> None:
         self.generation += 1
+        # carried tensors still alive refer to freed entries or are leaves: graph-freed (and
+        # forgotten first: dropping the leaves below runs __del__ of older tensors)
+        self.carried = self.carried_entries = None
         self.restart_ready = self.maybe_restart = False
         try:  # emptied in place: no new buffers (unless a view of one is still alive)
             del self.entries[:], self.nodes[:], self.versions[:], self.refs[:], self.meta[1:]
@@ -574,8 +577,6 @@ class Tape:
         self.leaves.clear()
         self.retained.clear()
         self.names.clear()
-        # carried tensors still alive refer to freed entries or are leaves: graph-freed
-        self.carried = self.carried_entries = None
         for code in (DTYPE_F32, DTYPE_F64):
             if self.used[code]:
                 self.arenas[code] = self._fresh_arena(code)

@@ -3,6 +3,8 @@ dropped by a compaction (``Tape.compact``), and every live tensor keeps its grap
 values, its version checks, its grad_fn and its hooks."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -224,3 +226,26 @@ def test_default_tapes_compact_too():
     finally:
         _state.tape = _state_tape
     assert current_tape() is _state_tape
+
+
+def test_a_restart_after_a_compaction_releases_dying_leaves_cleanly(small_tape):
+    # the restart drops its leaf table, whose tensors' __del__ then runs: the forwarding
+    # maps of the compaction before must be gone by then (they name rows of the old tables)
+    caught = []
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: caught.append(unraisable)
+    try:
+        w = torch.tensor([1.0, 2.0], requires_grad=True)
+        kept = (w * 2).sum()  # alive and never differentiated: kept by the compaction
+        a = torch.tensor(0.9, requires_grad=True)
+        generation = small_tape.generation
+        for _ in range(200):
+            torch.sin(a) * a  # dead at once
+        assert small_tape.generation > generation and small_tape.carried  # compacted
+        generation = small_tape.generation
+        del w, kept  # w lives on in the tape's leaf table only
+        for _ in range(200):
+            torch.sin(a) * a
+        assert small_tape.generation > generation and small_tape.carried is None  # restarted
+    finally:
+        sys.unraisablehook = hook
+    assert caught == []
