@@ -21,7 +21,7 @@ from ._dtype import (
 )
 from .functions import (  # noqa: F401
     Generator, abs, add, allclose, amax, amin, arange, argmax, argmin, as_tensor, bmm,
-    broadcast_to, cat, clamp, clip, clone, concat, concatenate, cos, default_generator, div,
+    broadcast_to, cat, clone, concat, concatenate, cos, default_generator, div,
     divide, dot, empty, empty_like, eq, equal, exp, expand, expm1, eye, flatten, from_numpy,
     full, full_like, ge, gt, isfinite, isnan, le, linspace, log, log1p, log_softmax,
     logical_and, logical_not, logical_or, logsumexp, lt, manual_seed, matmul, max, maximum,
@@ -32,6 +32,12 @@ from .functions import (  # noqa: F401
     zeros_like,
 )
 from .functions import all_ as all, any_ as any  # noqa: E402,F401,A004 - torch's names
+from .composite import (  # noqa: E402,F401
+    argsort, chunk, clamp, clamp_max, clamp_min, cosh, diag, dist, flip, gather, index_select,
+    isclose, log2, log10, logspace, masked_fill, narrow, normal, outer, repeat, rsqrt, sinh,
+    sort, split, square, std_mean, topk, trace, tril, triu, unbind, var_mean,
+)
+clip = clamp
 
 float = float32  # noqa: A001 - torch.float
 double = float64
@@ -42,7 +48,7 @@ from . import autograd, optim  # noqa: E402
 from . import nn, utils  # noqa: E402
 from . import func  # noqa: E402
 from .autograd.grad_mode import enable_grad, inference_mode, no_grad, set_grad_enabled  # noqa: E402,F401
-from .compile import BranchChanged, CompiledTape, compile, load, trace  # noqa: E402,F401,A004
+from .compile import BranchChanged, CompiledTape, compile, load  # noqa: E402,F401,A004
 from . import optimize  # noqa: E402,F401  (jitgrad.optimize.minimize; SciPy loads on use)
 
 is_grad_enabled = autograd.grad_mode.is_grad_enabled
