@@ -10,7 +10,7 @@
 >>> [tuple(p.grad.shape) for p in model.parameters()]
 [(4, 2), (4,), (3, 4), (3,)]
 """
-from . import functional, init
+from . import functional, init, utils
 from .containers import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .layers import (
     CELU,
@@ -63,5 +63,5 @@ __all__ = [
     "LeakyReLU", "Linear", "LogSigmoid", "LogSoftmax", "MSELoss", "Module", "ModuleDict",
     "ModuleList", "NLLLoss", "PairwiseDistance", "Parameter", "ParameterDict", "ParameterList",
     "ReLU", "ReLU6", "SELU", "Sequential", "SiLU", "Sigmoid", "SmoothL1Loss", "Softmax",
-    "Softplus", "Softsign", "Tanh", "Tanhshrink", "functional", "init",
+    "Softplus", "Softsign", "Tanh", "Tanhshrink", "functional", "init", "utils",
 ]
