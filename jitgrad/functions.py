@@ -1472,9 +1472,11 @@ def _link(out: Tensor, base: Tensor, name: str, shape, strides, offset: int) -> 
     storage = _Storage()
     if out._node >= 0:
         storage.attach(out._tape, out._node)
-    storage.link = (base, name, tuple(shape), tuple(strides), offset)
+    storage.link = (base, name, shape, strides, offset)  # read only: no copies
     out._storage = storage
-    owner = _storage_of(base)
+    owner = base._storage
+    if owner is None:
+        owner = _storage_of(base)
     views = owner.views
     if views is None:
         owner.views = [weakref.ref(out)]
