@@ -179,6 +179,13 @@ def _prepare_v(v, name: str, refs: tuple, is_refs_tuple: bool, create_graph: boo
 
 
 # -- the public functions ----------------------------------------------------------------------
+def _pair(outputs, outputs_tuple: bool, result, result_tuple: bool, create_graph: bool):
+    """``(outputs, result)`` as the functions above return them: detached unless
+    ``create_graph``, each unpacked from its tuple where the caller gave no tuple."""
+    return (_tuple_postprocess(_grad_postprocess(outputs, create_graph), outputs_tuple),
+            _tuple_postprocess(_grad_postprocess(result, create_graph), result_tuple))
+
+
 def vjp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
     """``(func(*inputs), v^T J)``: the vector-Jacobian product at ``inputs``; ``v`` (shaped as
     the outputs) may be omitted when the output is a single element."""
@@ -195,10 +202,7 @@ def vjp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool
     with set_grad_enabled(create_graph):
         grads = _autograd_grad(outputs, inputs, v, create_graph=create_graph)
         result = _fill_in_zeros(grads, inputs, strict, "back")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return (_tuple_postprocess(outputs, is_outputs_tuple),
-            _tuple_postprocess(result, is_inputs_tuple))
+    return _pair(outputs, is_outputs_tuple, result, is_inputs_tuple, create_graph)
 
 
 def jvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
@@ -222,10 +226,7 @@ def jvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool
     with set_grad_enabled(create_graph or is_grad_enabled()):
         grads = _autograd_grad(grad_inputs, grad_outputs, v, create_graph=create_graph)
         result = _fill_in_zeros(grads, outputs, strict, "back_trick")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return (_tuple_postprocess(outputs, is_outputs_tuple),
-            _tuple_postprocess(result, is_outputs_tuple))
+    return _pair(outputs, is_outputs_tuple, result, is_outputs_tuple, create_graph)
 
 
 def jacobian(func: Callable, inputs, create_graph: bool = False, strict: bool = False,
@@ -343,10 +344,7 @@ def _hessian_product(func: Callable, inputs, v, create_graph: bool, strict: bool
     with set_grad_enabled(create_graph or is_grad_enabled()):
         grads = _autograd_grad(jac, inputs, v, create_graph=create_graph)
         result = _fill_in_zeros(grads, inputs, strict, "double_back")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return (_tuple_postprocess(outputs, is_outputs_tuple),
-            _tuple_postprocess(result, is_inputs_tuple))
+    return _pair(outputs, is_outputs_tuple, result, is_inputs_tuple, create_graph)
 
 
 def vhp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
