@@ -495,6 +495,7 @@ def _setitem(self, key, value) -> None:
             F.setitem(self, key, value)  # recorded, as torch's CopySlices
             return
         value = value.detach()  # an integer or bool tensor takes the value, not its graph
+    F._check_write(self)
     array = self._value()
     array[F._normalize_index(key)] = value._value() if isinstance(value, Tensor) else value
     _bump_version(self)
@@ -570,6 +571,8 @@ def _arithmetic_inplace_method(name: str, compute, ufunc):
             elif kind is float or kind is int:
                 operand = other
             if operand is not None:
+                if self._storage is not None:
+                    F._check_write(self)  # a view's writes torch refuses
                 try:
                     quietly(ufunc, data, operand, data)
                 except (ValueError, TypeError):
@@ -607,6 +610,7 @@ def _fill(self, value) -> Tensor:
         value = value.item()
     if F._state.grad_enabled and self._requires_grad:
         return F.inplace(self, lambda: F.add(F.mul(self, 0), value))
+    F._check_write(self)
     self._value()[...] = value
     _bump_version(self)
     return self
@@ -617,6 +621,7 @@ def _copy_(self, src, non_blocking: bool = False) -> Tensor:
     if F._recording(self, src):
         return F.inplace(self, lambda: F.expand(F.to_dtype(src, self.dtype), *self.shape)
                          if src.shape != self.shape else F.clone(F.to_dtype(src, self.dtype)))
+    F._check_write(self)
     self._value()[...] = np.broadcast_to(src._value(), self._shape)
     _bump_version(self)
     return self

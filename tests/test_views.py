@@ -289,3 +289,18 @@ def test_an_optimizer_step_reaches_live_views_of_a_parameter():
     opt.zero_grad()
     (first * 3 + w[1]).backward()  # the views are views of the stepped parameter
     assert w.grad.tolist() == [3.0, 1.0]
+
+
+def test_writes_outside_the_graph_to_an_expanded_view_are_refused_before_writing():
+    b = torch.tensor([1.0, 2.0])
+    e = b[:1].expand(3)
+    for write in (lambda: e.fill_(0.0), lambda: e.mul_(2.0), lambda: e.add_(e),
+                  lambda: e.copy_(torch.zeros(3)), lambda: e.__setitem__(0, 5.0)):
+        with pytest.raises(RuntimeError, match="more than one element of the written-to"):
+            write()
+    assert e.tolist() == [1.0, 1.0, 1.0] and b.tolist() == [1.0, 2.0]
+    with torch.no_grad():
+        w = torch.ones(2, requires_grad=True)
+        with pytest.raises(RuntimeError, match="more than one element"):
+            w.expand(2, 2).zero_()
+    assert w.tolist() == [1.0, 1.0]
