@@ -27,11 +27,8 @@ __all__ = ["CosineAnnealingLR", "ExponentialLR", "LRScheduler", "LambdaLR", "Mul
            "ReduceLROnPlateau", "StepLR"]
 
 _EPOCH_DEPRECATION = (
-    "The epoch parameter in `scheduler.step()` was not necessary and is being deprecated "
-    "where possible. Please use `scheduler.step()` to step the scheduler. During the "
-    "deprecation, if epoch is different from None, the closed form is used instead of the "
-    "new chainable form, where available. Please open an issue if you are unable to "
-    "replicate your use case: https://github.com/pytorch/pytorch/issues/new/choose.")
+    "The epoch parameter in `scheduler.step()` is deprecated: call `scheduler.step()` "
+    "without it. Given an epoch, the closed form is used where the scheduler has one.")
 
 
 def _check_optimizer(optimizer) -> None:
