@@ -20,7 +20,8 @@ from ._dtype import (
     set_default_dtype,
 )
 from .functions import (  # noqa: F401
-    Generator, abs, add, allclose, amax, amin, arange, argmax, argmin, as_tensor, bmm,
+    Generator, abs, acos, add, allclose, amax, amin, arange, arccos, arcsin, arctan, arctan2,
+    argmax, argmin, as_tensor, asin, atan, atan2, bmm, erf,
     broadcast_to, cat, clone, concat, concatenate, cos, default_generator, div,
     divide, dot, empty, empty_like, eq, equal, exp, expand, expm1, eye, flatten, from_numpy,
     full, full_like, ge, gt, isfinite, isnan, le, linspace, log, log1p, log_softmax,
@@ -33,9 +34,10 @@ from .functions import (  # noqa: F401
 )
 from .functions import all_ as all, any_ as any  # noqa: E402,F401,A004 - torch's names
 from .composite import (  # noqa: E402,F401
-    argsort, chunk, clamp, clamp_max, clamp_min, cosh, diag, dist, flip, gather, index_select,
-    isclose, log2, log10, logspace, masked_fill, narrow, normal, outer, repeat, rsqrt, sinh,
-    sort, split, square, std_mean, topk, trace, tril, triu, unbind, var_mean,
+    argsort, chunk, clamp, clamp_max, clamp_min, cosh, diag, diff, dist, flip, gather,
+    index_select, isclose, lerp, log2, log10, logaddexp, logspace, masked_fill, narrow, normal,
+    outer, repeat, roll, rsqrt, sinh, sort, split, square, std_mean, topk, trace, tril, triu,
+    unbind, var_mean,
 )
 clip = clamp
 

@@ -591,6 +591,15 @@ def _wrappers() -> list:
         return wrapper
 
     hook([F], "_compare", compare)
+
+    def holds_zero(original):
+        def wrapper(t):
+            if _recorder() is None:
+                return original(t)
+            return bool(F.any_(F.eq(t, 0)))  # a selection: replays guard the answer
+        return wrapper
+
+    hook([F], "_holds_zero", holds_zero)
     # opcodes of jitgrad.kernels.replay (A_NOT...), not imported here: it loads Numba
     unary = {"logical_not": 8, "isnan": 9, "isfinite": 10, "sign": 11}
 

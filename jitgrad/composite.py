@@ -27,10 +27,10 @@ from .functions import named
 from .tensor import Tensor
 
 __all__ = [
-    "argsort", "chunk", "clamp_max", "clamp_min", "cosh", "diag", "dist", "flip", "gather",
-    "index_select", "isclose", "log2", "log10", "logspace", "masked_fill", "narrow",
-    "normal", "outer", "repeat", "rsqrt", "sinh", "sort", "split", "square", "std_mean",
-    "topk", "trace", "tril", "triu", "unbind", "var_mean",
+    "argsort", "chunk", "clamp_max", "clamp_min", "cosh", "diag", "diff", "dist", "flip",
+    "gather", "index_select", "isclose", "lerp", "log2", "log10", "logaddexp", "logspace",
+    "masked_fill", "narrow", "normal", "outer", "repeat", "roll", "rsqrt", "sinh", "sort",
+    "split", "square", "std_mean", "topk", "trace", "tril", "triu", "unbind", "var_mean",
 ]
 
 _SortResult = namedtuple("sort", ["values", "indices"])
@@ -195,6 +195,65 @@ def flip(input: Tensor, dims) -> Tensor:
         raise RuntimeError("dims has duplicates, original flip dims size=" + str(len(dims)))
     return _taken("FlipBackward0", input, np.flip(_grid(input), axes) if input.ndim
                   else _grid(input))
+
+
+def roll(input: Tensor, shifts, dims=None) -> Tensor:
+    """``input`` with its elements moved ``shifts`` places along ``dims`` (wrapping around);
+    without ``dims``, along the flattened tensor, shape kept."""
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    if dims is None:
+        if len(shifts) != 1:
+            raise RuntimeError(f"roll: shifts and dimensions must align. shifts: "
+                               f"{len(shifts)}, dims: 0")
+        grid = np.roll(_grid(input).reshape(-1), shifts[0]).reshape(_grid(input).shape)
+        return _taken("RollBackward0", input, grid)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"roll: shifts and dimensions must align. shifts: {len(shifts)}, "
+                           f"dims: {len(dims)}")
+    axes = tuple(F._canonical_dim(d, builtins.max(input.ndim, 1), "roll") for d in dims)
+    grid = _grid(input)
+    return _taken("RollBackward0", input, np.roll(grid, shifts, axes) if input.ndim else grid)
+
+
+def diff(input: Tensor, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
+    """The ``n``-th forward difference along ``dim`` (``prepend``/``append`` joined first)."""
+    if input.ndim == 0:
+        raise RuntimeError("diff expects input to be at least one-dimensional")
+    if n < 0:
+        raise RuntimeError(f"order must be non-negative but got {n}")
+    d = F._canonical_dim(dim, input.ndim, "diff")
+    parts = [t for t in (prepend, input, append) if t is not None]
+    x = F.cat(parts, d) if len(parts) > 1 else input
+    for _ in range(n):
+        size = x.shape[d]
+        if size == 0:
+            break
+        x = narrow(x, d, 1, size - 1) - narrow(x, d, 0, size - 1)
+    return x
+
+
+def lerp(input: Tensor, end: Tensor, weight) -> Tensor:
+    """``input + weight * (end - input)``, computed as torch's: from ``end`` back where
+    ``|weight| >= 0.5`` (exact at ``weight = 1``)."""
+    difference = end - input
+    if isinstance(weight, Tensor):
+        low = input + weight * difference
+        high = end - difference * (1.0 - weight)
+        return named(F.where(F.abs(weight.detach()) < 0.5, low, high), "LerpBackward1")
+    if builtins.abs(weight) < 0.5:
+        return named(input + difference * weight, "LerpBackward0")
+    return named(end - difference * (1.0 - weight), "LerpBackward0")
+
+
+def logaddexp(input: Tensor, other: Tensor) -> Tensor:
+    """``log(exp(input) + exp(other))`` without overflow: the larger plus
+    ``log1p(exp(-|input - other|))``; equal infinities give themselves, as torch's."""
+    peak = F.maximum(input, other)
+    spread = F.abs(input - other)
+    same = (input == other) & (F.isfinite(input).logical_not())
+    out = peak + F.log1p(F.exp(-F.where(same, 0.0, spread)))
+    return named(F.where(same, input, out), "LogaddexpBackward0")
 
 
 def repeat(input: Tensor, *sizes) -> Tensor:
@@ -427,7 +486,8 @@ def _install_methods() -> None:
         "tril": tril, "diag": diag, "trace": _trace, "outer": outer, "sort": sort,
         "argsort": argsort, "topk": topk, "narrow": narrow, "split": split, "chunk": chunk,
         "unbind": unbind, "clamp_min": clamp_min, "clamp_max": clamp_max, "clamp": clamp,
-        "clip": clamp, "isclose": isclose, "dist": dist,
+        "clip": clamp, "isclose": isclose, "dist": dist, "roll": roll, "diff": diff,
+        "lerp": lerp, "logaddexp": logaddexp,
     }
     for name, function in methods.items():
         setattr(Tensor, name, function)
@@ -442,7 +502,9 @@ def _install_methods() -> None:
         "relu_": F.relu, "reciprocal_": F.reciprocal, "log1p_": F.log1p, "expm1_": F.expm1,
         "square_": square, "rsqrt_": rsqrt, "masked_fill_": masked_fill, "clamp_": clamp,
         "clamp_min_": clamp_min, "clamp_max_": clamp_max, "clip_": clamp, "triu_": triu,
-        "tril_": tril,
+        "tril_": tril, "erf_": F.erf, "atan_": F.atan, "asin_": F.asin, "acos_": F.acos,
+        "arctan_": F.atan, "arcsin_": F.asin, "arccos_": F.acos, "atan2_": F.atan2,
+        "arctan2_": F.atan2, "lerp_": lerp,
     }.items():
         setattr(Tensor, name, inplace(compute))
 

@@ -40,6 +40,7 @@ _F32 = dt.float32
 _F64 = dt.float64
 _SCALAR_SHAPE = Size(())
 _new = object.__new__
+_weak = weakref.ref
 _SLICE_CODE = BY_NAME["slice"].code
 _SELECT_CODE = BY_NAME["select"].code
 
@@ -47,11 +48,12 @@ _SELECT_CODE = BY_NAME["select"].code
 # does not); the others skip the cost of np.errstate
 _MAY_WARN = {"exp", "log", "sqrt", "sin", "cos", "tan", "log1p", "expm1", "reciprocal",
              "div", "div_scalar", "pow", "pow_scalar", "rpow_scalar", "mul", "mul_scalar",
-             "sigmoid"}
+             "sigmoid", "asin", "acos"}
 
 # ops whose result is floating point even for integer inputs
 _FLOAT_RESULT = {"exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "log1p",
-                 "expm1", "reciprocal", "div", "div_scalar", "rpow_scalar"}
+                 "expm1", "reciprocal", "div", "div_scalar", "rpow_scalar", "erf", "atan",
+                 "asin", "acos", "atan2"}
 
 
 # -- creation --------------------------------------------------------------------------------
@@ -723,6 +725,20 @@ def _copy(x, c0, c1, out):
     return out
 
 
+def _erf_forward(x, c0, c1, out):
+    """erf as the kernels compute it (``kernels/special.py``: libm's, in float64); Numba is
+    loaded on the first call."""
+    from .kernels.special import erf_array
+
+    x = np.ascontiguousarray(x)
+    result = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)
+    erf_array(x.reshape(-1), result.reshape(-1))
+    if out is not None and result is not out:
+        out[...] = result
+        return out
+    return result
+
+
 def _unary_ufunc(f):
     return lambda x, c0, c1, out: f(x, out)  # out positional: the ufunc parses it faster
 
@@ -755,6 +771,10 @@ NUMPY_FORWARD = {
     "log1p": _unary_ufunc(np.log1p),
     "expm1": _unary_ufunc(np.expm1),
     "reciprocal": lambda x, c0, c1, out: np.divide(1, x, out),
+    "erf": _erf_forward,
+    "atan": _unary_ufunc(np.arctan),
+    "asin": _unary_ufunc(np.arcsin),
+    "acos": _unary_ufunc(np.arccos),
     "clone": _copy,
     "clamp": lambda x, c0, c1, out: np.clip(x, c0, c1, out=out),
     "add_scalar": _with_constant(np.add),
@@ -773,6 +793,7 @@ NUMPY_FORWARD = {
     "maximum": lambda a, b, c0, c1, out: np.maximum(a, b, out=out),
     "minimum": lambda a, b, c0, c1, out: np.minimum(a, b, out=out),
     "where": _where_forward,
+    "atan2": _binary_ufunc(np.arctan2),
 }
 
 
@@ -823,6 +844,10 @@ expm1 = _unary("expm1")
 reciprocal = _unary("reciprocal")
 neg = _unary("neg")
 negative = neg
+erf = _unary("erf")
+atan = arctan = _unary("atan")
+asin = arcsin = _unary("asin")
+acos = arccos = _unary("acos")
 
 
 def clone(input: Tensor) -> Tensor:
@@ -954,6 +979,15 @@ def maximum(input: Tensor, other: Tensor) -> Tensor:
 
 def minimum(input: Tensor, other: Tensor) -> Tensor:
     return _binary("minimum", input, other)
+
+
+def atan2(input: Tensor, other: Tensor) -> Tensor:
+    """The angle of the point (``other``, ``input``), elementwise and broadcasting:
+    ``atan(input / other)`` in the right quadrant (grad_fn ``Atan2Backward0``)."""
+    return _binary("atan2", input, other)
+
+
+arctan2 = atan2
 
 
 def where(condition: Tensor, input, other) -> Tensor:
@@ -1252,10 +1286,18 @@ def prod(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tenso
     product is taken as (product of the nonzero ones) * (the zeros' part), exact to second
     order at up to two zeros (torch's product of the other factors)."""
     t = input if dtype is None else to_dtype(input, dtype)
-    if (_recording(t) and t.dtype.is_floating_point and t.numel()
-            and bool(any_(eq(t, 0)))):  # a selection: a compiled replay guards it
+    if _recording(t) and t.dtype.is_floating_point and t.numel() and _holds_zero(t):
         return _prod_with_zeros(t, dim, keepdim)
     return _reduce("prod", t, dim, keepdim, _prod_forward, "prod_dim")
+
+
+def _holds_zero(t: Tensor) -> bool:
+    """Whether a factor of ``t`` is 0: one NumPy pass. While a compiled tape records, this
+    is the recorded ``any(eq(t, 0))`` instead, a selection its replays guard
+    (``compile._wrappers``)."""
+    if t._data is None:
+        return t._item == 0
+    return bool((t._data == 0).any())
 
 
 def any_(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
@@ -1469,19 +1511,22 @@ def _restride(name: str, t: Tensor, view: np.ndarray, offset: int | None = 0,
 def _link(out: Tensor, base: Tensor, name: str, shape, strides, offset: int) -> Tensor:
     """Make ``out`` the view ``name`` of ``base``: element ``i`` of ``out`` (shape ``shape``)
     is element ``offset + sum(i * strides)`` of ``base``'s (C-ordered) data."""
-    storage = _Storage()
-    if out._node >= 0:
-        storage.attach(out._tape, out._node)
+    storage = _new(_Storage)  # every view op makes one: _Storage's fields, inline
+    storage.version = 0
+    storage.tape = out._tape  # a recorded view's slot mirrors its memory (None: not recorded)
+    storage.generation = out._gen
+    storage.node = out._node
     storage.link = (base, name, shape, strides, offset)  # read only: no copies
+    storage.views = None
     out._storage = storage
     owner = base._storage
     if owner is None:
         owner = _storage_of(base)
     views = owner.views
     if views is None:
-        owner.views = [weakref.ref(out)]
+        owner.views = [_weak(out)]
     else:
-        views.append(weakref.ref(out))
+        views.append(_weak(out))
         n = len(views)
         if n >= 16 and not n & (n - 1):  # at each power of two: drop the dead
             views[:] = [ref for ref in views if ref() is not None]

@@ -27,7 +27,8 @@ def _scalar_where(condition, if_true, if_false):
 _SCALAR_NAMESPACE = {
     "exp": math.exp, "log": math.log, "log1p": math.log1p, "expm1": math.expm1,
     "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos,
-    "tanh": math.tanh, "where": _scalar_where, "power": pow,
+    "tanh": math.tanh, "where": _scalar_where, "power": pow, "erf": math.erf,
+    "atan": math.atan, "asin": math.asin, "acos": math.acos, "atan2": math.atan2,
 }
 
 

@@ -476,7 +476,9 @@ for _name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "rel
               "transpose", "t", "permute", "expand", "dot", "mv", "mm", "bmm", "matmul",
               "sign", "isnan", "isfinite", "eq", "ne", "lt", "le", "gt", "ge", "allclose",
               "equal", "negative", "subtract", "multiply", "divide", "swapaxes",
-              "broadcast_to", "logical_not", "logical_and", "logical_or", "var", "std"):
+              "broadcast_to", "logical_not", "logical_and", "logical_or", "var", "std",
+              "erf", "atan", "asin", "acos", "atan2", "arctan", "arcsin", "arccos",
+              "arctan2"):
     _function = getattr(F, _name)
     # a Python function is a method as it is (one call less per use)
     setattr(Tensor, _name, _function if isinstance(_function, types.FunctionType)

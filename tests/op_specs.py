@@ -8,6 +8,7 @@ registry without one.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,6 +76,11 @@ SPECS = [
     OpSpec("expm1", lambda L, x: L.expm1(x), [(3, 4)], np.expm1),
     OpSpec("reciprocal", lambda L, x: L.reciprocal(x), [(3, 4)], np.reciprocal, low=0.4,
            high=2.0),
+    OpSpec("erf", lambda L, x: L.erf(x), [(3, 4)],
+           lambda x: np.vectorize(math.erf, otypes=[x.dtype])(x)),
+    OpSpec("atan", lambda L, x: L.atan(x), [(3, 4)], np.arctan),
+    OpSpec("asin", lambda L, x: L.asin(x), [(3, 4)], np.arcsin, low=-0.9, high=0.9),
+    OpSpec("acos", lambda L, x: L.acos(x), [(3, 4)], np.arccos, low=-0.9, high=0.9),
     OpSpec("clone", lambda L, x: L.clone(x), [(3, 4)], np.copy, linear=True),
     OpSpec("clamp", lambda L, x: L.clamp(x, -0.7, 0.9), [(3, 4)],
            lambda x: np.clip(x, -0.7, 0.9)),
@@ -93,6 +99,8 @@ SPECS = [
     OpSpec("div", lambda L, a, b: a / b, [(3, 4), (3, 4)], np.divide, low=0.5, high=2.0),
     OpSpec("pow", lambda L, a, b: a ** b, [(3, 4), (4,)], np.power, low=0.5, high=2.0),
     OpSpec("maximum", lambda L, a, b: L.maximum(a, b), [(3, 4), (3, 4)], np.maximum),
+    OpSpec("atan2", lambda L, a, b: L.atan2(a, b), [(3, 4), (4,)], np.arctan2, low=0.5,
+           high=2.0),
     OpSpec("minimum", lambda L, a, b: L.minimum(a, b), [(3, 4), (4,)], np.minimum),
     OpSpec("where", lambda L, a, b: L.where(a > 0, a, b), [(3, 4), (4,)],
            lambda a, b: np.where(a > 0, a, b)),

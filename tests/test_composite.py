@@ -61,6 +61,15 @@ CASES = {
     "dist": (X, lambda L, x: L.dist(x[0], x[1], 3)),
     "dist 2": (X, lambda L, x: x[0].dist(x[2])),
     "dist inf": (X, lambda L, x: L.dist(x[0], x[1], float("inf"))),
+    "roll": (X, lambda L, x: L.roll(x, (1, -2), (0, 1))),
+    "roll flat": (X, lambda L, x: x.roll(5)),
+    "diff": (X, lambda L, x: L.diff(x)),
+    "diff twice dim 0 prepend": (X, lambda L, x: L.diff(x, 2, 0, prepend=x[:1] * 3)),
+    "lerp scalar": (X, lambda L, x: L.lerp(x, x.flip(0) * 2, 0.3)),
+    "lerp scalar high": (X, lambda L, x: x.lerp(x.flip(1), 0.8)),
+    "lerp tensor": (X, lambda L, x: L.lerp(x[0], x[1], x[2])),
+    "logaddexp": (X, lambda L, x: L.logaddexp(x, x.flip(0) * 2)),
+    "logaddexp ties": (X, lambda L, x: L.logaddexp(x, x)),
 }
 
 
@@ -86,12 +95,14 @@ def test_composite_matches_torch_to_second_order(name, dtype):
     for a, b in zip(ours[:3], theirs[:3]):
         np.testing.assert_allclose(a, b, **tol)
     if name not in ("split", "split sections", "chunk", "unbind", "std_mean", "var_mean",
-                    "narrow"):  # their last op is the composite's, not a named one
+                    "narrow", "diff", "diff twice dim 0 prepend"):
+        # their last op is the composite's, not a named one
         assert ours[3] == theirs[3]
 
 
 @pytest.mark.parametrize("name", ["sinh", "cosh", "log2", "rsqrt", "gather dim 1", "sort",
-                                  "clamp tensor bounds", "diag of a vector"])
+                                  "clamp tensor bounds", "diag of a vector", "roll",
+                                  "diff twice dim 0 prepend", "lerp tensor", "logaddexp"])
 def test_composite_gradients_match_finite_differences(name):
     data, f = CASES[name]
     x = torch.tensor(data, dtype=torch.float64, requires_grad=True)
@@ -197,3 +208,24 @@ def test_a_compiled_replay_sorts_again():
         f(x).backward()
         np.testing.assert_array_equal(tape.grad(a), x.grad.numpy())
     assert torch.trace(f, np.zeros(4)).recordings == 1  # trace(f, ...) is compile
+
+
+@needs_torch
+def test_logaddexp_of_infinities_and_lerp_at_the_ends_match_torch():
+    a = [float("-inf"), float("inf"), 1.0, float("-inf"), 3.0]
+    b = [float("-inf"), float("inf"), float("-inf"), 2.0, 3.0]
+    ours = torch.logaddexp(torch.tensor(a), torch.tensor(b))
+    theirs = real_torch.logaddexp(real_torch.tensor(a), real_torch.tensor(b))
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    start, end = np.array([1.0, -3.0, 1e16]), np.array([2.5, 7.0, 1.0])
+    for w in (0.0, 0.49, 0.5, 1.0):
+        ours = torch.lerp(torch.tensor(start), torch.tensor(end), w)
+        theirs = real_torch.lerp(real_torch.tensor(start), real_torch.tensor(end), w)
+        if w in (0.0, 1.0):  # the ends exactly
+            np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+        else:  # torch's vector loop rounds once (a fused multiply-add), NumPy twice
+            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=5e-16)
+    with pytest.raises(RuntimeError, match="shifts and dimensions must align"):
+        torch.roll(torch.ones(2, 2), (1, 1))
+    with pytest.raises(RuntimeError, match="at least one-dimensional"):
+        torch.diff(torch.tensor(1.0))

@@ -89,6 +89,7 @@ ACTIVATIONS = {
     "softsign": (lambda lib, x: lib.nn.functional.softsign(x), True),
     "tanhshrink": (lambda lib, x: lib.nn.functional.tanhshrink(x), True),
     "gelu_tanh": (lambda lib, x: lib.nn.functional.gelu(x, approximate="tanh"), True),
+    "gelu": (lambda lib, x: lib.nn.functional.gelu(x), True),
 }
 
 
@@ -115,12 +116,18 @@ def test_inplace_activations_write_into_their_input(name):
     np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-12)
 
 
-def test_gelu_without_erf_names_the_alternative():
-    x = torch.ones(2)
-    with pytest.raises(NotImplementedError, match="approximate='tanh'"):
-        torch.nn.functional.gelu(x)
-    with pytest.raises(NotImplementedError, match="approximate='tanh'"):
-        torch.nn.GELU()(x)
+def test_gelu_is_x_times_the_normal_cdf():
+    x = torch.tensor([-3.0, -0.5, 0.0, 0.25, 2.0], dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.gelu(x)
+    cdf = [0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()]
+    pdf = [math.exp(-v * v / 2) / math.sqrt(2 * math.pi) for v in x.tolist()]
+    np.testing.assert_allclose(y.detach().numpy(), [v * c for v, c in zip(x.tolist(), cdf)],
+                               rtol=1e-15, atol=1e-17)
+    assert y.grad_fn.name() == "GeluBackward0"
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [c + v * p for v, c, p in
+                                                zip(x.tolist(), cdf, pdf)], rtol=1e-14)
+    np.testing.assert_array_equal(torch.nn.GELU()(x).detach().numpy(), y.detach().numpy())
     with pytest.raises(RuntimeError, match="must be either none or tanh"):
         torch.nn.functional.gelu(x, approximate="exact")
 
@@ -316,7 +323,8 @@ def test_module_reprs_are_torchs(text):
 
 
 MODULES = [
-    ("nn.Hardtanh(-2.0, 2.0)", 1), ("nn.ReLU6()", 1), ("nn.GELU('tanh')", 1), ("nn.SELU()", 1),
+    ("nn.Hardtanh(-2.0, 2.0)", 1), ("nn.ReLU6()", 1), ("nn.GELU('tanh')", 1), ("nn.GELU()", 1),
+    ("nn.SELU()", 1),
     ("nn.CELU(2.0)", 1), ("nn.Softsign()", 1), ("nn.Hardsigmoid()", 1), ("nn.Hardswish()", 1),
     ("nn.Tanhshrink()", 1), ("nn.SmoothL1Loss(beta=0.3)", 2), ("nn.HuberLoss('sum', 0.4)", 2),
     ("nn.CosineSimilarity(0)", 2), ("nn.PairwiseDistance(1.5, keepdim=True)", 2),

@@ -53,3 +53,17 @@ def test_prod_at_zeros_matches_finite_differences_and_any_all():
     assert torch.any(t, 1).tolist() == [True, False]
     assert torch.all(t > -1, 0).tolist() == [True, True]
     assert torch.any(t, 1, keepdim=True).shape == (2, 1) and t.any().dtype is torch.bool
+
+
+def test_compiled_prod_records_again_when_a_factor_becomes_zero():
+    def f(x):
+        return (torch.prod(x) + torch.prod(x * x, 0).sum()) * 1.0
+
+    tape = torch.compile(f, np.array([1.0, 2.0, 3.0]))
+    for point in ([2.0, 0.5, 4.0], [2.0, 0.0, 4.0], [0.0, 0.0, 1.5], [1.0, 3.0, 2.0]):
+        x = torch.tensor(point, dtype=torch.float64, requires_grad=True)
+        (expected,) = torch.autograd.grad(f(x), x)
+        np.testing.assert_allclose(tape.grad(np.array(point)), expected.numpy(), rtol=1e-14)
+    # f = x0 x1 x2 + (x0 x1 x2)^2: at x0 = 0 only x0's derivative, x1 x2, is nonzero
+    np.testing.assert_allclose(tape.grad(np.array([0.0, 0.5, 4.0])), [2.0, 0.0, 0.0],
+                               atol=1e-15)

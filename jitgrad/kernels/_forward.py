@@ -5,7 +5,7 @@ regenerate."""
 # fmt: off
 import numpy as np
 
-from .expressions import cos, exp, expm1, in_range, log, log1p, matmul, mT, positive, power, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import acos, asin, atan, atan2, cos, erf, exp, expm1, in_range, log, log1p, matmul, mT, positive, power, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, where  # noqa: F401, E501
 from .jit import inline_kernel, kernel
 
 
@@ -147,6 +147,38 @@ def forward_clamp(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
     for i in range(n):
         x = float(vals[o0 + i])
         vals[oy + i] = where(x < c0, c0, where(x > c1, c1, x))
+
+
+@kernel
+def forward_erf(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """erf: y = erf(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = erf(x)
+
+
+@kernel
+def forward_atan(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """atan: y = atan(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = atan(x)
+
+
+@kernel
+def forward_asin(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """asin: y = asin(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = asin(x)
+
+
+@kernel
+def forward_acos(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """acos: y = acos(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = acos(x)
 
 
 @kernel
@@ -416,6 +448,38 @@ def forward_minimum(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
         a = float(vals[o0 + p0])
         b = float(vals[o1 + p1])
         vals[oy + i] = where((a < b) | (a != a), a, b)
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def forward_atan2(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """atan2: y = atan2(a, b)"""
+    if mo < 0 or meta[mo] == 0:  # operands have the output's shape
+        for i in range(n):
+            a = float(vals[o0 + i])
+            b = float(vals[o1 + i])
+            vals[oy + i] = atan2(a, b)
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    for i in range(n):
+        a = float(vals[o0 + p0])
+        b = float(vals[o1 + p1])
+        vals[oy + i] = atan2(a, b)
         d = ndim - 1
         while d >= 0:  # next multi-index, moving every operand's offset
             index[d] += 1
@@ -859,56 +923,72 @@ def scalar_forward(code, x0, x1, x2, c0, c1):
     elif code == 15:  # clamp
         x = x0
         return float(where(x < c0, c0, where(x > c1, c1, x)))
-    elif code == 16:  # add_scalar
+    elif code == 16:  # erf
+        x = x0
+        return float(erf(x))
+    elif code == 17:  # atan
+        x = x0
+        return float(atan(x))
+    elif code == 18:  # asin
+        x = x0
+        return float(asin(x))
+    elif code == 19:  # acos
+        x = x0
+        return float(acos(x))
+    elif code == 20:  # add_scalar
         x = x0
         return float(x + c0)
-    elif code == 17:  # sub_scalar
+    elif code == 21:  # sub_scalar
         x = x0
         return float(x - c0)
-    elif code == 18:  # rsub_scalar
+    elif code == 22:  # rsub_scalar
         x = x0
         return float(c0 - x)
-    elif code == 19:  # mul_scalar
+    elif code == 23:  # mul_scalar
         x = x0
         return float(x * c0)
-    elif code == 20:  # div_scalar
+    elif code == 24:  # div_scalar
         x = x0
         return float(x / c0)
-    elif code == 21:  # pow_scalar
+    elif code == 25:  # pow_scalar
         x = x0
         return float(raise_to(x, c0))
-    elif code == 22:  # rpow_scalar
+    elif code == 26:  # rpow_scalar
         x = x0
         return float(raise_to(c0, x))
-    elif code == 23:  # add
+    elif code == 27:  # add
         a = x0
         b = x1
         return float(a + b)
-    elif code == 24:  # sub
+    elif code == 28:  # sub
         a = x0
         b = x1
         return float(a - b)
-    elif code == 25:  # mul
+    elif code == 29:  # mul
         a = x0
         b = x1
         return float(a * b)
-    elif code == 26:  # div
+    elif code == 30:  # div
         a = x0
         b = x1
         return float(a / b)
-    elif code == 27:  # pow
+    elif code == 31:  # pow
         a = x0
         b = x1
         return float(raise_to(a, b))
-    elif code == 28:  # maximum
+    elif code == 32:  # maximum
         a = x0
         b = x1
         return float(where((a > b) | (a != a), a, b))
-    elif code == 29:  # minimum
+    elif code == 33:  # minimum
         a = x0
         b = x1
         return float(where((a < b) | (a != a), a, b))
-    elif code == 30:  # where
+    elif code == 34:  # atan2
+        a = x0
+        b = x1
+        return float(atan2(a, b))
+    elif code == 35:  # where
         a = x0
         b = x1
         cond = x2
@@ -975,75 +1055,98 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         x = x0
         if w0:
             d0 = where((in_range(x, c0, c1)) == 0.0, 0.0, g * (in_range(x, c0, c1)))
-    elif code == 16:  # add_scalar
+    elif code == 16:  # erf
+        x = x0
+        if w0:
+            d0 = g * (1.1283791670955126 * exp(-(x * x)))
+    elif code == 17:  # atan
+        x = x0
+        if w0:
+            d0 = g * (1.0 / (1.0 + x * x))
+    elif code == 18:  # asin
+        x = x0
+        if w0:
+            d0 = g * (1.0 / sqrt(1.0 - x * x))
+    elif code == 19:  # acos
+        x = x0
+        if w0:
+            d0 = g * (-1.0 / sqrt(1.0 - x * x))
+    elif code == 20:  # add_scalar
         if w0:
             d0 = g * (1.0)
-    elif code == 17:  # sub_scalar
+    elif code == 21:  # sub_scalar
         if w0:
             d0 = g * (1.0)
-    elif code == 18:  # rsub_scalar
+    elif code == 22:  # rsub_scalar
         if w0:
             d0 = g * (-1.0)
-    elif code == 19:  # mul_scalar
+    elif code == 23:  # mul_scalar
         if w0:
             d0 = g * (c0)
-    elif code == 20:  # div_scalar
+    elif code == 24:  # div_scalar
         if w0:
             d0 = g * (1.0 / c0)
-    elif code == 21:  # pow_scalar
+    elif code == 25:  # pow_scalar
         x = x0
         if w0:
             d0 = g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
-    elif code == 22:  # rpow_scalar
+    elif code == 26:  # rpow_scalar
         x = x0
         if w0:
             d0 = g * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
-    elif code == 23:  # add
+    elif code == 27:  # add
         if w0:
             d0 = g * (1.0)
         if w1:
             d1 = g * (1.0)
-    elif code == 24:  # sub
+    elif code == 28:  # sub
         if w0:
             d0 = g * (1.0)
         if w1:
             d1 = g * (-1.0)
-    elif code == 25:  # mul
+    elif code == 29:  # mul
         a = x0
         b = x1
         if w0:
             d0 = g * (b)
         if w1:
             d1 = g * (a)
-    elif code == 26:  # div
+    elif code == 30:  # div
         a = x0
         b = x1
         if w0:
             d0 = g * (1.0 / b)
         if w1:
             d1 = g * (-a / (b * b))
-    elif code == 27:  # pow
+    elif code == 31:  # pow
         a = x0
         b = x1
         if w0:
             d0 = g * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
         if w1:
             d1 = g * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
-    elif code == 28:  # maximum
+    elif code == 32:  # maximum
         a = x0
         b = x1
         if w0:
             d0 = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
         if w1:
             d1 = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
-    elif code == 29:  # minimum
+    elif code == 33:  # minimum
         a = x0
         b = x1
         if w0:
             d0 = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
         if w1:
             d1 = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
-    elif code == 30:  # where
+    elif code == 34:  # atan2
+        a = x0
+        b = x1
+        if w0:
+            d0 = g * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+        if w1:
+            d1 = g * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+    elif code == 35:  # where
         cond = x2
         if w0:
             d0 = where((cond) == 0.0, 0.0, g * (cond))
@@ -1086,63 +1189,73 @@ def forward_elementwise(code, vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
         forward_clone(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
     elif code == 15:  # clamp
         forward_clamp(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 16:  # add_scalar
+    elif code == 16:  # erf
+        forward_erf(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 17:  # atan
+        forward_atan(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 18:  # asin
+        forward_asin(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 19:  # acos
+        forward_acos(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 20:  # add_scalar
         forward_add_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 17:  # sub_scalar
+    elif code == 21:  # sub_scalar
         forward_sub_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 18:  # rsub_scalar
+    elif code == 22:  # rsub_scalar
         forward_rsub_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 19:  # mul_scalar
+    elif code == 23:  # mul_scalar
         forward_mul_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 20:  # div_scalar
+    elif code == 24:  # div_scalar
         forward_div_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 21:  # pow_scalar
+    elif code == 25:  # pow_scalar
         forward_pow_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 22:  # rpow_scalar
+    elif code == 26:  # rpow_scalar
         forward_rpow_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 23:  # add
+    elif code == 27:  # add
         forward_add(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 24:  # sub
+    elif code == 28:  # sub
         forward_sub(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 25:  # mul
+    elif code == 29:  # mul
         forward_mul(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 26:  # div
+    elif code == 30:  # div
         forward_div(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 27:  # pow
+    elif code == 31:  # pow
         forward_pow(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 28:  # maximum
+    elif code == 32:  # maximum
         forward_maximum(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 29:  # minimum
+    elif code == 33:  # minimum
         forward_minimum(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 30:  # where
+    elif code == 34:  # atan2
+        forward_atan2(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 35:  # where
         forward_where(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
 
 
 @kernel
 def forward_reduce(code, vals, ox, oy, nx, ny, c0, meta, mo):
-    if code == 38:  # sum
+    if code == 43:  # sum
         forward_sum(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 39:  # sum_dim
+    elif code == 44:  # sum_dim
         forward_sum(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 40:  # mean
+    elif code == 45:  # mean
         forward_mean(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 41:  # mean_dim
+    elif code == 46:  # mean_dim
         forward_mean(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 42:  # prod
+    elif code == 47:  # prod
         forward_prod(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 43:  # prod_dim
+    elif code == 48:  # prod_dim
         forward_prod(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 44:  # logsumexp
+    elif code == 49:  # logsumexp
         forward_logsumexp(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 45:  # norm
+    elif code == 50:  # norm
         forward_norm(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 46:  # max_all
+    elif code == 51:  # max_all
         forward_max_all(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 47:  # min_all
+    elif code == 52:  # min_all
         forward_min_all(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 48:  # amax
+    elif code == 53:  # amax
         forward_amax(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 49:  # amin
+    elif code == 54:  # amin
         forward_amin(vals, ox, oy, nx, ny, c0, meta, mo)
 
 
@@ -1153,12 +1266,12 @@ def forward_matmul(code, vals, oa, ob, oc, oy, meta, mo):
     rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
     all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
     all_y = vals[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
-    if code == 36 or code == 37:  # linear, linear_bias
+    if code == 41 or code == 42:  # linear, linear_bias
         all_bt = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
         for k in range(batch):
             all_y[k] = np.dot(all_a[k if batch_a > 1 else 0],
                               all_bt[k if batch_b > 1 else 0].T)
-        if code == 37:
+        if code == 42:
             c = vals[oc:oc + cols]
             for k in range(batch):
                 y = all_y[k]

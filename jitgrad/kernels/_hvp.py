@@ -8,7 +8,12 @@ like the value arena."""
 import numpy as np
 
 from .expressions import (  # noqa: F401
+    acos,
+    asin,
+    atan,
+    atan2,
     cos,
+    erf,
     exp,
     expm1,
     in_range,
@@ -32,11 +37,11 @@ from .jit import kernel
 # per opcode: the tangents its step reads and whether it has one (kernels/layout.py);
 # without a step: function_input, function_output
 SECOND_ORDER = np.array([
-    144, 145, 145, 145, 401, 401, 145, 145, 145, 144, 144, 145, 145, 145, 144, 144, 144,
-    144, 144, 144, 144, 401, 145, 176, 176, 179, 179, 179, 176, 176, 176, 179, 179, 179,
-    179, 179, 179, 243, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144,
+    144, 145, 145, 145, 401, 401, 145, 145, 145, 144, 144, 145, 145, 145, 144, 144, 401,
+    145, 401, 401, 144, 144, 144, 144, 144, 401, 145, 176, 176, 179, 179, 179, 176, 176,
+    179, 176, 179, 179, 179, 179, 179, 179, 243, 144, 144, 144, 144, 153, 153, 153, 153,
     144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144,
-    144, 0, 0,
+    144, 144, 144, 144, 144, 144, 0, 0,
 ], np.int64)
 
 
@@ -505,6 +510,181 @@ def hvp_clamp(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
                 p = in_range(x, c0, c1)
                 adj0[i] += where(p == 0.0, 0.0, g_[i] * p)
                 adj_tan0[i] += where(p == 0.0, 0.0, dg_[i] * p)
+
+
+@kernel
+def hvp_erf(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """ErfBackward0: d/dx = 1.1283791670955126 * exp(-(x * x)), its tangent
+    -(1.1283791670955126 * (exp(-(x * x)) * (dx * x + x * dx))) (the partial kept by its
+    tangent step)"""
+    g_ = adj[oy:oy + n]
+    dg_ = adj_tan[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    dx_ = tan[o0:o0 + n]
+    part_ = part[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        adj_tan0 = adj_tan[o0:o0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = part_[i]
+                adj0[i] = g_[i] * p
+                adj_tan0[i] = dg_[i] * p + g_[i] * (-(1.1283791670955126 * (exp(-(x * x)) * (dx * x + x * dx))))
+        else:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = part_[i]
+                adj0[i] += g_[i] * p
+                adj_tan0[i] += dg_[i] * p + g_[i] * (-(1.1283791670955126 * (exp(-(x * x)) * (dx * x + x * dx))))
+
+
+@kernel
+def keep_erf(vals, tan, part, o0, oy, n, a0, c0, c1):
+    """ErfBackward0's tangent step, keeping its partial 1.1283791670955126 * exp(-(x * x)) for
+    the reverse step; ``a0``: the operand has a tangent"""
+    part_ = part[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if not a0:
+        for i in range(n):
+            x = x_[i]
+            part_[i] = 1.1283791670955126 * exp(-(x * x))
+        return
+    dx_ = tan[o0:o0 + n]
+    ty = tan[oy:oy + n]
+    for i in range(n):
+        x = x_[i]
+        p = 1.1283791670955126 * exp(-(x * x))
+        part_[i] = p
+        ty[i] = p * dx_[i]
+
+
+@kernel
+def hvp_atan(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """AtanBackward0: d/dx = 1.0 / (1.0 + x * x), its tangent -((dx * x + x * dx) / ((1.0 + x *
+    x) * (1.0 + x * x)))"""
+    g_ = adj[oy:oy + n]
+    dg_ = adj_tan[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    dx_ = tan[o0:o0 + n]
+    part_ = part[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        adj_tan0 = adj_tan[o0:o0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = 1.0 / (1.0 + x * x)
+                adj0[i] = g_[i] * p
+                adj_tan0[i] = dg_[i] * p + g_[i] * (-((dx * x + x * dx) / ((1.0 + x * x) * (1.0 + x * x))))
+        else:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = 1.0 / (1.0 + x * x)
+                adj0[i] += g_[i] * p
+                adj_tan0[i] += dg_[i] * p + g_[i] * (-((dx * x + x * dx) / ((1.0 + x * x) * (1.0 + x * x))))
+
+
+@kernel
+def hvp_asin(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """AsinBackward0: d/dx = 1.0 / sqrt(1.0 - x * x), its tangent 0.5 / sqrt(1.0 - x * x) * (dx
+    * x + x * dx) / (sqrt(1.0 - x * x) * sqrt(1.0 - x * x)) (the partial kept by its
+    tangent step)"""
+    g_ = adj[oy:oy + n]
+    dg_ = adj_tan[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    dx_ = tan[o0:o0 + n]
+    part_ = part[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        adj_tan0 = adj_tan[o0:o0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = part_[i]
+                adj0[i] = g_[i] * p
+                adj_tan0[i] = dg_[i] * p + g_[i] * (0.5 / sqrt(1.0 - x * x) * (dx * x + x * dx) / (sqrt(1.0 - x * x) * sqrt(1.0 - x * x)))
+        else:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = part_[i]
+                adj0[i] += g_[i] * p
+                adj_tan0[i] += dg_[i] * p + g_[i] * (0.5 / sqrt(1.0 - x * x) * (dx * x + x * dx) / (sqrt(1.0 - x * x) * sqrt(1.0 - x * x)))
+
+
+@kernel
+def keep_asin(vals, tan, part, o0, oy, n, a0, c0, c1):
+    """AsinBackward0's tangent step, keeping its partial 1.0 / sqrt(1.0 - x * x) for the
+    reverse step; ``a0``: the operand has a tangent"""
+    part_ = part[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if not a0:
+        for i in range(n):
+            x = x_[i]
+            part_[i] = 1.0 / sqrt(1.0 - x * x)
+        return
+    dx_ = tan[o0:o0 + n]
+    ty = tan[oy:oy + n]
+    for i in range(n):
+        x = x_[i]
+        p = 1.0 / sqrt(1.0 - x * x)
+        part_[i] = p
+        ty[i] = p * dx_[i]
+
+
+@kernel
+def hvp_acos(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """AcosBackward0: d/dx = -1.0 / sqrt(1.0 - x * x), its tangent -(0.5 / sqrt(1.0 - x * x) *
+    (dx * x + x * dx) / (sqrt(1.0 - x * x) * sqrt(1.0 - x * x))) (the partial kept by
+    its tangent step)"""
+    g_ = adj[oy:oy + n]
+    dg_ = adj_tan[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    dx_ = tan[o0:o0 + n]
+    part_ = part[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        adj_tan0 = adj_tan[o0:o0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = part_[i]
+                adj0[i] = g_[i] * p
+                adj_tan0[i] = dg_[i] * p + g_[i] * (-(0.5 / sqrt(1.0 - x * x) * (dx * x + x * dx) / (sqrt(1.0 - x * x) * sqrt(1.0 - x * x))))
+        else:
+            for i in range(n):
+                x = x_[i]
+                dx = dx_[i]
+                p = part_[i]
+                adj0[i] += g_[i] * p
+                adj_tan0[i] += dg_[i] * p + g_[i] * (-(0.5 / sqrt(1.0 - x * x) * (dx * x + x * dx) / (sqrt(1.0 - x * x) * sqrt(1.0 - x * x))))
+
+
+@kernel
+def keep_acos(vals, tan, part, o0, oy, n, a0, c0, c1):
+    """AcosBackward0's tangent step, keeping its partial -1.0 / sqrt(1.0 - x * x) for the
+    reverse step; ``a0``: the operand has a tangent"""
+    part_ = part[oy:oy + n]
+    x_ = vals[o0:o0 + n]
+    if not a0:
+        for i in range(n):
+            x = x_[i]
+            part_[i] = -1.0 / sqrt(1.0 - x * x)
+        return
+    dx_ = tan[o0:o0 + n]
+    ty = tan[oy:oy + n]
+    for i in range(n):
+        x = x_[i]
+        p = -1.0 / sqrt(1.0 - x * x)
+        part_[i] = p
+        ty[i] = p * dx_[i]
 
 
 @kernel
@@ -1495,6 +1675,154 @@ def hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0
 
 
 @kernel
+def hvp_atan2(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """Atan2Backward0: d/da = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)), its
+    tangent db * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)) + b * where(a *
+    a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) *
+    (a * a + b * b)))); d/db = -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b *
+    b)), its tangent -(da * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) - a
+    * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a
+    + b * b) * (a * a + b * b))))"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[oy:oy + n]
+        dg_ = adj_tan[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        da_ = tan[o0:o0 + n]
+        db_ = tan[o1:o1 + n]
+        part_ = part[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            adj_tan0 = adj_tan[o0:o0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                    adj0[i] = g_[i] * p
+                    adj_tan0[i] = dg_[i] * p + g_[i] * (db * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)) + b * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) * (a * a + b * b)))))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                    adj0[i] += g_[i] * p
+                    adj_tan0[i] += dg_[i] * p + g_[i] * (db * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)) + b * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) * (a * a + b * b)))))
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            adj_tan1 = adj_tan[o1:o1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                    adj1[i] = g_[i] * p
+                    adj_tan1[i] = dg_[i] * p + g_[i] * (-(da * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) - a * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) * (a * a + b * b)))))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                    adj1[i] += g_[i] * p
+                    adj_tan1[i] += dg_[i] * p + g_[i] * (-(da * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) - a * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) * (a * a + b * b)))))
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    contribution_tan = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread_a = np.empty(width, vals.dtype)
+    spread_b = np.empty(width, vals.dtype)
+    spread_da = np.empty(width, vals.dtype)
+    spread_db = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        dg_ = adj_tan[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread_a[:] = vals[o0 + p0]
+            a_ = spread_a
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread_b[:] = vals[o1 + p1]
+            b_ = spread_b
+        if s0[ndim - 1] == 1:
+            da_ = tan[o0 + p0:o0 + p0 + width]
+        else:
+            spread_da[:] = tan[o0 + p0]
+            da_ = spread_da
+        if s1[ndim - 1] == 1:
+            db_ = tan[o1 + p1:o1 + p1 + width]
+        else:
+            spread_db[:] = tan[o1 + p1]
+            db_ = spread_db
+        if w0:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                da = da_[i]
+                db = db_[i]
+                p = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p + g_[i] * (db * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)) + b * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) * (a * a + b * b)))))
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+                    adj_tan0[i] += contribution_tan[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
+                adj_tan[o0 + p0] += contribution_tan.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                da = da_[i]
+                db = db_[i]
+                p = -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p + g_[i] * (-(da * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) - a * where(a * a + b * b == 0.0, 0.0, -((da * a + a * da + (db * b + b * db)) / ((a * a + b * b) * (a * a + b * b)))))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+                    adj_tan1[i] += contribution_tan[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+                adj_tan[o1 + p1] += contribution_tan.sum()
+        dim = ndim - 2
+        while dim >= 0:  # the next row: move every operand's offset
+            index[dim] += 1
+            p0 += s0[dim]
+            p1 += s1[dim]
+            if index[dim] < shape[dim]:
+                break
+            p0 -= s0[dim] * shape[dim]
+            p1 -= s1[dim] * shape[dim]
+            index[dim] = 0
+            dim -= 1
+
+
+@kernel
 def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/da = cond, its tangent 0.0; d/db = 1.0 - cond, its tangent 0.0"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -2260,35 +2588,45 @@ def hvp_elementwise(code, vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, 
         hvp_clone(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 15:  # clamp
         hvp_clamp(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 16:  # add_scalar
+    elif code == 16:  # erf
+        hvp_erf(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 17:  # atan
+        hvp_atan(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 18:  # asin
+        hvp_asin(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 19:  # acos
+        hvp_acos(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 20:  # add_scalar
         hvp_clone(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 17:  # sub_scalar
+    elif code == 21:  # sub_scalar
         hvp_clone(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 18:  # rsub_scalar
+    elif code == 22:  # rsub_scalar
         hvp_neg(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 19:  # mul_scalar
+    elif code == 23:  # mul_scalar
         hvp_mul_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 20:  # div_scalar
+    elif code == 24:  # div_scalar
         hvp_div_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 21:  # pow_scalar
+    elif code == 25:  # pow_scalar
         hvp_pow_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 22:  # rpow_scalar
+    elif code == 26:  # rpow_scalar
         hvp_rpow_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 23:  # add
+    elif code == 27:  # add
         hvp_add(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 24:  # sub
+    elif code == 28:  # sub
         hvp_sub(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 25:  # mul
+    elif code == 29:  # mul
         hvp_mul(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 26:  # div
+    elif code == 30:  # div
         hvp_div(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 27:  # pow
+    elif code == 31:  # pow
         hvp_pow(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 28:  # maximum
+    elif code == 32:  # maximum
         hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 29:  # minimum
+    elif code == 33:  # minimum
         hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 30:  # where
+    elif code == 34:  # atan2
+        hvp_atan2(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 35:  # where
         hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
 
 
@@ -2298,51 +2636,57 @@ def keep_elementwise(code, vals, tan, part, o0, oy, n, a0, c0, c1):
         keep_sin(vals, tan, part, o0, oy, n, a0, c0, c1)
     elif code == 5:  # cos
         keep_cos(vals, tan, part, o0, oy, n, a0, c0, c1)
-    elif code == 21:  # pow_scalar
+    elif code == 16:  # erf
+        keep_erf(vals, tan, part, o0, oy, n, a0, c0, c1)
+    elif code == 18:  # asin
+        keep_asin(vals, tan, part, o0, oy, n, a0, c0, c1)
+    elif code == 19:  # acos
+        keep_acos(vals, tan, part, o0, oy, n, a0, c0, c1)
+    elif code == 25:  # pow_scalar
         keep_pow_scalar(vals, tan, part, o0, oy, n, a0, c0, c1)
 
 
 @kernel
 def hvp_reduce(code, vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 38:  # sum
+    if code == 43:  # sum
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 39:  # sum_dim
+    elif code == 44:  # sum_dim
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 40:  # mean
+    elif code == 45:  # mean
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 41:  # mean_dim
+    elif code == 46:  # mean_dim
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 42:  # prod
+    elif code == 47:  # prod
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 43:  # prod_dim
+    elif code == 48:  # prod_dim
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 44:  # logsumexp
+    elif code == 49:  # logsumexp
         hvp_logsumexp(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 45:  # norm
+    elif code == 50:  # norm
         hvp_norm(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 46:  # max_all
+    elif code == 51:  # max_all
         hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 47:  # min_all
+    elif code == 52:  # min_all
         hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 48:  # amax
+    elif code == 53:  # amax
         hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 49:  # amin
+    elif code == 54:  # amin
         hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel
 def hvp_matmul(code, vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo):
-    if code == 31:  # dot
+    if code == 36:  # dot
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 32:  # mv
+    elif code == 37:  # mv
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 33:  # mm
+    elif code == 38:  # mm
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 34:  # bmm
+    elif code == 39:  # bmm
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 35:  # matmul
+    elif code == 40:  # matmul
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 36:  # linear
+    elif code == 41:  # linear
         hvp_linear(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 37:  # linear_bias
+    elif code == 42:  # linear_bias
         hvp_linear_bias(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)

@@ -277,6 +277,74 @@ def reverse_clamp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, 
 
 
 @kernel
+def reverse_erf(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """ErfBackward0: d/d(x) = 1.1283791670955126 * exp(-(x * x))"""
+    g_ = adj[uy:uy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[u0:u0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (1.1283791670955126 * exp(-(x * x)))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (1.1283791670955126 * exp(-(x * x)))
+
+
+@kernel
+def reverse_atan(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """AtanBackward0: d/d(x) = 1.0 / (1.0 + x * x)"""
+    g_ = adj[uy:uy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[u0:u0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (1.0 / (1.0 + x * x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (1.0 / (1.0 + x * x))
+
+
+@kernel
+def reverse_asin(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """AsinBackward0: d/d(x) = 1.0 / sqrt(1.0 - x * x)"""
+    g_ = adj[uy:uy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[u0:u0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (1.0 / sqrt(1.0 - x * x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (1.0 / sqrt(1.0 - x * x))
+
+
+@kernel
+def reverse_acos(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """AcosBackward0: d/d(x) = -1.0 / sqrt(1.0 - x * x)"""
+    g_ = adj[uy:uy + n]
+    x_ = vals[o0:o0 + n]
+    if w0:
+        adj0 = adj[u0:u0 + n]
+        if w0 == 2:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] = g_[i] * (-1.0 / sqrt(1.0 - x * x))
+        else:
+            for i in range(n):
+                x = x_[i]
+                adj0[i] += g_[i] * (-1.0 / sqrt(1.0 - x * x))
+
+
+@kernel
 def reverse_mul_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """MulBackward0: d/d(x) = c0"""
     g_ = adj[uy:uy + n]
@@ -930,6 +998,98 @@ def reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0
 
 
 @kernel
+def reverse_atan2(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """Atan2Backward0: d/d(a, b) = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)), -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[uy:uy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[u0:u0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] = g_[i] * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj0[i] += g_[i] * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+        if w1:
+            adj1 = adj[u1:u1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] = g_[i] * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] += g_[i] * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[uy + po:uy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
+        if w0:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+            if s0[ndim - 1] == 1:
+                adj0 = adj[u0 + p0:u0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[u0 + p0] += contribution.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[u1 + p1:u1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[u1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
 def reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/d(a, b, cond) = cond, 1.0 - cond, None"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -1481,79 +1641,89 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, 
         reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 15:  # clamp
         reverse_clamp(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 16:  # add_scalar
+    elif code == 16:  # erf
+        reverse_erf(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 17:  # atan
+        reverse_atan(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 18:  # asin
+        reverse_asin(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 19:  # acos
+        reverse_acos(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 20:  # add_scalar
         reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 17:  # sub_scalar
+    elif code == 21:  # sub_scalar
         reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 18:  # rsub_scalar
+    elif code == 22:  # rsub_scalar
         reverse_neg(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 19:  # mul_scalar
+    elif code == 23:  # mul_scalar
         reverse_mul_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 20:  # div_scalar
+    elif code == 24:  # div_scalar
         reverse_div_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 21:  # pow_scalar
+    elif code == 25:  # pow_scalar
         reverse_pow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 22:  # rpow_scalar
+    elif code == 26:  # rpow_scalar
         reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 23:  # add
+    elif code == 27:  # add
         reverse_add(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 24:  # sub
+    elif code == 28:  # sub
         reverse_sub(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 25:  # mul
+    elif code == 29:  # mul
         reverse_mul(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 26:  # div
+    elif code == 30:  # div
         reverse_div(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 27:  # pow
+    elif code == 31:  # pow
         reverse_pow(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 28:  # maximum
+    elif code == 32:  # maximum
         reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 29:  # minimum
+    elif code == 33:  # minimum
         reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 30:  # where
+    elif code == 34:  # atan2
+        reverse_atan2(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 35:  # where
         reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
 
 
 @kernel
 def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 38:  # sum
+    if code == 43:  # sum
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 39:  # sum_dim
+    elif code == 44:  # sum_dim
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 40:  # mean
+    elif code == 45:  # mean
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 41:  # mean_dim
+    elif code == 46:  # mean_dim
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 42:  # prod
+    elif code == 47:  # prod
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 43:  # prod_dim
+    elif code == 48:  # prod_dim
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 44:  # logsumexp
+    elif code == 49:  # logsumexp
         reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 45:  # norm
+    elif code == 50:  # norm
         reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 46:  # max_all
+    elif code == 51:  # max_all
         reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 47:  # min_all
+    elif code == 52:  # min_all
         reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 48:  # amax
+    elif code == 53:  # amax
         reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 49:  # amin
+    elif code == 54:  # amin
         reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel
 def reverse_matmul(code, vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):
-    if code == 31:  # dot
+    if code == 36:  # dot
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 32:  # mv
+    elif code == 37:  # mv
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 33:  # mm
+    elif code == 38:  # mm
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 34:  # bmm
+    elif code == 39:  # bmm
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 35:  # matmul
+    elif code == 40:  # matmul
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 36:  # linear
+    elif code == 41:  # linear
         reverse_linear(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 37:  # linear_bias
+    elif code == 42:  # linear_bias
         reverse_linear_bias(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)

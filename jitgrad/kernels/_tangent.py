@@ -9,7 +9,12 @@ columns (``jitgrad/kernels/tangent.py``)."""
 import numpy as np
 
 from .expressions import (  # noqa: F401
+    acos,
+    asin,
+    atan,
+    atan2,
     cos,
+    erf,
     exp,
     expm1,
     in_range,
@@ -466,6 +471,118 @@ def tangent_clamp(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, 
         if a0:
             x = vals[o0 + i]
             p = in_range(x, c0, c1)
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + i]
+
+
+@kernel
+def tangent_erf(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """ErfBackward0: ty = (1.1283791670955126 * exp(-(x * x))) * t_x"""
+    k = tan.shape[0]
+    if k == 1:
+        ty = tan[0, uy:uy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, u0:u0 + n]
+        for i in range(n):
+            x = x_[i]
+            total = 0.0
+            if a0:
+                total += (1.1283791670955126 * exp(-(x * x))) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
+        return
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            x = vals[o0 + i]
+            p = 1.1283791670955126 * exp(-(x * x))
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + i]
+
+
+@kernel
+def tangent_atan(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """AtanBackward0: ty = (1.0 / (1.0 + x * x)) * t_x"""
+    k = tan.shape[0]
+    if k == 1:
+        ty = tan[0, uy:uy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, u0:u0 + n]
+        for i in range(n):
+            x = x_[i]
+            total = 0.0
+            if a0:
+                total += (1.0 / (1.0 + x * x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
+        return
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            x = vals[o0 + i]
+            p = 1.0 / (1.0 + x * x)
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + i]
+
+
+@kernel
+def tangent_asin(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """AsinBackward0: ty = (1.0 / sqrt(1.0 - x * x)) * t_x"""
+    k = tan.shape[0]
+    if k == 1:
+        ty = tan[0, uy:uy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, u0:u0 + n]
+        for i in range(n):
+            x = x_[i]
+            total = 0.0
+            if a0:
+                total += (1.0 / sqrt(1.0 - x * x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
+        return
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            x = vals[o0 + i]
+            p = 1.0 / sqrt(1.0 - x * x)
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + i]
+
+
+@kernel
+def tangent_acos(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """AcosBackward0: ty = (-1.0 / sqrt(1.0 - x * x)) * t_x"""
+    k = tan.shape[0]
+    if k == 1:
+        ty = tan[0, uy:uy + n]
+        x_ = vals[o0:o0 + n]
+        t0 = tan[0, u0:u0 + n]
+        for i in range(n):
+            x = x_[i]
+            total = 0.0
+            if a0:
+                total += (-1.0 / sqrt(1.0 - x * x)) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
+        return
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            x = vals[o0 + i]
+            p = -1.0 / sqrt(1.0 - x * x)
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u0 + i]
 
@@ -1075,6 +1192,81 @@ def tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0
 
 
 @kernel
+def tangent_atan2(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """Atan2Backward0: ty = (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) * t_a +
+    (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) * t_b"""
+    k = tan.shape[0]
+    if meta[mo] == 0:  # operands have the output's shape
+        if k == 1:
+            ty = tan[0, uy:uy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, u0:u0 + n]
+            t1 = tan[0, u1:u1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
+                if a0:
+                    total += (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) * t0[i]
+                if a1:
+                    total += (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
+            return
+        if fresh:
+            tan[:, uy:uy + n] = 0.0
+        for i in range(n):
+            if a0:
+                a = vals[o0 + i]
+                b = vals[o1 + i]
+                p = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u0 + i]
+            if a1:
+                a = vals[o0 + i]
+                b = vals[o1 + i]
+                p = -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u1 + i]
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            a = vals[o0 + p0]
+            b = vals[o1 + p1]
+            p = b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + p0]
+        if a1:
+            a = vals[o0 + p0]
+            b = vals[o1 + p1]
+            p = -a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u1 + p1]
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
 def tangent_where(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """WhereBackward0: ty = (cond) * t_a + (1.0 - cond) * t_b"""
     k = tan.shape[0]
@@ -1545,79 +1737,89 @@ def tangent_elementwise(code, vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, 
         tangent_clone(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 15:  # clamp
         tangent_clamp(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 16:  # add_scalar
+    elif code == 16:  # erf
+        tangent_erf(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 17:  # atan
+        tangent_atan(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 18:  # asin
+        tangent_asin(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 19:  # acos
+        tangent_acos(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 20:  # add_scalar
         tangent_clone(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 17:  # sub_scalar
+    elif code == 21:  # sub_scalar
         tangent_clone(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 18:  # rsub_scalar
+    elif code == 22:  # rsub_scalar
         tangent_neg(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 19:  # mul_scalar
+    elif code == 23:  # mul_scalar
         tangent_mul_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 20:  # div_scalar
+    elif code == 24:  # div_scalar
         tangent_div_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 21:  # pow_scalar
+    elif code == 25:  # pow_scalar
         tangent_pow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 22:  # rpow_scalar
+    elif code == 26:  # rpow_scalar
         tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 23:  # add
+    elif code == 27:  # add
         tangent_add(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 24:  # sub
+    elif code == 28:  # sub
         tangent_sub(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 25:  # mul
+    elif code == 29:  # mul
         tangent_mul(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 26:  # div
+    elif code == 30:  # div
         tangent_div(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 27:  # pow
+    elif code == 31:  # pow
         tangent_pow(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 28:  # maximum
+    elif code == 32:  # maximum
         tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 29:  # minimum
+    elif code == 33:  # minimum
         tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 30:  # where
+    elif code == 34:  # atan2
+        tangent_atan2(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 35:  # where
         tangent_where(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
 
 
 @kernel
 def tangent_reduce(code, vals, tan, ox, oy, nx, c0, meta, mo):
-    if code == 38:  # sum
+    if code == 43:  # sum
         tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 39:  # sum_dim
+    elif code == 44:  # sum_dim
         tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 40:  # mean
+    elif code == 45:  # mean
         tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 41:  # mean_dim
+    elif code == 46:  # mean_dim
         tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 42:  # prod
+    elif code == 47:  # prod
         tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 43:  # prod_dim
+    elif code == 48:  # prod_dim
         tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 44:  # logsumexp
+    elif code == 49:  # logsumexp
         tangent_logsumexp(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 45:  # norm
+    elif code == 50:  # norm
         tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 46:  # max_all
+    elif code == 51:  # max_all
         tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 47:  # min_all
+    elif code == 52:  # min_all
         tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 48:  # amax
+    elif code == 53:  # amax
         tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 49:  # amin
+    elif code == 54:  # amin
         tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo)
 
 
 @kernel
 def tangent_matmul(code, vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):
-    if code == 31:  # dot
+    if code == 36:  # dot
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 32:  # mv
+    elif code == 37:  # mv
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 33:  # mm
+    elif code == 38:  # mm
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 34:  # bmm
+    elif code == 39:  # bmm
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 35:  # matmul
+    elif code == 40:  # matmul
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 36:  # linear
+    elif code == 41:  # linear
         tangent_linear(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 37:  # linear_bias
+    elif code == 42:  # linear_bias
         tangent_linear_bias(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)

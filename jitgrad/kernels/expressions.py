@@ -2,6 +2,8 @@
 
 Scalar helpers work on one element; ``matmul``/``mT`` on 2-D blocks.
 """
+import math
+
 import numpy as np
 
 from .jit import inline_kernel, kernel
@@ -59,6 +61,33 @@ def scalar_cos(v):
 @inline_kernel
 def tanh(v):
     return np.tanh(v)
+
+
+@inline_kernel
+def erf(v):
+    # libm's erf in float64 (a float32 ``v`` gets its rounded float32 result back), as the
+    # eager forward (``special.erf_array``) and the 0-d path (``math.erf``) compute it
+    return like(v, math.erf(float(v)))
+
+
+@inline_kernel
+def atan(v):
+    return np.arctan(v)
+
+
+@inline_kernel
+def asin(v):
+    return np.arcsin(v)
+
+
+@inline_kernel
+def acos(v):
+    return np.arccos(v)
+
+
+@inline_kernel
+def atan2(a, b):
+    return np.arctan2(a, b)
 
 
 @inline_kernel

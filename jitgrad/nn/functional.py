@@ -175,15 +175,13 @@ def tanhshrink(input: Tensor) -> Tensor:
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
-    """``x * Phi(x)``; only torch's ``approximate='tanh'`` form,
-    ``x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))``, is available: the exact
-    form needs ``erf``, which jitgrad does not have."""
+    """``x * Phi(x)``, ``Phi`` the standard normal distribution function: torch's exact
+    form ``x / 2 * (1 + erf(x / sqrt(2)))``, or with ``approximate='tanh'``
+    ``x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))``."""
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     if approximate == "none":
-        raise NotImplementedError(
-            "gelu(approximate='none') needs erf, which jitgrad does not have; use "
-            "approximate='tanh'")
+        return T.named(input * 0.5 * (T.erf(input * math.sqrt(0.5)) + 1.0), "GeluBackward0")
     inner = (input + input * input * input * 0.044715) * math.sqrt(2.0 / math.pi)
     return T.named(input * 0.5 * (T.tanh(inner) + 1.0), "GeluBackward0")
 

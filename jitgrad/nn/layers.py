@@ -371,7 +371,7 @@ class CELU(Module):
 
 
 class GELU(Module):
-    """``x * Phi(x)``; jitgrad has only ``approximate='tanh'`` (see ``F.gelu``)."""
+    """``x * Phi(x)``, exact or with ``approximate='tanh'`` (see ``F.gelu``)."""
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()

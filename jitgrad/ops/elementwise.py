@@ -26,6 +26,12 @@ op("clone", "CloneBackward0", ("x",), "1.0", "x")
 # clamp: c0 = min, c1 = max (+-inf when absent); the gradient passes where min <= x <= max
 op("clamp", "ClampBackward1", ("x",), "in_range(x, c0, c1)",
    "where(x < c0, c0, where(x > c1, c1, x))")
+# erf's derivative is 2/sqrt(pi) * exp(-x^2); the inverse trigonometric functions are
+# libm's (asin and acos leave their domain with nan, as torch)
+op("erf", "ErfBackward0", ("x",), "1.1283791670955126 * exp(-(x * x))", "erf(x)")
+op("atan", "AtanBackward0", ("x",), "1.0 / (1.0 + x * x)", "atan(x)")
+op("asin", "AsinBackward0", ("x",), "1.0 / sqrt(1.0 - x * x)", "asin(x)")
+op("acos", "AcosBackward0", ("x",), "-1.0 / sqrt(1.0 - x * x)", "acos(x)")
 
 # a tensor with a Python scalar c0
 op("add_scalar", "AddBackward0", ("x",), "1.0", "x + c0")
@@ -56,6 +62,10 @@ op("maximum", "MaximumBackward0", ("a", "b"),
 op("minimum", "MinimumBackward0", ("a", "b"),
    ("where(a == b, 0.5, where(a > b, 0.0, 1.0))", "where(a == b, 0.5, where(a < b, 0.0, 1.0))"),
    "where((a < b) | (a != a), a, b)")
+# at the origin (a squared radius of 0) both derivatives are 0, as torch's
+op("atan2", "Atan2Backward0", ("a", "b"),
+   ("b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))",
+    "-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))"), "atan2(a, b)")
 # cond is stored as 0.0/1.0 in the op's float type; it is not differentiable
 op("where", "WhereBackward0", ("a", "b", "cond"), ("cond", "1.0 - cond", None),
    "where(cond != 0.0, a, b)")
