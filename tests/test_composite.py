@@ -70,6 +70,9 @@ CASES = {
     "lerp tensor": (X, lambda L, x: L.lerp(x[0], x[1], x[2])),
     "logaddexp": (X, lambda L, x: L.logaddexp(x, x.flip(0) * 2)),
     "logaddexp ties": (X, lambda L, x: L.logaddexp(x, x)),
+    "cumsum": (X, lambda L, x: L.cumsum(x, 1)),
+    "cumsum dim 0": (X, lambda L, x: x.cumsum(-2)),
+    "cumsum long": (np.linspace(-1, 1, 37), lambda L, x: L.cumsum(x, 0)),
 }
 
 
@@ -102,7 +105,8 @@ def test_composite_matches_torch_to_second_order(name, dtype):
 
 @pytest.mark.parametrize("name", ["sinh", "cosh", "log2", "rsqrt", "gather dim 1", "sort",
                                   "clamp tensor bounds", "diag of a vector", "roll",
-                                  "diff twice dim 0 prepend", "lerp tensor", "logaddexp"])
+                                  "diff twice dim 0 prepend", "lerp tensor", "logaddexp",
+                                  "cumsum long"])
 def test_composite_gradients_match_finite_differences(name):
     data, f = CASES[name]
     x = torch.tensor(data, dtype=torch.float64, requires_grad=True)
@@ -229,3 +233,36 @@ def test_logaddexp_of_infinities_and_lerp_at_the_ends_match_torch():
         torch.roll(torch.ones(2, 2), (1, 1))
     with pytest.raises(RuntimeError, match="at least one-dimensional"):
         torch.diff(torch.tensor(1.0))
+
+
+@needs_torch
+def test_cumsum_of_integers_bools_and_with_a_dtype_matches_torch():
+    data = [[3, -1, 4], [1, 5, -9]]
+    for ours, theirs in [
+        (torch.cumsum(torch.tensor(data), 1), real_torch.cumsum(real_torch.tensor(data), 1)),
+        (torch.tensor([True, False, True]).cumsum(0),
+         real_torch.tensor([True, False, True]).cumsum(0)),
+        (torch.cumsum(torch.tensor(data), 0, dtype=torch.float64),
+         real_torch.cumsum(real_torch.tensor(data), 0, dtype=real_torch.float64)),
+    ]:
+        assert str(ours.dtype) == str(theirs.dtype)
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    x = torch.tensor(2.5, requires_grad=True)
+    assert torch.cumsum(x, 0).grad_fn.name() == "CumsumBackward0"
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        torch.cumsum(torch.ones(3), 1)
+
+
+def test_compiled_cumsum_replays_at_new_inputs():
+    def f(x):
+        return (torch.cumsum(x, 0) ** 2).sum()
+
+    tape = torch.compile(f, np.arange(1.0, 11.0))
+    for data in (np.linspace(-2, 3, 10), np.cos(np.arange(10.0))):
+        x = torch.tensor(data, dtype=torch.float64, requires_grad=True)
+        f(x).backward()
+        np.testing.assert_allclose(tape.grad(data), x.grad.numpy(), rtol=1e-14)
+        # the gradient of sum(c^2) is the reversed running sum of 2c
+        c = np.cumsum(data)
+        np.testing.assert_allclose(tape.grad(data), np.cumsum((2 * c)[::-1])[::-1],
+                                   rtol=1e-12)
