@@ -49,6 +49,7 @@ int = int64  # noqa: A001
 from . import autograd, optim  # noqa: E402
 from . import nn, utils  # noqa: E402
 from . import func  # noqa: E402
+from . import special  # noqa: E402
 from .autograd.grad_mode import enable_grad, inference_mode, no_grad, set_grad_enabled  # noqa: E402,F401
 from .compile import BranchChanged, CompiledTape, compile  # noqa: E402,F401,A004
 from .serialization import load_any as load, save  # noqa: E402,F401  (compiled tapes too)

@@ -176,3 +176,62 @@ def test_atan2_at_the_origin_matches_torch():
         results.append([out.detach().numpy(), y.grad.numpy(), x.grad.numpy()])
     for ours, theirs in zip(*results):
         np.testing.assert_array_equal(ours, theirs)
+
+
+# -- jitgrad.special ----------------------------------------------------------------------------
+SPECIAL = {
+    "erf": (lambda S, x, y: S.erf(x), [-1.5, 0.2, 2.0]),
+    "expit": (lambda S, x, y: S.expit(x), [-3.0, 0.0, 4.0]),
+    "exp2": (lambda S, x, y: S.exp2(x), [-1.5, 0.5, 3.0]),
+    "logit": (lambda S, x, y: S.logit(x), [0.1, 0.5, 0.85]),
+    "logit eps": (lambda S, x, y: S.logit(x, eps=0.2), [0.1, 0.5, 0.85]),
+    "xlogy": (lambda S, x, y: S.xlogy(x, y), [0.0, 1.5, -2.0]),
+    "xlogy number": (lambda S, x, y: S.xlogy(2.5, x) + S.xlogy(x, 3.0), [0.3, 1.5, 2.0]),
+    "log1p expm1": (lambda S, x, y: S.log1p(S.expm1(x)), [-0.5, 0.2, 1.0]),
+    "logsumexp softmax": (lambda S, x, y: S.logsumexp(x, 0) * S.softmax(x, 0)
+                          + S.log_softmax(x, 0), [-0.5, 0.2, 1.0]),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", list(SPECIAL))
+def test_special_functions_match_torch_to_second_order(name):
+    f, data = SPECIAL[name]
+    other = [0.5, 2.0, 0.7]
+    results = []
+    for lib in (jitgrad, real_torch):
+        x = lib.tensor(data, dtype=lib.float64, requires_grad=True)
+        y = lib.tensor(other, dtype=lib.float64, requires_grad=True)
+        out = f(lib.special, x, y)
+        (gx, gy) = lib.autograd.grad((out * out).sum(), (x, y), create_graph=True,
+                                     allow_unused=True)
+        gy = lib.zeros(3, dtype=lib.float64) if gy is None else gy
+        (h,) = lib.autograd.grad((gx * gx).sum() + (gy * gy).sum(), x, allow_unused=True)
+        h = lib.zeros(3, dtype=lib.float64) if h is None else h
+        results.append([out.detach().numpy(), gx.detach().numpy(), gy.detach().numpy(),
+                        h.numpy(), out.grad_fn.name()])
+    ours, theirs = results
+    for a, b in zip(ours[:4], theirs[:4]):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    if name not in ("log1p expm1", "logsumexp softmax", "xlogy number"):
+        assert ours[4] == theirs[4]
+
+
+@needs_torch
+def test_xlogy_at_zero_matches_torch_but_for_the_documented_point():
+    a = [0.0, 0.0, -0.0, 0.0, 3.0]
+    b = [float("nan"), 2.0, 0.5, 0.0, 0.0]
+    results = []
+    for lib in (jitgrad, real_torch):
+        x = lib.tensor(a, dtype=lib.float64, requires_grad=True)
+        y = lib.tensor(b, dtype=lib.float64, requires_grad=True)
+        out = lib.special.xlogy(x, y)
+        out.sum().backward()
+        results.append([out.detach().numpy(), x.grad.numpy(), y.grad.numpy()])
+    ours, theirs = results
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    assert list(np.signbit(ours[0])) == list(np.signbit(theirs[0]))
+    np.testing.assert_array_equal(ours[1], theirs[1])
+    np.testing.assert_array_equal(ours[2][:3], theirs[2][:3])
+    assert ours[2][3] == 0.0 and np.isnan(theirs[2][3])  # torch's 0 / 0
+    assert ours[2][4] == theirs[2][4] == np.inf
