@@ -1,5 +1,5 @@
-"""jitgrad.optim: SGD, Adam, AdamW trajectories against torch's for every option
-combination, the one-kernel-per-group step, state_dict, and bad input."""
+"""jitgrad.optim: SGD, Adam, AdamW, RMSprop, Adagrad trajectories against torch's for every
+option combination, the one-kernel-per-group step, state_dict, and bad input."""
 import copy
 import itertools
 import json
@@ -36,8 +36,24 @@ def _adam_options():
                "amsgrad": amsgrad, "maximize": maximize}
 
 
+def _rmsprop_options():
+    for momentum, centered, weight_decay, maximize, alpha in itertools.product(
+            [0.0, 0.9], [False, True], [0.0, 0.1], [False, True], [0.99, 0.3]):
+        yield {"lr": 0.01, "alpha": alpha, "eps": 1e-6, "weight_decay": weight_decay,
+               "momentum": momentum, "centered": centered, "maximize": maximize}
+
+
+def _adagrad_options():
+    for lr_decay, weight_decay, initial, maximize in itertools.product(
+            [0.0, 0.05], [0.0, 0.1], [0.0, 0.3], [False, True]):
+        yield {"lr": 0.1, "lr_decay": lr_decay, "weight_decay": weight_decay,
+               "initial_accumulator_value": initial, "maximize": maximize}
+
+
 CASES = ([("SGD", o) for o in _sgd_options()] + [("Adam", o) for o in _adam_options()]
-         + [("AdamW", o) for o in _adam_options()])
+         + [("AdamW", o) for o in _adam_options()]
+         + [("RMSprop", o) for o in _rmsprop_options()]
+         + [("Adagrad", o) for o in _adagrad_options()])
 
 
 def _case_id(case):
@@ -83,7 +99,7 @@ def test_trajectory_equals_torch(case, shapes):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
 def test_float32_trajectory_close_to_torch(name):
     torch = pytest.importorskip("torch")
     options = {"lr": 0.02, "momentum": 0.9} if name == "SGD" else {"lr": 0.02}
@@ -131,7 +147,9 @@ class _Counting:
 
 
 @pytest.mark.parametrize("name, kernel", [("SGD", "sgd_group"), ("Adam", "adam_group"),
-                                          ("AdamW", "adam_group")])
+                                          ("AdamW", "adam_group"),
+                                          ("RMSprop", "rmsprop_group"),
+                                          ("Adagrad", "adagrad_group")])
 def test_one_kernel_call_per_group(monkeypatch, name, kernel):
     if _kernels.numba.config.DISABLE_JIT:
         pytest.skip("with the JIT disabled the Python path runs instead of the kernel")
@@ -269,7 +287,10 @@ def _run(opt, params, steps, start_step=0):
 
 @pytest.mark.parametrize("name, options", [("SGD", {"lr": 0.05, "momentum": 0.9}),
                                            ("Adam", {"lr": 0.05, "amsgrad": True}),
-                                           ("AdamW", {"lr": 0.05})])
+                                           ("AdamW", {"lr": 0.05}),
+                                           ("RMSprop", {"lr": 0.05, "momentum": 0.5,
+                                                        "centered": True}),
+                                           ("Adagrad", {"lr": 0.05, "lr_decay": 0.1})])
 def test_state_dict_resume_is_exact(name, options):
     params = [jitgrad.tensor(np.linspace(-1, 1, 30), requires_grad=True),
               jitgrad.tensor(0.5, dtype=jitgrad.float64, requires_grad=True)]
@@ -295,7 +316,11 @@ def test_state_dict_resume_is_exact(name, options):
 @pytest.mark.parametrize("name, options", [("SGD", {"lr": 0.05, "momentum": 0.9,
                                                     "nesterov": True}),
                                            ("Adam", {"lr": 0.05, "amsgrad": True}),
-                                           ("AdamW", {"lr": 0.05, "weight_decay": 0.1})])
+                                           ("AdamW", {"lr": 0.05, "weight_decay": 0.1}),
+                                           ("RMSprop", {"lr": 0.01, "momentum": 0.9,
+                                                        "centered": True}),
+                                           ("Adagrad", {"lr": 0.1, "lr_decay": 0.01,
+                                                        "initial_accumulator_value": 0.1})])
 def test_state_dict_format_and_loading_torchs(name, options):
     torch = pytest.importorskip("torch")
     start = [np.linspace(-1, 1, 30), np.array(0.5)]
@@ -361,7 +386,7 @@ def test_load_state_dict_errors_change_nothing():
 
 
 # -- bad input ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
 def test_bad_parameters(name):
     cls = getattr(optim, name)
     w = jitgrad.ones(2, requires_grad=True)
@@ -392,7 +417,10 @@ def test_bad_hyperparameters_as_torch():
              ("SGD", {"lr": 0.1, "nesterov": True}),
              ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}),
              ("Adam", {"eps": -1.0}), ("Adam", {"betas": (1.0, 0.9)}),
-             ("Adam", {"betas": (0.9, -0.1)}), ("AdamW", {"weight_decay": -0.5})]
+             ("Adam", {"betas": (0.9, -0.1)}), ("AdamW", {"weight_decay": -0.5}),
+             ("RMSprop", {"alpha": -0.1}), ("RMSprop", {"momentum": -1.0}),
+             ("RMSprop", {"eps": -1e-8}), ("Adagrad", {"lr_decay": -0.1}),
+             ("Adagrad", {"initial_accumulator_value": -1.0}), ("Adagrad", {"eps": -1.0})]
     for name, options in cases:
         with pytest.raises(ValueError) as theirs:
             getattr(torch.optim, name)([tw], **options)
@@ -422,3 +450,22 @@ def test_failed_step_updates_nothing():
         opt.step()
     assert good.tolist() == [1.0] * 20
     assert len(opt.state) == 0
+
+
+def test_adagrad_state_exists_before_the_first_step_as_torchs():
+    torch = pytest.importorskip("torch")
+    ours = optim.Adagrad([jitgrad.ones(3, requires_grad=True)], initial_accumulator_value=0.5)
+    theirs = torch.optim.Adagrad([torch.ones(3, requires_grad=True)],
+                                 initial_accumulator_value=0.5)
+    mine, torch_state = ours.state_dict()["state"], theirs.state_dict()["state"]
+    assert set(mine) == set(torch_state) == {0}
+    assert set(mine[0]) == set(torch_state[0]) == {"step", "sum"}
+    np.testing.assert_array_equal(mine[0]["sum"].numpy(), torch_state[0]["sum"].numpy())
+    assert mine[0]["step"].dtype == jitgrad.float32 and mine[0]["step"].item() == 0.0
+    # a group added later gets its state on its first step
+    late = jitgrad.ones(2, requires_grad=True)
+    ours.add_param_group({"params": [late], "lr": 0.5})
+    late.grad = jitgrad.ones(2)
+    ours.step()
+    np.testing.assert_allclose(late.detach().numpy(), 1 - 0.5 / np.sqrt(1.5), rtol=1e-6)
+    assert ours.state[late]["step"].item() == 1.0

@@ -155,6 +155,74 @@ def adam_group(addresses, sizes, steps, like, lr, beta1, beta2, eps, weight_deca
                     weight_decay, amsgrad, maximize, decoupled)
 
 
+@kernel
+def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, unused, lr, alpha,
+                   eps, weight_decay, momentum, centered, maximize):
+    """One RMSprop step of one parameter (1-D views); ``grad_avg`` is read only when
+    ``centered``, ``momentum_buffer`` only with momentum."""
+    weight = 1.0 - alpha
+    for j in range(param.size):
+        g = -grad[j] if maximize else grad[j]
+        p = param[j]
+        if weight_decay != 0.0:
+            g = fma(p, weight_decay, g)
+        v = fma(weight * g, g, square_avg[j] * alpha)  # mul_(alpha), then addcmul_
+        square_avg[j] = v
+        if centered:
+            m = grad_avg[j]
+            if weight < 0.5:  # torch's lerp_(g, 1 - alpha)
+                m = fma(weight, g - m, m)
+            else:
+                m = fma(weight - 1.0, g - m, g)
+            grad_avg[j] = m
+            avg = math.sqrt(fma(-m, m, v)) + eps  # addcmul(m, m, value=-1)
+        else:
+            avg = math.sqrt(v) + eps
+        if momentum > 0.0:
+            b = momentum_buffer[j] * momentum + g / avg  # mul_, then addcdiv_
+            momentum_buffer[j] = b
+            param[j] = fma(b, -lr, p)
+        else:
+            param[j] = p + (-lr * g) / avg  # addcdiv_(g, avg, value=-lr)
+
+
+@kernel
+def rmsprop_group(addresses, sizes, unused, like, lr, alpha, eps, weight_decay, momentum,
+                  centered, maximize):
+    """``rmsprop_update`` for every parameter of a group; ``addresses`` rows: parameter,
+    gradient, square_avg, grad_avg, momentum_buffer (any valid address where not read)."""
+    for i in range(sizes.shape[0]):
+        n = sizes[i]
+        rmsprop_update(_view(addresses[0, i], n, like), _view(addresses[1, i], n, like),
+                       _view(addresses[2, i], n, like), _view(addresses[3, i], n, like),
+                       _view(addresses[4, i], n, like), unused[i], lr, alpha, eps,
+                       weight_decay, momentum, centered, maximize)
+
+
+@kernel
+def adagrad_update(param, grad, state_sum, clr, eps, weight_decay, maximize):
+    """One Adagrad step of one parameter (1-D views) at learning rate ``clr`` (the decayed
+    rate of its step)."""
+    for j in range(param.size):
+        g = -grad[j] if maximize else grad[j]
+        p = param[j]
+        if weight_decay != 0.0:
+            g = fma(p, weight_decay, g)
+        s = fma(g, g, state_sum[j])  # addcmul_(g, g, value=1)
+        state_sum[j] = s
+        param[j] = p + (-clr * g) / (math.sqrt(s) + eps)  # addcdiv_(g, std, value=-clr)
+
+
+@kernel
+def adagrad_group(addresses, sizes, clrs, like, eps, weight_decay, maximize):
+    """``adagrad_update`` for every parameter of a group; ``addresses`` rows: parameter,
+    gradient, sum."""
+    for i in range(sizes.shape[0]):
+        n = sizes[i]
+        adagrad_update(_view(addresses[0, i], n, like), _view(addresses[1, i], n, like),
+                       _view(addresses[2, i], n, like), clrs[i], eps, weight_decay, maximize)
+
+
 # the dtypes the kernels are compiled for, each with the zero-size array that selects it
 LIKE = {np.dtype(np.float32): np.empty(0, np.float32),
         np.dtype(np.float64): np.empty(0, np.float64)}
