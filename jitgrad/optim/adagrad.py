@@ -56,10 +56,6 @@ class Adagrad(Optimizer):
         data = np.full(tuple(p.shape), group["initial_accumulator_value"], p.dtype.numpy)
         state["sum"] = Tensor._wrap(data, p.dtype)
 
-    def _check_group(self, group: dict) -> None:
-        if group["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {group['lr']}")
-
     @no_grad()
     def step(self, closure: Callable | None = None):
         """One update of every parameter that has a gradient; returns ``closure()`` (run

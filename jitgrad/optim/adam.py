@@ -49,10 +49,6 @@ class Adam(Optimizer):
                     "decoupled_weight_decay": decoupled_weight_decay}
         super().__init__(params, defaults)
 
-    def _check_group(self, group: dict) -> None:
-        if group["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {group['lr']}")
-
     @no_grad()
     def step(self, closure: Callable | None = None):
         """One update of every parameter that has a gradient; returns ``closure()`` (run

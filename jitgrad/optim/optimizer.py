@@ -104,7 +104,10 @@ class Optimizer:
         self.param_groups.append(group)
 
     def _check_group(self, group: dict) -> None:
-        """Refuse bad hyperparameters of a group (subclasses)."""
+        """Refuse bad hyperparameters of a group (a negative learning rate; subclasses may
+        check more)."""
+        if group.get("lr", 0.0) < 0.0:
+            raise ValueError(f"Invalid learning rate: {group['lr']}")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of all parameters: to None (the default, as torch 2.x) or to

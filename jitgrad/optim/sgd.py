@@ -41,10 +41,6 @@ class SGD(Optimizer):
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
         super().__init__(params, defaults)
 
-    def _check_group(self, group: dict) -> None:
-        if group["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {group['lr']}")
-
     @no_grad()
     def step(self, closure: Callable | None = None):
         """One update of every parameter that has a gradient; returns ``closure()`` (run
