@@ -725,11 +725,16 @@ def _copy(x, c0, c1, out):
     return out
 
 
+_erf_array = None
+
+
 def _erf_forward(x, c0, c1, out):
     """erf as the kernels compute it (``kernels/special.py``: libm's, in float64); Numba is
     loaded on the first call."""
-    from .kernels.special import erf_array
-
+    global _erf_array
+    if _erf_array is None:
+        from .kernels.special import erf_array as _erf_array
+    erf_array = _erf_array
     x = np.ascontiguousarray(x)
     result = out if out is not None and out.flags.c_contiguous else np.empty(x.shape, x.dtype)
     erf_array(x.reshape(-1), result.reshape(-1))

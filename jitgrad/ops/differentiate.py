@@ -185,15 +185,6 @@ def _unary_slope(function: str, u: ast.expr) -> ast.expr:
     if function == "tanh":
         t = _call("tanh", u)
         return ast.BinOp(ast.Constant(1.0), ast.Sub(), ast.BinOp(t, ast.Mult(), t))
-    square = ast.BinOp(u, ast.Mult(), u)
-    if function == "erf":
-        return _mul(ast.Constant(1.1283791670955126), _call("exp", _neg(square)))
-    if function == "atan":
-        return ast.BinOp(ast.Constant(1.0), ast.Div(),
-                         ast.BinOp(ast.Constant(1.0), ast.Add(), square))
-    if function in ("asin", "acos"):
-        root = _call("sqrt", ast.BinOp(ast.Constant(1.0), ast.Sub(), square))
-        return ast.BinOp(ast.Constant(1.0 if function == "asin" else -1.0), ast.Div(), root)
     raise ValueError(f"no derivative rule for {function!r}")
 
 
@@ -247,12 +238,6 @@ def _tangent(node: ast.expr, tangents: dict[str, str]) -> ast.expr | None:
             dp, dq = _tangent(p, tangents), _tangent(q, tangents)
             return _add(None if dp is None else _call("matmul", dp, q),
                         None if dq is None else _call("matmul", p, dq))
-        if function == "atan2":  # d atan2(p, q) = (q dp - p dq) / (p^2 + q^2)
-            p, q = args
-            dp, dq = _tangent(p, tangents), _tangent(q, tangents)
-            norm = ast.BinOp(ast.BinOp(p, ast.Mult(), p), ast.Add(), ast.BinOp(q, ast.Mult(), q))
-            numerator = _sub(_mul(q, dp), _mul(p, dq))
-            return None if numerator is None else _div(numerator, norm)
         if function == "mT":  # linear
             dp = _tangent(args[0], tangents)
             return None if dp is None else _call("mT", dp)
