@@ -34,11 +34,13 @@ from .functions import (  # noqa: F401
 )
 from .functions import all_ as all, any_ as any  # noqa: E402,F401,A004 - torch's names
 from .composite import (  # noqa: E402,F401
-    argsort, chunk, clamp, clamp_max, clamp_min, cosh, cumsum, diag, diff, dist, flip, gather,
-    index_select, isclose, lerp, log2, log10, logaddexp, logspace, masked_fill, narrow, normal,
-    outer, repeat, roll, rsqrt, sinh, sort, split, square, std_mean, topk, trace, tril, triu,
-    unbind, var_mean,
+    argsort, chunk, clamp, clamp_max, clamp_min, cosh, cumprod, cumsum, diag, diff, dist, flip,
+    gather, index_select, isclose, lerp, log2, log10, logaddexp, logspace, masked_fill, narrow,
+    normal, outer, repeat, roll, rsqrt, sinh, sort, split, square, std_mean, topk, trace, tril,
+    triu, unbind, var_mean,
 )
+from ._einsum import einsum  # noqa: E402,F401
+
 clip = clamp
 
 float = float32  # noqa: A001 - torch.float

@@ -27,8 +27,8 @@ from .functions import named
 from .tensor import Tensor
 
 __all__ = [
-    "argsort", "chunk", "clamp_max", "clamp_min", "cosh", "cumsum", "diag", "diff", "dist",
-    "flip",
+    "argsort", "chunk", "clamp_max", "clamp_min", "cosh", "cumprod", "cumsum", "diag", "diff",
+    "dist", "flip",
     "gather", "index_select", "isclose", "lerp", "log2", "log10", "logaddexp", "logspace",
     "masked_fill", "narrow", "normal", "outer", "repeat", "roll", "rsqrt", "sinh", "sort",
     "split", "square", "std_mean", "topk", "trace", "tril", "triu", "unbind", "var_mean",
@@ -239,22 +239,35 @@ def cumsum(input: Tensor, dim: int, *, dtype=None) -> Tensor:
     (``y += y shifted by 1, 2, 4, ...``; each output is a tree of partial sums, so it may
     differ from a left-to-right sum in the last bits), differentiable to any order; integer
     and bool tensors: int64 sums, not differentiable."""
+    return _scan(input, dim, dtype, "cumsum", np.cumsum, F.zeros, F.add, "CumsumBackward0")
+
+
+def cumprod(input: Tensor, dim: int, *, dtype=None) -> Tensor:
+    """Running products along ``dim``: the scan of :func:`cumsum` with products (``y *= y
+    shifted by 1, 2, 4, ...``, ones shifted in), so zeros need no division and the
+    derivatives, to any order, are those of the products; integer and bool tensors: int64
+    products, not differentiable."""
+    return _scan(input, dim, dtype, "cumprod", np.cumprod, F.ones, F.mul, "CumprodBackward0")
+
+
+def _scan(input: Tensor, dim: int, dtype, name: str, numpy_scan, fill, combine,
+          grad_fn: str) -> Tensor:
     t = input if dtype is None else F.to_dtype(input, dtype)
-    d = F._canonical_dim(dim, builtins.max(t.ndim, 1), "cumsum")
+    d = F._canonical_dim(dim, builtins.max(t.ndim, 1), name)
     if not t.dtype.is_floating_point:
-        data = np.cumsum(t.numpy().reshape(t.shape or (1,)), axis=d, dtype=np.int64)
+        data = numpy_scan(t.numpy().reshape(t.shape or (1,)), axis=d, dtype=np.int64)
         return F.tensor(data.reshape(t.shape), dtype=dt.int64)
     n = t.shape[d] if t.ndim else 1
     if n <= 1:
-        return named(F.clone(t), "CumsumBackward0")
+        return named(F.clone(t), grad_fn)
     y = t
     step = 1
     while step < n:
-        pad = F.zeros(*(step if k == d else size for k, size in enumerate(t.shape)),
-                      dtype=t.dtype)
-        y = y + F.cat([pad, narrow(y, d, 0, n - step)], d)
+        pad = fill(*(step if k == d else size for k, size in enumerate(t.shape)),
+                   dtype=t.dtype)
+        y = combine(y, F.cat([pad, narrow(y, d, 0, n - step)], d))
         step *= 2
-    return named(y, "CumsumBackward0")
+    return named(y, grad_fn)
 
 
 def lerp(input: Tensor, end: Tensor, weight) -> Tensor:
@@ -511,7 +524,7 @@ def _install_methods() -> None:
         "argsort": argsort, "topk": topk, "narrow": narrow, "split": split, "chunk": chunk,
         "unbind": unbind, "clamp_min": clamp_min, "clamp_max": clamp_max, "clamp": clamp,
         "clip": clamp, "isclose": isclose, "dist": dist, "roll": roll, "diff": diff,
-        "lerp": lerp, "logaddexp": logaddexp, "cumsum": cumsum,
+        "lerp": lerp, "logaddexp": logaddexp, "cumsum": cumsum, "cumprod": cumprod,
     }
     for name, function in methods.items():
         setattr(Tensor, name, function)
@@ -528,7 +541,7 @@ def _install_methods() -> None:
         "clamp_min_": clamp_min, "clamp_max_": clamp_max, "clip_": clamp, "triu_": triu,
         "tril_": tril, "erf_": F.erf, "atan_": F.atan, "asin_": F.asin, "acos_": F.acos,
         "arctan_": F.atan, "arcsin_": F.asin, "arccos_": F.acos, "atan2_": F.atan2,
-        "arctan2_": F.atan2, "lerp_": lerp, "cumsum_": cumsum,
+        "arctan2_": F.atan2, "lerp_": lerp, "cumsum_": cumsum, "cumprod_": cumprod,
     }.items():
         setattr(Tensor, name, inplace(compute))
 

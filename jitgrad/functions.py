@@ -1948,11 +1948,13 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
     batch = 1
     for s in batch_shape:
         batch *= s
-    a3 = av.reshape(-1, rows, inner).astype(result.numpy, copy=False)
+    # the leading dimensions are the batch (not -1: a size-0 operand leaves it ambiguous)
+    a3 = av.reshape(math.prod(av.shape[:-2]), rows, inner).astype(result.numpy, copy=False)
     if BY_NAME[name].transposed_b:  # b is stored (cols, inner): multiply by its transpose
-        b3 = bv.reshape(-1, cols, inner).astype(result.numpy, copy=False).transpose(0, 2, 1)
+        b3 = bv.reshape(math.prod(bv.shape[:-2]), cols, inner).astype(
+            result.numpy, copy=False).transpose(0, 2, 1)
     else:
-        b3 = bv.reshape(-1, inner, cols).astype(result.numpy, copy=False)
+        b3 = bv.reshape(math.prod(bv.shape[:-2]), inner, cols).astype(result.numpy, copy=False)
     if not record:
         value = np.matmul(a3, b3)
         if bias is not None:

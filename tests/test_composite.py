@@ -73,6 +73,11 @@ CASES = {
     "cumsum": (X, lambda L, x: L.cumsum(x, 1)),
     "cumsum dim 0": (X, lambda L, x: x.cumsum(-2)),
     "cumsum long": (np.linspace(-1, 1, 37), lambda L, x: L.cumsum(x, 0)),
+    "cumprod": (X, lambda L, x: L.cumprod(x, 1)),
+    "cumprod dim 0": (X, lambda L, x: x.cumprod(-2)),
+    "cumprod with zeros": (np.array([[0.7, 0.0, 1.3, 0.0, -1.1], [0.0, 1.2, -0.9, 1.4, 0.8]]),
+                           lambda L, x: L.cumprod(x, 1)),
+    "cumprod long": (1 + 0.1 * np.sin(np.arange(37.0)), lambda L, x: L.cumprod(x, 0)),
 }
 
 
@@ -106,7 +111,7 @@ def test_composite_matches_torch_to_second_order(name, dtype):
 @pytest.mark.parametrize("name", ["sinh", "cosh", "log2", "rsqrt", "gather dim 1", "sort",
                                   "clamp tensor bounds", "diag of a vector", "roll",
                                   "diff twice dim 0 prepend", "lerp tensor", "logaddexp",
-                                  "cumsum long"])
+                                  "cumsum long", "cumprod with zeros", "cumprod long"])
 def test_composite_gradients_match_finite_differences(name):
     data, f = CASES[name]
     x = torch.tensor(data, dtype=torch.float64, requires_grad=True)
@@ -251,6 +256,28 @@ def test_cumsum_of_integers_bools_and_with_a_dtype_matches_torch():
     assert torch.cumsum(x, 0).grad_fn.name() == "CumsumBackward0"
     with pytest.raises(IndexError, match="Dimension out of range"):
         torch.cumsum(torch.ones(3), 1)
+
+
+@needs_torch
+def test_cumprod_of_integers_bools_and_with_a_dtype_matches_torch():
+    data = [[3, -1, 4], [1, 5, -9]]
+    for ours, theirs in [
+        (torch.cumprod(torch.tensor(data), 1), real_torch.cumprod(real_torch.tensor(data), 1)),
+        (torch.tensor([True, True, False, True]).cumprod(0),
+         real_torch.tensor([True, True, False, True]).cumprod(0)),
+        (torch.cumprod(torch.tensor(data), 0, dtype=torch.float64),
+         real_torch.cumprod(real_torch.tensor(data), 0, dtype=real_torch.float64)),
+    ]:
+        assert str(ours.dtype) == str(theirs.dtype)
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    x = torch.tensor(2.5, requires_grad=True)
+    y = torch.cumprod(x, 0)
+    assert y.grad_fn.name() == "CumprodBackward0" and y.item() == 2.5
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        torch.cumprod(torch.ones(3), -2)
+    t = torch.tensor([1.5, 2.0, -1.0])
+    t.cumprod_(0)
+    np.testing.assert_array_equal(t.numpy(), [1.5, 3.0, -3.0])
 
 
 def test_compiled_cumsum_replays_at_new_inputs():
