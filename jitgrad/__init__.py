@@ -32,6 +32,9 @@ from .functions import (  # noqa: F401
     swapaxes, t, tan, tanh, tensor, transpose, true_divide, unsqueeze, var, view, where, zeros,
     zeros_like,
 )
+from .functions import (  # noqa: E402,F401
+    ceil, fix, floor, fmod, frac, hypot, remainder, round, trunc,  # noqa: A004
+)
 from .functions import all_ as all, any_ as any  # noqa: E402,F401,A004 - torch's names
 from .composite import (  # noqa: E402,F401
     argsort, chunk, clamp, clamp_max, clamp_min, cosh, cumprod, cumsum, diag, diff, dist, flip,

@@ -608,7 +608,8 @@ def _wrappers() -> list:
             def wrapper(input):
                 result = original(input)
                 rec = _recorder()
-                if rec is not None:
+                # (a float sign that requires grad is a recorded op, replayed as one)
+                if rec is not None and result._op < 0:
                     rec.select(op, [input], result, name)
                 return result
             return wrapper

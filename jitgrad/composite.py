@@ -542,6 +542,9 @@ def _install_methods() -> None:
         "tril_": tril, "erf_": F.erf, "atan_": F.atan, "asin_": F.asin, "acos_": F.acos,
         "arctan_": F.atan, "arcsin_": F.asin, "arccos_": F.acos, "atan2_": F.atan2,
         "arctan2_": F.atan2, "lerp_": lerp, "cumsum_": cumsum, "cumprod_": cumprod,
+        "sign_": F.sign, "floor_": F.floor, "ceil_": F.ceil, "round_": F.round,
+        "trunc_": F.trunc, "fix_": F.trunc, "frac_": F.frac, "fmod_": F.fmod,
+        "remainder_": F.remainder, "hypot_": F.hypot,
     }.items():
         setattr(Tensor, name, inplace(compute))
 

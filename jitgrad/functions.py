@@ -48,12 +48,12 @@ _SELECT_CODE = BY_NAME["select"].code
 # does not); the others skip the cost of np.errstate
 _MAY_WARN = {"exp", "log", "sqrt", "sin", "cos", "tan", "log1p", "expm1", "reciprocal",
              "div", "div_scalar", "pow", "pow_scalar", "rpow_scalar", "mul", "mul_scalar",
-             "sigmoid", "asin", "acos"}
+             "sigmoid", "asin", "acos", "fmod", "remainder", "frac"}
 
 # ops whose result is floating point even for integer inputs
 _FLOAT_RESULT = {"exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "log1p",
                  "expm1", "reciprocal", "div", "div_scalar", "rpow_scalar", "erf", "atan",
-                 "asin", "acos", "atan2"}
+                 "asin", "acos", "atan2", "hypot"}
 
 
 # -- creation --------------------------------------------------------------------------------
@@ -744,6 +744,26 @@ def _erf_forward(x, c0, c1, out):
     return result
 
 
+def _sign_forward(x, c0, c1, out):
+    out = np.sign(x, out)
+    if x.dtype.kind == "f":
+        np.copyto(out, 0, where=np.isnan(x))  # 0 for nan, as torch
+    return out
+
+
+def _frac_forward(x, c0, c1, out):
+    whole = np.trunc(x)
+    return np.subtract(x, whole, out)
+
+
+def _remainder_forward(a, b, c0, c1, out):
+    """torch's remainder: ``fmod`` moved into ``b``'s sign where it is not zero (a zero
+    keeps ``fmod``'s sign; NumPy's ``remainder`` gives it ``b``'s)."""
+    m = np.asarray(np.fmod(a, b, out))
+    np.add(m, b, out=m, where=(m != 0) & ((b < 0) != (m < 0)))
+    return m
+
+
 def _unary_ufunc(f):
     return lambda x, c0, c1, out: f(x, out)  # out positional: the ufunc parses it faster
 
@@ -780,6 +800,12 @@ NUMPY_FORWARD = {
     "atan": _unary_ufunc(np.arctan),
     "asin": _unary_ufunc(np.arcsin),
     "acos": _unary_ufunc(np.arccos),
+    "sign": _sign_forward,
+    "floor": _unary_ufunc(np.floor),
+    "ceil": _unary_ufunc(np.ceil),
+    "round": _unary_ufunc(np.rint),
+    "trunc": _unary_ufunc(np.trunc),
+    "frac": _frac_forward,
     "clone": _copy,
     "clamp": lambda x, c0, c1, out: np.clip(x, c0, c1, out=out),
     "add_scalar": _with_constant(np.add),
@@ -799,6 +825,9 @@ NUMPY_FORWARD = {
     "minimum": lambda a, b, c0, c1, out: np.minimum(a, b, out=out),
     "where": _where_forward,
     "atan2": _binary_ufunc(np.arctan2),
+    "fmod": _binary_ufunc(np.fmod),
+    "remainder": _remainder_forward,
+    "hypot": _binary_ufunc(np.hypot),
 }
 
 
@@ -853,6 +882,54 @@ erf = _unary("erf")
 atan = arctan = _unary("atan")
 asin = arcsin = _unary("asin")
 acos = arccos = _unary("acos")
+_sign = _unary("sign")
+_floor = _unary("floor")
+_ceil = _unary("ceil")
+_round = _unary("round")
+_trunc = _unary("trunc")
+_frac = _unary("frac")
+
+
+def _whole(name: str, float_op):
+    """``float_op`` for float tensors; integer and bool tensors are whole already (a copy,
+    not recorded, as torch)."""
+    def op(input: Tensor) -> Tensor:
+        if isinstance(input, Tensor) and not input.dtype.is_floating_point:
+            return Tensor._wrap(input._value().copy(), input.dtype)
+        return float_op(input)
+
+    op.__name__ = name
+    op.__doc__ = (f"Elementwise ``{name}``; its derivative is 0 (grad_fn "
+                  f"``{BY_NAME[name].grad_fn}``); integer tensors come back as they are.")
+    return op
+
+
+floor = _whole("floor", _floor)
+ceil = _whole("ceil", _ceil)
+trunc = fix = _whole("trunc", _trunc)
+
+
+def round(input: Tensor, *, decimals: int = 0) -> Tensor:  # noqa: A001 - torch's name
+    """Round half to even (``RoundBackward0``); ``decimals``: to that many decimal places
+    (negative: tens, hundreds, ...), as torch: ``round(x * 10**d) / 10**d``
+    (``RoundBackward1``). The derivative is 0."""
+    if not isinstance(decimals, int):
+        raise TypeError(f"round(): argument 'decimals' must be int, not "
+                        f"{type(decimals).__name__}")
+    if decimals == 0 or not (isinstance(input, Tensor) and input.dtype.is_floating_point):
+        return _whole("round", _round)(input)
+    scale = 10.0 ** builtins.abs(decimals)
+    if decimals > 0:
+        return named(_round(input * scale) / scale, "RoundBackward1")
+    return named(_round(input / scale) * scale, "RoundBackward1")
+
+
+def frac(input: Tensor) -> Tensor:
+    """``input - trunc(input)`` (the sign is ``input``'s), derivative 1 (``FracBackward0``)."""
+    if isinstance(input, Tensor) and not input.dtype.is_floating_point:
+        raise RuntimeError(f"frac(): not implemented for {input.dtype} tensors (an integer "
+                           "has no fractional part); convert with .double() or .float()")
+    return _frac(input)
 
 
 def clone(input: Tensor) -> Tensor:
@@ -995,6 +1072,29 @@ def atan2(input: Tensor, other: Tensor) -> Tensor:
 arctan2 = atan2
 
 
+def fmod(input: Tensor, other) -> Tensor:
+    """C's ``fmod``, elementwise and broadcasting: the remainder of the division rounded
+    toward zero, with ``input``'s sign (grad_fn ``FmodBackward1``; ``FmodBackward0`` for
+    a number ``other``)."""
+    if _is_number(other) and isinstance(input, Tensor) and input.dtype.is_floating_point:
+        return named(_binary("fmod", input, other), "FmodBackward0")
+    return _binary("fmod", input, other)
+
+
+def remainder(input, other) -> Tensor:
+    """Python's ``%``, elementwise and broadcasting: the remainder of the division rounded
+    down, with ``other``'s sign (grad_fn ``RemainderBackward1``; ``RemainderBackward0`` for
+    a number ``other``)."""
+    if _is_number(other) and isinstance(input, Tensor) and input.dtype.is_floating_point:
+        return named(_binary("remainder", input, other), "RemainderBackward0")
+    return _binary("remainder", input, other)
+
+
+def hypot(input: Tensor, other: Tensor) -> Tensor:
+    """``sqrt(input**2 + other**2)`` without overflow (grad_fn ``HypotBackward0``)."""
+    return _binary("hypot", input, other)
+
+
 def where(condition: Tensor, input, other) -> Tensor:
     """Select ``input`` where ``condition`` holds, else ``other``."""
     cond = condition if isinstance(condition, Tensor) else tensor(condition)
@@ -1064,13 +1164,12 @@ def logical_not(a: Tensor) -> Tensor:
 
 
 def sign(input: Tensor) -> Tensor:
-    """The sign (-1, 0, 1; 0 for nan, as torch); its derivative is zero, so it is not
-    recorded."""
-    x = input._value()
-    result = np.sign(x)
-    if input.dtype.is_floating_point:
-        result = np.where(np.isnan(x), 0.0, result).astype(x.dtype, copy=False)
-    return Tensor._wrap(result, input.dtype)
+    """The sign (-1, 0, 1; 0 for nan, as torch); its derivative is 0 (``SignBackward0``).
+    Integer tensors give integer signs, bool tensors themselves."""
+    if isinstance(input, Tensor) and not input.dtype.is_floating_point:
+        x = input._value()
+        return Tensor._wrap(x.copy() if x.dtype == np.bool_ else np.sign(x), input.dtype)
+    return _sign(input)
 
 
 def isnan(input: Tensor) -> Tensor:
@@ -1948,13 +2047,14 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
     batch = 1
     for s in batch_shape:
         batch *= s
-    # the leading dimensions are the batch (not -1: a size-0 operand leaves it ambiguous)
-    a3 = av.reshape(math.prod(av.shape[:-2]), rows, inner).astype(result.numpy, copy=False)
+    a3 = av.reshape(_matrices(av, rows, inner, batch), rows, inner).astype(
+        result.numpy, copy=False)
     if BY_NAME[name].transposed_b:  # b is stored (cols, inner): multiply by its transpose
-        b3 = bv.reshape(math.prod(bv.shape[:-2]), cols, inner).astype(
+        b3 = bv.reshape(_matrices(bv, cols, inner, batch), cols, inner).astype(
             result.numpy, copy=False).transpose(0, 2, 1)
     else:
-        b3 = bv.reshape(math.prod(bv.shape[:-2]), inner, cols).astype(result.numpy, copy=False)
+        b3 = bv.reshape(_matrices(bv, inner, cols, batch), inner, cols).astype(
+            result.numpy, copy=False)
     if not record:
         value = np.matmul(a3, b3)
         if bias is not None:
@@ -1983,6 +2083,14 @@ def _matmul_record(name: str, a: Tensor, b: Tensor, batch_shape: tuple, rows: in
     if not out_shape:
         return _output(tape, None, float(slot), result, (), node, code)
     return _output(tape, slot, None, result, out_shape, node, code)
+
+
+def _matrices(v: np.ndarray, rows: int, cols: int, batch: int) -> int:
+    """How many (rows, cols) matrices ``v`` holds (1: broadcast over the batch); not a
+    reshape's -1, which a size-0 ``v`` leaves ambiguous."""
+    if rows * cols:
+        return v.size // (rows * cols)
+    return batch if v.ndim > 2 else 1
 
 
 def _matmul_shapes_error(op: str, a: Tensor, b: Tensor, detail: str):

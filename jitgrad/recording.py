@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import _dtype as dt
 from .kernels.layout import DTYPE_F32, DTYPE_F64
 from .ops.registry import ELEMENTWISE, OPS
@@ -24,12 +26,38 @@ def _scalar_where(condition, if_true, if_false):
     return if_true if condition else if_false
 
 
+def _scalar_sign(v):
+    return 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)  # 0 for nan, as torch.sign
+
+
+def _scalar_remainder(a, b):
+    """torch's remainder (``kernels/expressions.remainder``); a zero divisor raises
+    ValueError, and the caller takes NumPy's path."""
+    m = math.fmod(a, b)
+    if m and (b < 0) != (m < 0):
+        m += b
+    return m
+
+
+def _whole(f):
+    # math.floor and the others give ints: the sign of a zero comes from the input (floor
+    # of -0.0, ceil of -0.5 are -0.0); they raise on inf and nan (OverflowError,
+    # ValueError), and the caller then takes NumPy's path, which keeps them
+    copysign = math.copysign
+    return lambda v: copysign(float(f(v)), v)
+
+
 _SCALAR_NAMESPACE = {
     "exp": math.exp, "log": math.log, "log1p": math.log1p, "expm1": math.expm1,
     "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos,
     "tanh": math.tanh, "where": _scalar_where, "power": pow, "erf": math.erf,
     "atan": math.atan, "asin": math.asin, "acos": math.acos, "atan2": math.atan2,
+    "sign": _scalar_sign, "floor": _whole(math.floor), "ceil": _whole(math.ceil),
+    "rint": _whole(round), "trunc": _whole(math.trunc), "fmod": math.fmod,
+    "remainder": _scalar_remainder, "hypot": lambda a, b: float(np.hypot(a, b)),
 }
+
+
 
 
 def _scalar_forward(op):

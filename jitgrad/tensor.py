@@ -460,11 +460,11 @@ for _name in ("add", "sub", "mul", "truediv", "pow"):
 for _name, _function in {
     "__matmul__": F.matmul, "__eq__": F.eq, "__ne__": F.ne,
     "__lt__": F.lt, "__le__": F.le, "__gt__": F.gt, "__ge__": F.ge,
-    "__and__": F.logical_and, "__or__": F.logical_or,
+    "__and__": F.logical_and, "__or__": F.logical_or, "__mod__": F.remainder,
 }.items():
     setattr(Tensor, _name, _checked_other(_function))
 for _name, _function in {
-    "__rmatmul__": F.matmul,
+    "__rmatmul__": F.matmul, "__rmod__": F.remainder,
 }.items():
     setattr(Tensor, _name, _checked_other(_reflected(_function)))
 
@@ -478,7 +478,8 @@ for _name in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "rel
               "equal", "negative", "subtract", "multiply", "divide", "swapaxes",
               "broadcast_to", "logical_not", "logical_and", "logical_or", "var", "std",
               "erf", "atan", "asin", "acos", "atan2", "arctan", "arcsin", "arccos",
-              "arctan2"):
+              "arctan2", "floor", "ceil", "round", "trunc", "fix", "frac", "fmod",
+              "remainder", "hypot"):
     _function = getattr(F, _name)
     # a Python function is a method as it is (one call less per use)
     setattr(Tensor, _name, _function if isinstance(_function, types.FunctionType)

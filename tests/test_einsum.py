@@ -128,6 +128,15 @@ def test_operands_as_a_list_integers_and_zero_sizes():
     np.testing.assert_array_equal(out.numpy(), [17, 39])
     empty = torch.einsum("ij,jk->ik", torch.ones(2, 0), torch.ones(0, 3))
     np.testing.assert_array_equal(empty.numpy(), np.zeros((2, 3), np.float32))
+    # matmul of size-0 operands (batched, broadcast), gradients included
+    for a, b, out in [((5, 2, 0), (5, 0, 3), (5, 2, 3)), ((1, 2, 0), (5, 0, 3), (5, 2, 3)),
+                      ((2, 3), (3, 0), (2, 0)), ((4, 0, 3), (3, 2), (4, 0, 2))]:
+        p = torch.ones(*a, requires_grad=True)
+        q = torch.ones(*b, requires_grad=True)
+        r = p @ q
+        assert tuple(r.shape) == out and not r.detach().numpy().any()
+        r.sum().backward()
+        assert tuple(p.grad.shape) == a and tuple(q.grad.shape) == b
     x = torch.ones(2, 3, requires_grad=True)
     y = torch.einsum("ij->ij", x)
     assert y is not x and y.requires_grad

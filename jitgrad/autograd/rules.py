@@ -62,7 +62,10 @@ def _log(v):
 NAMESPACE = {
     "exp": F.exp, "log": _log, "log1p": F.log1p, "expm1": F.expm1, "sqrt": F.sqrt,
     "sin": F.sin, "cos": F.cos, "tanh": F.tanh, "erf": F.erf, "atan": F.atan, "asin": F.asin,
-    "acos": F.acos, "atan2": F.atan2,
+    "acos": F.acos, "atan2": F.atan2, "fmod": F.fmod, "remainder": F.remainder,
+    "hypot": F.hypot, "floor": lambda x: F.floor(x.detach()),
+    "ceil": lambda x: F.ceil(x.detach()), "rint": lambda x: F.round(x.detach()),
+    "trunc": lambda x: F.trunc(x.detach()),
     "sign": lambda x: F.sign(x.detach()), "positive": _positive, "in_range": _in_range,
     "where": _where, "power": _power, "matmul": F.matmul, "mT": lambda m: F.transpose(m, -2, -1),
 }

@@ -5,7 +5,7 @@ regenerate."""
 # fmt: off
 import numpy as np
 
-from .expressions import acos, asin, atan, atan2, cos, erf, exp, expm1, in_range, log, log1p, matmul, mT, positive, power, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, where  # noqa: F401, E501
+from .expressions import acos, asin, atan, atan2, ceil, cos, erf, exp, expm1, floor, fmod, hypot, in_range, log, log1p, matmul, mT, positive, power, remainder, rint, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, trunc, where  # noqa: F401, E501
 from .jit import inline_kernel, kernel
 
 
@@ -179,6 +179,54 @@ def forward_acos(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
     for i in range(n):
         x = float(vals[o0 + i])
         vals[oy + i] = acos(x)
+
+
+@kernel
+def forward_sign(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """sign: y = sign(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = sign(x)
+
+
+@kernel
+def forward_floor(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """floor: y = floor(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = floor(x)
+
+
+@kernel
+def forward_ceil(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """ceil: y = ceil(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = ceil(x)
+
+
+@kernel
+def forward_round(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """round: y = rint(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = rint(x)
+
+
+@kernel
+def forward_trunc(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """trunc: y = trunc(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = trunc(x)
+
+
+@kernel
+def forward_frac(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """frac: y = x - trunc(x)"""
+    for i in range(n):
+        x = float(vals[o0 + i])
+        vals[oy + i] = x - trunc(x)
 
 
 @kernel
@@ -480,6 +528,102 @@ def forward_atan2(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
         a = float(vals[o0 + p0])
         b = float(vals[o1 + p1])
         vals[oy + i] = atan2(a, b)
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def forward_fmod(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """fmod: y = fmod(a, b)"""
+    if mo < 0 or meta[mo] == 0:  # operands have the output's shape
+        for i in range(n):
+            a = float(vals[o0 + i])
+            b = float(vals[o1 + i])
+            vals[oy + i] = fmod(a, b)
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    for i in range(n):
+        a = float(vals[o0 + p0])
+        b = float(vals[o1 + p1])
+        vals[oy + i] = fmod(a, b)
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def forward_remainder(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """remainder: y = remainder(a, b)"""
+    if mo < 0 or meta[mo] == 0:  # operands have the output's shape
+        for i in range(n):
+            a = float(vals[o0 + i])
+            b = float(vals[o1 + i])
+            vals[oy + i] = remainder(a, b)
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    for i in range(n):
+        a = float(vals[o0 + p0])
+        b = float(vals[o1 + p1])
+        vals[oy + i] = remainder(a, b)
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def forward_hypot(vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
+    """hypot: y = hypot(a, b)"""
+    if mo < 0 or meta[mo] == 0:  # operands have the output's shape
+        for i in range(n):
+            a = float(vals[o0 + i])
+            b = float(vals[o1 + i])
+            vals[oy + i] = hypot(a, b)
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    for i in range(n):
+        a = float(vals[o0 + p0])
+        b = float(vals[o1 + p1])
+        vals[oy + i] = hypot(a, b)
         d = ndim - 1
         while d >= 0:  # next multi-index, moving every operand's offset
             index[d] += 1
@@ -935,60 +1079,90 @@ def scalar_forward(code, x0, x1, x2, c0, c1):
     elif code == 19:  # acos
         x = x0
         return float(acos(x))
-    elif code == 20:  # add_scalar
+    elif code == 20:  # sign
+        x = x0
+        return float(sign(x))
+    elif code == 21:  # floor
+        x = x0
+        return float(floor(x))
+    elif code == 22:  # ceil
+        x = x0
+        return float(ceil(x))
+    elif code == 23:  # round
+        x = x0
+        return float(rint(x))
+    elif code == 24:  # trunc
+        x = x0
+        return float(trunc(x))
+    elif code == 25:  # frac
+        x = x0
+        return float(x - trunc(x))
+    elif code == 26:  # add_scalar
         x = x0
         return float(x + c0)
-    elif code == 21:  # sub_scalar
+    elif code == 27:  # sub_scalar
         x = x0
         return float(x - c0)
-    elif code == 22:  # rsub_scalar
+    elif code == 28:  # rsub_scalar
         x = x0
         return float(c0 - x)
-    elif code == 23:  # mul_scalar
+    elif code == 29:  # mul_scalar
         x = x0
         return float(x * c0)
-    elif code == 24:  # div_scalar
+    elif code == 30:  # div_scalar
         x = x0
         return float(x / c0)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         x = x0
         return float(raise_to(x, c0))
-    elif code == 26:  # rpow_scalar
+    elif code == 32:  # rpow_scalar
         x = x0
         return float(raise_to(c0, x))
-    elif code == 27:  # add
+    elif code == 33:  # add
         a = x0
         b = x1
         return float(a + b)
-    elif code == 28:  # sub
+    elif code == 34:  # sub
         a = x0
         b = x1
         return float(a - b)
-    elif code == 29:  # mul
+    elif code == 35:  # mul
         a = x0
         b = x1
         return float(a * b)
-    elif code == 30:  # div
+    elif code == 36:  # div
         a = x0
         b = x1
         return float(a / b)
-    elif code == 31:  # pow
+    elif code == 37:  # pow
         a = x0
         b = x1
         return float(raise_to(a, b))
-    elif code == 32:  # maximum
+    elif code == 38:  # maximum
         a = x0
         b = x1
         return float(where((a > b) | (a != a), a, b))
-    elif code == 33:  # minimum
+    elif code == 39:  # minimum
         a = x0
         b = x1
         return float(where((a < b) | (a != a), a, b))
-    elif code == 34:  # atan2
+    elif code == 40:  # atan2
         a = x0
         b = x1
         return float(atan2(a, b))
-    elif code == 35:  # where
+    elif code == 41:  # fmod
+        a = x0
+        b = x1
+        return float(fmod(a, b))
+    elif code == 42:  # remainder
+        a = x0
+        b = x1
+        return float(remainder(a, b))
+    elif code == 43:  # hypot
+        a = x0
+        b = x1
+        return float(hypot(a, b))
+    elif code == 44:  # where
         a = x0
         b = x1
         cond = x2
@@ -1071,82 +1245,121 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         x = x0
         if w0:
             d0 = g * (-1.0 / sqrt(1.0 - x * x))
-    elif code == 20:  # add_scalar
+    elif code == 20:  # sign
+        if w0:
+            d0 = g * (0.0)
+    elif code == 21:  # floor
+        if w0:
+            d0 = g * (0.0)
+    elif code == 22:  # ceil
+        if w0:
+            d0 = g * (0.0)
+    elif code == 23:  # round
+        if w0:
+            d0 = g * (0.0)
+    elif code == 24:  # trunc
+        if w0:
+            d0 = g * (0.0)
+    elif code == 25:  # frac
         if w0:
             d0 = g * (1.0)
-    elif code == 21:  # sub_scalar
+    elif code == 26:  # add_scalar
         if w0:
             d0 = g * (1.0)
-    elif code == 22:  # rsub_scalar
+    elif code == 27:  # sub_scalar
+        if w0:
+            d0 = g * (1.0)
+    elif code == 28:  # rsub_scalar
         if w0:
             d0 = g * (-1.0)
-    elif code == 23:  # mul_scalar
+    elif code == 29:  # mul_scalar
         if w0:
             d0 = g * (c0)
-    elif code == 24:  # div_scalar
+    elif code == 30:  # div_scalar
         if w0:
             d0 = g * (1.0 / c0)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         x = x0
         if w0:
             d0 = g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
-    elif code == 26:  # rpow_scalar
+    elif code == 32:  # rpow_scalar
         x = x0
         if w0:
             d0 = g * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
-    elif code == 27:  # add
+    elif code == 33:  # add
         if w0:
             d0 = g * (1.0)
         if w1:
             d1 = g * (1.0)
-    elif code == 28:  # sub
+    elif code == 34:  # sub
         if w0:
             d0 = g * (1.0)
         if w1:
             d1 = g * (-1.0)
-    elif code == 29:  # mul
+    elif code == 35:  # mul
         a = x0
         b = x1
         if w0:
             d0 = g * (b)
         if w1:
             d1 = g * (a)
-    elif code == 30:  # div
+    elif code == 36:  # div
         a = x0
         b = x1
         if w0:
             d0 = g * (1.0 / b)
         if w1:
             d1 = g * (-a / (b * b))
-    elif code == 31:  # pow
+    elif code == 37:  # pow
         a = x0
         b = x1
         if w0:
             d0 = g * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
         if w1:
             d1 = g * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
-    elif code == 32:  # maximum
+    elif code == 38:  # maximum
         a = x0
         b = x1
         if w0:
             d0 = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
         if w1:
             d1 = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
-    elif code == 33:  # minimum
+    elif code == 39:  # minimum
         a = x0
         b = x1
         if w0:
             d0 = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
         if w1:
             d1 = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
-    elif code == 34:  # atan2
+    elif code == 40:  # atan2
         a = x0
         b = x1
         if w0:
             d0 = g * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
         if w1:
             d1 = g * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
-    elif code == 35:  # where
+    elif code == 41:  # fmod
+        a = x0
+        b = x1
+        if w0:
+            d0 = g * (1.0)
+        if w1:
+            d1 = g * (-trunc(a / b))
+    elif code == 42:  # remainder
+        a = x0
+        b = x1
+        if w0:
+            d0 = g * (1.0)
+        if w1:
+            d1 = g * (-floor(a / b))
+    elif code == 43:  # hypot
+        a = x0
+        b = x1
+        if w0:
+            d0 = g * (a / y)
+        if w1:
+            d1 = g * (b / y)
+    elif code == 44:  # where
         cond = x2
         if w0:
             d0 = where((cond) == 0.0, 0.0, g * (cond))
@@ -1197,65 +1410,83 @@ def forward_elementwise(code, vals, o0, o1, o2, oy, n, c0, c1, meta, mo):
         forward_asin(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
     elif code == 19:  # acos
         forward_acos(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 20:  # add_scalar
+    elif code == 20:  # sign
+        forward_sign(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 21:  # floor
+        forward_floor(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 22:  # ceil
+        forward_ceil(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 23:  # round
+        forward_round(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 24:  # trunc
+        forward_trunc(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 25:  # frac
+        forward_frac(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 26:  # add_scalar
         forward_add_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 21:  # sub_scalar
+    elif code == 27:  # sub_scalar
         forward_sub_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 22:  # rsub_scalar
+    elif code == 28:  # rsub_scalar
         forward_rsub_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 23:  # mul_scalar
+    elif code == 29:  # mul_scalar
         forward_mul_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 24:  # div_scalar
+    elif code == 30:  # div_scalar
         forward_div_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         forward_pow_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 26:  # rpow_scalar
+    elif code == 32:  # rpow_scalar
         forward_rpow_scalar(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 27:  # add
+    elif code == 33:  # add
         forward_add(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 28:  # sub
+    elif code == 34:  # sub
         forward_sub(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 29:  # mul
+    elif code == 35:  # mul
         forward_mul(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 30:  # div
+    elif code == 36:  # div
         forward_div(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 31:  # pow
+    elif code == 37:  # pow
         forward_pow(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 32:  # maximum
+    elif code == 38:  # maximum
         forward_maximum(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 33:  # minimum
+    elif code == 39:  # minimum
         forward_minimum(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 34:  # atan2
+    elif code == 40:  # atan2
         forward_atan2(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
-    elif code == 35:  # where
+    elif code == 41:  # fmod
+        forward_fmod(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 42:  # remainder
+        forward_remainder(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 43:  # hypot
+        forward_hypot(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
+    elif code == 44:  # where
         forward_where(vals, o0, o1, o2, oy, n, c0, c1, meta, mo)
 
 
 @kernel
 def forward_reduce(code, vals, ox, oy, nx, ny, c0, meta, mo):
-    if code == 43:  # sum
+    if code == 52:  # sum
         forward_sum(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 44:  # sum_dim
+    elif code == 53:  # sum_dim
         forward_sum(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 45:  # mean
+    elif code == 54:  # mean
         forward_mean(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 46:  # mean_dim
+    elif code == 55:  # mean_dim
         forward_mean(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 47:  # prod
+    elif code == 56:  # prod
         forward_prod(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 48:  # prod_dim
+    elif code == 57:  # prod_dim
         forward_prod(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 49:  # logsumexp
+    elif code == 58:  # logsumexp
         forward_logsumexp(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 50:  # norm
+    elif code == 59:  # norm
         forward_norm(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 51:  # max_all
+    elif code == 60:  # max_all
         forward_max_all(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 52:  # min_all
+    elif code == 61:  # min_all
         forward_min_all(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 53:  # amax
+    elif code == 62:  # amax
         forward_amax(vals, ox, oy, nx, ny, c0, meta, mo)
-    elif code == 54:  # amin
+    elif code == 63:  # amin
         forward_amin(vals, ox, oy, nx, ny, c0, meta, mo)
 
 
@@ -1266,12 +1497,12 @@ def forward_matmul(code, vals, oa, ob, oc, oy, meta, mo):
     rows, inner, cols = meta[mo + 3], meta[mo + 4], meta[mo + 5]
     all_a = vals[oa:oa + batch_a * rows * inner].reshape((batch_a, rows, inner))
     all_y = vals[oy:oy + batch * rows * cols].reshape((batch, rows, cols))
-    if code == 41 or code == 42:  # linear, linear_bias
+    if code == 50 or code == 51:  # linear, linear_bias
         all_bt = vals[ob:ob + batch_b * inner * cols].reshape((batch_b, cols, inner))
         for k in range(batch):
             all_y[k] = np.dot(all_a[k if batch_a > 1 else 0],
                               all_bt[k if batch_b > 1 else 0].T)
-        if code == 42:
+        if code == 51:
             c = vals[oc:oc + cols]
             for k in range(batch):
                 y = all_y[k]

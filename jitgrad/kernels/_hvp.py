@@ -12,10 +12,14 @@ from .expressions import (  # noqa: F401
     asin,
     atan,
     atan2,
+    ceil,
     cos,
     erf,
     exp,
     expm1,
+    floor,
+    fmod,
+    hypot,
     in_range,
     log,
     log1p,
@@ -25,10 +29,13 @@ from .expressions import (  # noqa: F401
     power,
     power_by_products,
     product_exponent,
+    remainder,
+    rint,
     sign,
     sin,
     sqrt,
     tanh,
+    trunc,
     where,
 )
 from .jit import kernel
@@ -38,10 +45,10 @@ from .jit import kernel
 # without a step: function_input, function_output
 SECOND_ORDER = np.array([
     144, 145, 145, 145, 401, 401, 145, 145, 145, 144, 144, 145, 145, 145, 144, 144, 401,
-    145, 401, 401, 144, 144, 144, 144, 144, 401, 145, 176, 176, 179, 179, 179, 176, 176,
-    179, 176, 179, 179, 179, 179, 179, 179, 243, 144, 144, 144, 144, 153, 153, 153, 153,
-    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144,
-    144, 144, 144, 144, 144, 144, 0, 0,
+    145, 401, 401, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 401, 145, 176,
+    176, 179, 179, 179, 176, 176, 179, 176, 176, 179, 176, 179, 179, 179, 179, 179, 179,
+    243, 144, 144, 144, 144, 153, 153, 153, 153, 144, 144, 144, 144, 144, 144, 144, 144,
+    144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 144, 0, 0,
 ], np.int64)
 
 
@@ -685,6 +692,27 @@ def keep_acos(vals, tan, part, o0, oy, n, a0, c0, c1):
         p = -1.0 / sqrt(1.0 - x * x)
         part_[i] = p
         ty[i] = p * dx_[i]
+
+
+@kernel
+def hvp_sign(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """SignBackward0: d/dx = 0.0, its tangent 0.0"""
+    g_ = adj[oy:oy + n]
+    dg_ = adj_tan[oy:oy + n]
+    part_ = part[oy:oy + n]
+    if w0:
+        adj0 = adj[o0:o0 + n]
+        adj_tan0 = adj_tan[o0:o0 + n]
+        if w0 == 2:
+            for i in range(n):
+                p = 0.0
+                adj0[i] = g_[i] * p
+                adj_tan0[i] = dg_[i] * p
+        else:
+            for i in range(n):
+                p = 0.0
+                adj0[i] += g_[i] * p
+                adj_tan0[i] += dg_[i] * p
 
 
 @kernel
@@ -1823,6 +1851,383 @@ def hvp_atan2(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, 
 
 
 @kernel
+def hvp_fmod(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """FmodBackward1: d/da = 1.0, its tangent 0.0; d/db = -trunc(a / b), its tangent 0.0"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[oy:oy + n]
+        dg_ = adj_tan[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        part_ = part[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            adj_tan0 = adj_tan[o0:o0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    p = 1.0
+                    adj0[i] = g_[i] * p
+                    adj_tan0[i] = dg_[i] * p
+            else:
+                for i in range(n):
+                    p = 1.0
+                    adj0[i] += g_[i] * p
+                    adj_tan0[i] += dg_[i] * p
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            adj_tan1 = adj_tan[o1:o1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    p = -trunc(a / b)
+                    adj1[i] = g_[i] * p
+                    adj_tan1[i] = dg_[i] * p
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    p = -trunc(a / b)
+                    adj1[i] += g_[i] * p
+                    adj_tan1[i] += dg_[i] * p
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    contribution_tan = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread_a = np.empty(width, vals.dtype)
+    spread_b = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        dg_ = adj_tan[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread_a[:] = vals[o0 + p0]
+            a_ = spread_a
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread_b[:] = vals[o1 + p1]
+            b_ = spread_b
+        if w0:
+            for i in range(width):
+                p = 1.0
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+                    adj_tan0[i] += contribution_tan[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
+                adj_tan[o0 + p0] += contribution_tan.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                p = -trunc(a / b)
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+                    adj_tan1[i] += contribution_tan[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+                adj_tan[o1 + p1] += contribution_tan.sum()
+        dim = ndim - 2
+        while dim >= 0:  # the next row: move every operand's offset
+            index[dim] += 1
+            p0 += s0[dim]
+            p1 += s1[dim]
+            if index[dim] < shape[dim]:
+                break
+            p0 -= s0[dim] * shape[dim]
+            p1 -= s1[dim] * shape[dim]
+            index[dim] = 0
+            dim -= 1
+
+
+@kernel
+def hvp_remainder(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """RemainderBackward1: d/da = 1.0, its tangent 0.0; d/db = -floor(a / b), its tangent 0.0"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[oy:oy + n]
+        dg_ = adj_tan[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        part_ = part[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            adj_tan0 = adj_tan[o0:o0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    p = 1.0
+                    adj0[i] = g_[i] * p
+                    adj_tan0[i] = dg_[i] * p
+            else:
+                for i in range(n):
+                    p = 1.0
+                    adj0[i] += g_[i] * p
+                    adj_tan0[i] += dg_[i] * p
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            adj_tan1 = adj_tan[o1:o1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    p = -floor(a / b)
+                    adj1[i] = g_[i] * p
+                    adj_tan1[i] = dg_[i] * p
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    p = -floor(a / b)
+                    adj1[i] += g_[i] * p
+                    adj_tan1[i] += dg_[i] * p
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    contribution_tan = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread_a = np.empty(width, vals.dtype)
+    spread_b = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        dg_ = adj_tan[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread_a[:] = vals[o0 + p0]
+            a_ = spread_a
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread_b[:] = vals[o1 + p1]
+            b_ = spread_b
+        if w0:
+            for i in range(width):
+                p = 1.0
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+                    adj_tan0[i] += contribution_tan[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
+                adj_tan[o0 + p0] += contribution_tan.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                p = -floor(a / b)
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+                    adj_tan1[i] += contribution_tan[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+                adj_tan[o1 + p1] += contribution_tan.sum()
+        dim = ndim - 2
+        while dim >= 0:  # the next row: move every operand's offset
+            index[dim] += 1
+            p0 += s0[dim]
+            p1 += s1[dim]
+            if index[dim] < shape[dim]:
+                break
+            p0 -= s0[dim] * shape[dim]
+            p1 -= s1[dim] * shape[dim]
+            index[dim] = 0
+            dim -= 1
+
+
+@kernel
+def hvp_hypot(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
+    """HypotBackward0: d/da = a / y, its tangent da / y - a * dy / (y * y); d/db = b / y, its
+    tangent db / y - b * dy / (y * y)"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[oy:oy + n]
+        dg_ = adj_tan[oy:oy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        y_ = vals[oy:oy + n]
+        da_ = tan[o0:o0 + n]
+        db_ = tan[o1:o1 + n]
+        part_ = part[oy:oy + n]
+        if w0:
+            adj0 = adj[o0:o0 + n]
+            adj_tan0 = adj_tan[o0:o0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    y = y_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = a / y
+                    dy = (a / y) * da + (b / y) * db
+                    adj0[i] = g_[i] * p
+                    adj_tan0[i] = dg_[i] * p + g_[i] * (da / y - a * dy / (y * y))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    y = y_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = a / y
+                    dy = (a / y) * da + (b / y) * db
+                    adj0[i] += g_[i] * p
+                    adj_tan0[i] += dg_[i] * p + g_[i] * (da / y - a * dy / (y * y))
+        if w1:
+            adj1 = adj[o1:o1 + n]
+            adj_tan1 = adj_tan[o1:o1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    y = y_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = b / y
+                    dy = (a / y) * da + (b / y) * db
+                    adj1[i] = g_[i] * p
+                    adj_tan1[i] = dg_[i] * p + g_[i] * (db / y - b * dy / (y * y))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    y = y_[i]
+                    da = da_[i]
+                    db = db_[i]
+                    p = b / y
+                    dy = (a / y) * da + (b / y) * db
+                    adj1[i] += g_[i] * p
+                    adj_tan1[i] += dg_[i] * p + g_[i] * (db / y - b * dy / (y * y))
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    contribution_tan = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread_a = np.empty(width, vals.dtype)
+    spread_b = np.empty(width, vals.dtype)
+    spread_da = np.empty(width, vals.dtype)
+    spread_db = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[oy + po:oy + po + width]
+        dg_ = adj_tan[oy + po:oy + po + width]
+        y_ = vals[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread_a[:] = vals[o0 + p0]
+            a_ = spread_a
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread_b[:] = vals[o1 + p1]
+            b_ = spread_b
+        if s0[ndim - 1] == 1:
+            da_ = tan[o0 + p0:o0 + p0 + width]
+        else:
+            spread_da[:] = tan[o0 + p0]
+            da_ = spread_da
+        if s1[ndim - 1] == 1:
+            db_ = tan[o1 + p1:o1 + p1 + width]
+        else:
+            spread_db[:] = tan[o1 + p1]
+            db_ = spread_db
+        if w0:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                y = y_[i]
+                da = da_[i]
+                db = db_[i]
+                p = a / y
+                dy = (a / y) * da + (b / y) * db
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p + g_[i] * (da / y - a * dy / (y * y))
+            if s0[ndim - 1] == 1:
+                adj0 = adj[o0 + p0:o0 + p0 + width]
+                adj_tan0 = adj_tan[o0 + p0:o0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+                    adj_tan0[i] += contribution_tan[i]
+            else:
+                adj[o0 + p0] += contribution.sum()
+                adj_tan[o0 + p0] += contribution_tan.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                y = y_[i]
+                da = da_[i]
+                db = db_[i]
+                p = b / y
+                dy = (a / y) * da + (b / y) * db
+                contribution[i] = g_[i] * p
+                contribution_tan[i] = dg_[i] * p + g_[i] * (db / y - b * dy / (y * y))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[o1 + p1:o1 + p1 + width]
+                adj_tan1 = adj_tan[o1 + p1:o1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+                    adj_tan1[i] += contribution_tan[i]
+            else:
+                adj[o1 + p1] += contribution.sum()
+                adj_tan[o1 + p1] += contribution_tan.sum()
+        dim = ndim - 2
+        while dim >= 0:  # the next row: move every operand's offset
+            index[dim] += 1
+            p0 += s0[dim]
+            p1 += s1[dim]
+            if index[dim] < shape[dim]:
+                break
+            p0 -= s0[dim] * shape[dim]
+            p1 -= s1[dim] * shape[dim]
+            index[dim] = 0
+            dim -= 1
+
+
+@kernel
 def hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/da = cond, its tangent 0.0; d/db = 1.0 - cond, its tangent 0.0"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -2596,37 +3001,55 @@ def hvp_elementwise(code, vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, 
         hvp_asin(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 19:  # acos
         hvp_acos(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 20:  # add_scalar
+    elif code == 20:  # sign
+        hvp_sign(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 21:  # floor
+        hvp_sign(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 22:  # ceil
+        hvp_sign(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 23:  # round
+        hvp_sign(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 24:  # trunc
+        hvp_sign(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 25:  # frac
         hvp_clone(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 21:  # sub_scalar
+    elif code == 26:  # add_scalar
         hvp_clone(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 22:  # rsub_scalar
+    elif code == 27:  # sub_scalar
+        hvp_clone(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 28:  # rsub_scalar
         hvp_neg(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 23:  # mul_scalar
+    elif code == 29:  # mul_scalar
         hvp_mul_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 24:  # div_scalar
+    elif code == 30:  # div_scalar
         hvp_div_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         hvp_pow_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 26:  # rpow_scalar
+    elif code == 32:  # rpow_scalar
         hvp_rpow_scalar(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 27:  # add
+    elif code == 33:  # add
         hvp_add(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 28:  # sub
+    elif code == 34:  # sub
         hvp_sub(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 29:  # mul
+    elif code == 35:  # mul
         hvp_mul(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 30:  # div
+    elif code == 36:  # div
         hvp_div(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 31:  # pow
+    elif code == 37:  # pow
         hvp_pow(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 32:  # maximum
+    elif code == 38:  # maximum
         hvp_maximum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 33:  # minimum
+    elif code == 39:  # minimum
         hvp_minimum(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 34:  # atan2
+    elif code == 40:  # atan2
         hvp_atan2(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 35:  # where
+    elif code == 41:  # fmod
+        hvp_fmod(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 42:  # remainder
+        hvp_remainder(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 43:  # hypot
+        hvp_hypot(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 44:  # where
         hvp_where(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo)
 
 
@@ -2642,51 +3065,51 @@ def keep_elementwise(code, vals, tan, part, o0, oy, n, a0, c0, c1):
         keep_asin(vals, tan, part, o0, oy, n, a0, c0, c1)
     elif code == 19:  # acos
         keep_acos(vals, tan, part, o0, oy, n, a0, c0, c1)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         keep_pow_scalar(vals, tan, part, o0, oy, n, a0, c0, c1)
 
 
 @kernel
 def hvp_reduce(code, vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 43:  # sum
+    if code == 52:  # sum
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 44:  # sum_dim
+    elif code == 53:  # sum_dim
         hvp_sum(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 45:  # mean
+    elif code == 54:  # mean
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 46:  # mean_dim
+    elif code == 55:  # mean_dim
         hvp_mean(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 47:  # prod
+    elif code == 56:  # prod
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 48:  # prod_dim
+    elif code == 57:  # prod_dim
         hvp_prod(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 49:  # logsumexp
+    elif code == 58:  # logsumexp
         hvp_logsumexp(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 50:  # norm
+    elif code == 59:  # norm
         hvp_norm(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 51:  # max_all
+    elif code == 60:  # max_all
         hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 52:  # min_all
+    elif code == 61:  # min_all
         hvp_max_all(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 53:  # amax
+    elif code == 62:  # amax
         hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 54:  # amin
+    elif code == 63:  # amin
         hvp_amax(vals, tan, adj, adj_tan, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel
 def hvp_matmul(code, vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo):
-    if code == 36:  # dot
+    if code == 45:  # dot
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 37:  # mv
+    elif code == 46:  # mv
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 38:  # mm
+    elif code == 47:  # mm
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 39:  # bmm
+    elif code == 48:  # bmm
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 40:  # matmul
+    elif code == 49:  # matmul
         hvp_dot(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 41:  # linear
+    elif code == 50:  # linear
         hvp_linear(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)
-    elif code == 42:  # linear_bias
+    elif code == 51:  # linear_bias
         hvp_linear_bias(vals, tan, adj, adj_tan, oa, ob, oc, oy, w0, w1, w2, t0, t1, meta, mo)

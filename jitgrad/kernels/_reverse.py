@@ -5,7 +5,33 @@ import numpy as np
 from .jit import kernel
 
 from .expressions import (  # noqa: F401
-    cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where,
+    acos,
+    asin,
+    atan,
+    atan2,
+    ceil,
+    cos,
+    erf,
+    exp,
+    expm1,
+    floor,
+    fmod,
+    hypot,
+    in_range,
+    log,
+    log1p,
+    matmul,
+    mT,
+    positive,
+    power,
+    remainder,
+    rint,
+    sign,
+    sin,
+    sqrt,
+    tanh,
+    trunc,
+    where,
 )
 
 
@@ -342,6 +368,20 @@ def reverse_acos(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c
             for i in range(n):
                 x = x_[i]
                 adj0[i] += g_[i] * (-1.0 / sqrt(1.0 - x * x))
+
+
+@kernel
+def reverse_sign(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """SignBackward0: d/d(x) = 0.0"""
+    g_ = adj[uy:uy + n]
+    if w0:
+        adj0 = adj[u0:u0 + n]
+        if w0 == 2:
+            for i in range(n):
+                adj0[i] = g_[i] * (0.0)
+        else:
+            for i in range(n):
+                adj0[i] += g_[i] * (0.0)
 
 
 @kernel
@@ -1090,6 +1130,272 @@ def reverse_atan2(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, 
 
 
 @kernel
+def reverse_fmod(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """FmodBackward1: d/d(a, b) = 1.0, -trunc(a / b)"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[uy:uy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[u0:u0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    adj0[i] = g_[i] * (1.0)
+            else:
+                for i in range(n):
+                    adj0[i] += g_[i] * (1.0)
+        if w1:
+            adj1 = adj[u1:u1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] = g_[i] * (-trunc(a / b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] += g_[i] * (-trunc(a / b))
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[uy + po:uy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
+        if w0:
+            for i in range(width):
+                contribution[i] = g_[i] * (1.0)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[u0 + p0:u0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[u0 + p0] += contribution.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * (-trunc(a / b))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[u1 + p1:u1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[u1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def reverse_remainder(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """RemainderBackward1: d/d(a, b) = 1.0, -floor(a / b)"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[uy:uy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        if w0:
+            adj0 = adj[u0:u0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    adj0[i] = g_[i] * (1.0)
+            else:
+                for i in range(n):
+                    adj0[i] += g_[i] * (1.0)
+        if w1:
+            adj1 = adj[u1:u1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] = g_[i] * (-floor(a / b))
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    b = b_[i]
+                    adj1[i] += g_[i] * (-floor(a / b))
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[uy + po:uy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
+        if w0:
+            for i in range(width):
+                contribution[i] = g_[i] * (1.0)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[u0 + p0:u0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[u0 + p0] += contribution.sum()
+        if w1:
+            for i in range(width):
+                a = a_[i]
+                b = b_[i]
+                contribution[i] = g_[i] * (-floor(a / b))
+            if s1[ndim - 1] == 1:
+                adj1 = adj[u1 + p1:u1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[u1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def reverse_hypot(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
+    """HypotBackward0: d/d(a, b) = a / y, b / y"""
+    if meta[mo] == 0:  # operands have the output's shape
+        g_ = adj[uy:uy + n]
+        a_ = vals[o0:o0 + n]
+        b_ = vals[o1:o1 + n]
+        y_ = vals[oy:oy + n]
+        if w0:
+            adj0 = adj[u0:u0 + n]
+            if w0 == 2:
+                for i in range(n):
+                    a = a_[i]
+                    y = y_[i]
+                    adj0[i] = g_[i] * (a / y)
+            else:
+                for i in range(n):
+                    a = a_[i]
+                    y = y_[i]
+                    adj0[i] += g_[i] * (a / y)
+        if w1:
+            adj1 = adj[u1:u1 + n]
+            if w1 == 2:
+                for i in range(n):
+                    b = b_[i]
+                    y = y_[i]
+                    adj1[i] = g_[i] * (b / y)
+            else:
+                for i in range(n):
+                    b = b_[i]
+                    y = y_[i]
+                    adj1[i] += g_[i] * (b / y)
+        return
+    ndim = meta[mo + 1]
+    if n == 0:
+        return
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    width = shape[ndim - 1]
+    contribution = np.empty(width, np.float64)
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    spread0 = np.empty(width, vals.dtype)
+    spread1 = np.empty(width, vals.dtype)
+    for row in range(n // width):
+        po = row * width
+        g_ = adj[uy + po:uy + po + width]
+        y_ = vals[oy + po:oy + po + width]
+        if s0[ndim - 1] == 1:
+            a_ = vals[o0 + p0:o0 + p0 + width]
+        else:
+            spread0[:] = vals[o0 + p0]
+            a_ = spread0
+        if s1[ndim - 1] == 1:
+            b_ = vals[o1 + p1:o1 + p1 + width]
+        else:
+            spread1[:] = vals[o1 + p1]
+            b_ = spread1
+        if w0:
+            for i in range(width):
+                a = a_[i]
+                y = y_[i]
+                contribution[i] = g_[i] * (a / y)
+            if s0[ndim - 1] == 1:
+                adj0 = adj[u0 + p0:u0 + p0 + width]
+                for i in range(width):
+                    adj0[i] += contribution[i]
+            else:
+                adj[u0 + p0] += contribution.sum()
+        if w1:
+            for i in range(width):
+                b = b_[i]
+                y = y_[i]
+                contribution[i] = g_[i] * (b / y)
+            if s1[ndim - 1] == 1:
+                adj1 = adj[u1 + p1:u1 + p1 + width]
+                for i in range(width):
+                    adj1[i] += contribution[i]
+            else:
+                adj[u1 + p1] += contribution.sum()
+        d = ndim - 2
+        while d >= 0:  # the next row: move every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
 def reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
     """WhereBackward0: d/d(a, b, cond) = cond, 1.0 - cond, None"""
     if meta[mo] == 0:  # operands have the output's shape
@@ -1649,81 +1955,99 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, 
         reverse_asin(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
     elif code == 19:  # acos
         reverse_acos(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 20:  # add_scalar
+    elif code == 20:  # sign
+        reverse_sign(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 21:  # floor
+        reverse_sign(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 22:  # ceil
+        reverse_sign(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 23:  # round
+        reverse_sign(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 24:  # trunc
+        reverse_sign(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 25:  # frac
         reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 21:  # sub_scalar
+    elif code == 26:  # add_scalar
         reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 22:  # rsub_scalar
+    elif code == 27:  # sub_scalar
+        reverse_clone(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 28:  # rsub_scalar
         reverse_neg(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 23:  # mul_scalar
+    elif code == 29:  # mul_scalar
         reverse_mul_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 24:  # div_scalar
+    elif code == 30:  # div_scalar
         reverse_div_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         reverse_pow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 26:  # rpow_scalar
+    elif code == 32:  # rpow_scalar
         reverse_rpow_scalar(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 27:  # add
+    elif code == 33:  # add
         reverse_add(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 28:  # sub
+    elif code == 34:  # sub
         reverse_sub(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 29:  # mul
+    elif code == 35:  # mul
         reverse_mul(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 30:  # div
+    elif code == 36:  # div
         reverse_div(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 31:  # pow
+    elif code == 37:  # pow
         reverse_pow(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 32:  # maximum
+    elif code == 38:  # maximum
         reverse_maximum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 33:  # minimum
+    elif code == 39:  # minimum
         reverse_minimum(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 34:  # atan2
+    elif code == 40:  # atan2
         reverse_atan2(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
-    elif code == 35:  # where
+    elif code == 41:  # fmod
+        reverse_fmod(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 42:  # remainder
+        reverse_remainder(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 43:  # hypot
+        reverse_hypot(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
+    elif code == 44:  # where
         reverse_where(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo)
 
 
 @kernel
 def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
-    if code == 43:  # sum
+    if code == 52:  # sum
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 44:  # sum_dim
+    elif code == 53:  # sum_dim
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 45:  # mean
+    elif code == 54:  # mean
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 46:  # mean_dim
+    elif code == 55:  # mean_dim
         reverse_mean(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 47:  # prod
+    elif code == 56:  # prod
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 48:  # prod_dim
+    elif code == 57:  # prod_dim
         reverse_prod(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 49:  # logsumexp
+    elif code == 58:  # logsumexp
         reverse_logsumexp(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 50:  # norm
+    elif code == 59:  # norm
         reverse_norm(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 51:  # max_all
+    elif code == 60:  # max_all
         reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 52:  # min_all
+    elif code == 61:  # min_all
         reverse_max_all(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 53:  # amax
+    elif code == 62:  # amax
         reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
-    elif code == 54:  # amin
+    elif code == 63:  # amin
         reverse_amax(vals, adj, ox, oy, nx, c0, meta, mo, fresh)
 
 
 @kernel
 def reverse_matmul(code, vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo):
-    if code == 36:  # dot
+    if code == 45:  # dot
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 37:  # mv
+    elif code == 46:  # mv
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 38:  # mm
+    elif code == 47:  # mm
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 39:  # bmm
+    elif code == 48:  # bmm
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 40:  # matmul
+    elif code == 49:  # matmul
         reverse_dot(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 41:  # linear
+    elif code == 50:  # linear
         reverse_linear(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)
-    elif code == 42:  # linear_bias
+    elif code == 51:  # linear_bias
         reverse_linear_bias(vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo)

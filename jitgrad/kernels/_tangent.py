@@ -13,10 +13,14 @@ from .expressions import (  # noqa: F401
     asin,
     atan,
     atan2,
+    ceil,
     cos,
     erf,
     exp,
     expm1,
+    floor,
+    fmod,
+    hypot,
     in_range,
     log,
     log1p,
@@ -24,10 +28,13 @@ from .expressions import (  # noqa: F401
     mT,
     positive,
     power,
+    remainder,
+    rint,
     sign,
     sin,
     sqrt,
     tanh,
+    trunc,
     where,
 )
 from .jit import kernel
@@ -583,6 +590,31 @@ def tangent_acos(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c
         if a0:
             x = vals[o0 + i]
             p = -1.0 / sqrt(1.0 - x * x)
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + i]
+
+
+@kernel
+def tangent_sign(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """SignBackward0: ty = (0.0) * t_x"""
+    k = tan.shape[0]
+    if k == 1:
+        ty = tan[0, uy:uy + n]
+        t0 = tan[0, u0:u0 + n]
+        for i in range(n):
+            total = 0.0
+            if a0:
+                total += (0.0) * t0[i]
+            if fresh:  # the first write: no need to clear the slot first
+                ty[i] = total
+            else:
+                ty[i] += total
+        return
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            p = 0.0
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u0 + i]
 
@@ -1267,6 +1299,222 @@ def tangent_atan2(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, 
 
 
 @kernel
+def tangent_fmod(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """FmodBackward1: ty = (1.0) * t_a + (-trunc(a / b)) * t_b"""
+    k = tan.shape[0]
+    if meta[mo] == 0:  # operands have the output's shape
+        if k == 1:
+            ty = tan[0, uy:uy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, u0:u0 + n]
+            t1 = tan[0, u1:u1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
+                if a0:
+                    total += (1.0) * t0[i]
+                if a1:
+                    total += (-trunc(a / b)) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
+            return
+        if fresh:
+            tan[:, uy:uy + n] = 0.0
+        for i in range(n):
+            if a0:
+                p = 1.0
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u0 + i]
+            if a1:
+                a = vals[o0 + i]
+                b = vals[o1 + i]
+                p = -trunc(a / b)
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u1 + i]
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            p = 1.0
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + p0]
+        if a1:
+            a = vals[o0 + p0]
+            b = vals[o1 + p1]
+            p = -trunc(a / b)
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u1 + p1]
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def tangent_remainder(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """RemainderBackward1: ty = (1.0) * t_a + (-floor(a / b)) * t_b"""
+    k = tan.shape[0]
+    if meta[mo] == 0:  # operands have the output's shape
+        if k == 1:
+            ty = tan[0, uy:uy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            t0 = tan[0, u0:u0 + n]
+            t1 = tan[0, u1:u1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                total = 0.0
+                if a0:
+                    total += (1.0) * t0[i]
+                if a1:
+                    total += (-floor(a / b)) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
+            return
+        if fresh:
+            tan[:, uy:uy + n] = 0.0
+        for i in range(n):
+            if a0:
+                p = 1.0
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u0 + i]
+            if a1:
+                a = vals[o0 + i]
+                b = vals[o1 + i]
+                p = -floor(a / b)
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u1 + i]
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            p = 1.0
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + p0]
+        if a1:
+            a = vals[o0 + p0]
+            b = vals[o1 + p1]
+            p = -floor(a / b)
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u1 + p1]
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
+def tangent_hypot(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
+    """HypotBackward0: ty = (a / y) * t_a + (b / y) * t_b"""
+    k = tan.shape[0]
+    if meta[mo] == 0:  # operands have the output's shape
+        if k == 1:
+            ty = tan[0, uy:uy + n]
+            a_ = vals[o0:o0 + n]
+            b_ = vals[o1:o1 + n]
+            y_ = vals[oy:oy + n]
+            t0 = tan[0, u0:u0 + n]
+            t1 = tan[0, u1:u1 + n]
+            for i in range(n):
+                a = a_[i]
+                b = b_[i]
+                y = y_[i]
+                total = 0.0
+                if a0:
+                    total += (a / y) * t0[i]
+                if a1:
+                    total += (b / y) * t1[i]
+                if fresh:  # the first write: no need to clear the slot first
+                    ty[i] = total
+                else:
+                    ty[i] += total
+            return
+        if fresh:
+            tan[:, uy:uy + n] = 0.0
+        for i in range(n):
+            if a0:
+                a = vals[o0 + i]
+                y = vals[oy + i]
+                p = a / y
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u0 + i]
+            if a1:
+                b = vals[o1 + i]
+                y = vals[oy + i]
+                p = b / y
+                for r in range(k):
+                    tan[r, uy + i] += p * tan[r, u1 + i]
+        return
+    ndim = meta[mo + 1]
+    shape = meta[mo + 2:mo + 2 + ndim]
+    s0 = meta[mo + 2 + 1 * ndim:mo + 2 + 2 * ndim]
+    s1 = meta[mo + 2 + 2 * ndim:mo + 2 + 3 * ndim]
+    index = np.zeros(ndim, np.int64)
+    p0 = p1 = 0
+    if fresh:
+        tan[:, uy:uy + n] = 0.0
+    for i in range(n):
+        if a0:
+            a = vals[o0 + p0]
+            y = vals[oy + i]
+            p = a / y
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u0 + p0]
+        if a1:
+            b = vals[o1 + p1]
+            y = vals[oy + i]
+            p = b / y
+            for r in range(k):
+                tan[r, uy + i] += p * tan[r, u1 + p1]
+        d = ndim - 1
+        while d >= 0:  # next multi-index, moving every operand's offset
+            index[d] += 1
+            p0 += s0[d]
+            p1 += s1[d]
+            if index[d] < shape[d]:
+                break
+            p0 -= s0[d] * shape[d]
+            p1 -= s1[d] * shape[d]
+            index[d] = 0
+            d -= 1
+
+
+@kernel
 def tangent_where(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
     """WhereBackward0: ty = (cond) * t_a + (1.0 - cond) * t_b"""
     k = tan.shape[0]
@@ -1745,81 +1993,99 @@ def tangent_elementwise(code, vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, 
         tangent_asin(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
     elif code == 19:  # acos
         tangent_acos(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 20:  # add_scalar
+    elif code == 20:  # sign
+        tangent_sign(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 21:  # floor
+        tangent_sign(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 22:  # ceil
+        tangent_sign(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 23:  # round
+        tangent_sign(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 24:  # trunc
+        tangent_sign(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 25:  # frac
         tangent_clone(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 21:  # sub_scalar
+    elif code == 26:  # add_scalar
         tangent_clone(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 22:  # rsub_scalar
+    elif code == 27:  # sub_scalar
+        tangent_clone(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 28:  # rsub_scalar
         tangent_neg(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 23:  # mul_scalar
+    elif code == 29:  # mul_scalar
         tangent_mul_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 24:  # div_scalar
+    elif code == 30:  # div_scalar
         tangent_div_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 25:  # pow_scalar
+    elif code == 31:  # pow_scalar
         tangent_pow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 26:  # rpow_scalar
+    elif code == 32:  # rpow_scalar
         tangent_rpow_scalar(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 27:  # add
+    elif code == 33:  # add
         tangent_add(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 28:  # sub
+    elif code == 34:  # sub
         tangent_sub(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 29:  # mul
+    elif code == 35:  # mul
         tangent_mul(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 30:  # div
+    elif code == 36:  # div
         tangent_div(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 31:  # pow
+    elif code == 37:  # pow
         tangent_pow(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 32:  # maximum
+    elif code == 38:  # maximum
         tangent_maximum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 33:  # minimum
+    elif code == 39:  # minimum
         tangent_minimum(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 34:  # atan2
+    elif code == 40:  # atan2
         tangent_atan2(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
-    elif code == 35:  # where
+    elif code == 41:  # fmod
+        tangent_fmod(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 42:  # remainder
+        tangent_remainder(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 43:  # hypot
+        tangent_hypot(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
+    elif code == 44:  # where
         tangent_where(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh)
 
 
 @kernel
 def tangent_reduce(code, vals, tan, ox, oy, nx, c0, meta, mo):
-    if code == 43:  # sum
+    if code == 52:  # sum
         tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 44:  # sum_dim
+    elif code == 53:  # sum_dim
         tangent_sum(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 45:  # mean
+    elif code == 54:  # mean
         tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 46:  # mean_dim
+    elif code == 55:  # mean_dim
         tangent_mean(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 47:  # prod
+    elif code == 56:  # prod
         tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 48:  # prod_dim
+    elif code == 57:  # prod_dim
         tangent_prod(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 49:  # logsumexp
+    elif code == 58:  # logsumexp
         tangent_logsumexp(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 50:  # norm
+    elif code == 59:  # norm
         tangent_norm(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 51:  # max_all
+    elif code == 60:  # max_all
         tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 52:  # min_all
+    elif code == 61:  # min_all
         tangent_max_all(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 53:  # amax
+    elif code == 62:  # amax
         tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo)
-    elif code == 54:  # amin
+    elif code == 63:  # amin
         tangent_amax(vals, tan, ox, oy, nx, c0, meta, mo)
 
 
 @kernel
 def tangent_matmul(code, vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo):
-    if code == 36:  # dot
+    if code == 45:  # dot
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 37:  # mv
+    elif code == 46:  # mv
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 38:  # mm
+    elif code == 47:  # mm
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 39:  # bmm
+    elif code == 48:  # bmm
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 40:  # matmul
+    elif code == 49:  # matmul
         tangent_dot(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 41:  # linear
+    elif code == 50:  # linear
         tangent_linear(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)
-    elif code == 42:  # linear_bias
+    elif code == 51:  # linear_bias
         tangent_linear_bias(vals, tan, oa, ob, oc, oy, a0, a1, a2, meta, mo)

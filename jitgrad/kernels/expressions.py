@@ -91,6 +91,45 @@ def atan2(a, b):
 
 
 @inline_kernel
+def floor(v):
+    return np.floor(v)
+
+
+@inline_kernel
+def ceil(v):
+    return np.ceil(v)
+
+
+@inline_kernel
+def rint(v):
+    return np.rint(v)  # half to even, as torch.round
+
+
+@inline_kernel
+def trunc(v):
+    return np.trunc(v)
+
+
+@inline_kernel
+def fmod(a, b):
+    return np.fmod(a, b)
+
+
+@inline_kernel
+def remainder(a, b):
+    # torch's: fmod moved into b's sign; a zero keeps fmod's sign (NumPy's takes b's)
+    m = np.fmod(a, b)
+    if m != 0 and (b < 0) != (m < 0):
+        m += b
+    return m
+
+
+@inline_kernel
+def hypot(a, b):
+    return np.hypot(a, b)
+
+
+@inline_kernel
 def sign(v):
     return 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)  # 0 for nan, as torch.sign
 

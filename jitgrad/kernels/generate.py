@@ -15,7 +15,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..ops.registry import ELEMENTWISE, MATMUL, OPS, REDUCE, _names_in, adjoint_product
+from ..ops.registry import (
+    ELEMENTWISE,
+    EXPRESSION_FUNCTIONS,
+    MATMUL,
+    OPS,
+    REDUCE,
+    _names_in,
+    adjoint_product,
+)
 from . import codegen
 
 TARGET = Path(__file__).with_name("_reverse.py")
@@ -27,9 +35,10 @@ import numpy as np
 from .jit import kernel
 
 from .expressions import (  # noqa: F401
-    cos, exp, in_range, log, matmul, mT, positive, power, sign, sin, sqrt, tanh, where,
+{functions}
 )
-'''
+'''.format(functions="\n".join(f"    {name}," for name in sorted(EXPRESSION_FUNCTIONS,
+                                                                   key=str.lower)))
 
 
 def _function_name(op) -> str:

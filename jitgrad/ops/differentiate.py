@@ -30,7 +30,7 @@ import ast
 
 from .registry import EXPRESSION_FUNCTIONS
 
-_PIECEWISE_CONSTANT = ("sign", "positive", "in_range")
+_PIECEWISE_CONSTANT = ("sign", "positive", "in_range", "floor", "ceil", "rint", "trunc")
 
 
 # -- building simplified expressions (None stands for zero) -----------------------------------

@@ -32,6 +32,13 @@ op("erf", "ErfBackward0", ("x",), "1.1283791670955126 * exp(-(x * x))", "erf(x)"
 op("atan", "AtanBackward0", ("x",), "1.0 / (1.0 + x * x)", "atan(x)")
 op("asin", "AsinBackward0", ("x",), "1.0 / sqrt(1.0 - x * x)", "asin(x)")
 op("acos", "AcosBackward0", ("x",), "-1.0 / sqrt(1.0 - x * x)", "acos(x)")
+# piecewise constant: derivative 0 (also at the jumps, as torch); round is half to even
+op("sign", "SignBackward0", ("x",), "0.0", "sign(x)")
+op("floor", "FloorBackward0", ("x",), "0.0", "floor(x)")
+op("ceil", "CeilBackward0", ("x",), "0.0", "ceil(x)")
+op("round", "RoundBackward0", ("x",), "0.0", "rint(x)")
+op("trunc", "TruncBackward0", ("x",), "0.0", "trunc(x)")
+op("frac", "FracBackward0", ("x",), "1.0", "x - trunc(x)")
 
 # a tensor with a Python scalar c0
 op("add_scalar", "AddBackward0", ("x",), "1.0", "x + c0")
@@ -66,6 +73,12 @@ op("minimum", "MinimumBackward0", ("a", "b"),
 op("atan2", "Atan2Backward0", ("a", "b"),
    ("b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))",
     "-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))"), "atan2(a, b)")
+# fmod's result has the sign of a, remainder's that of b (Python's %); the quotient's
+# integer part is piecewise constant (grad_fn names: a tensor divisor's; a Python number's
+# are ...Backward0, functions.fmod/remainder). hypot's derivatives are nan at the origin, as torch's
+op("fmod", "FmodBackward1", ("a", "b"), ("1.0", "-trunc(a / b)"), "fmod(a, b)")
+op("remainder", "RemainderBackward1", ("a", "b"), ("1.0", "-floor(a / b)"), "remainder(a, b)")
+op("hypot", "HypotBackward0", ("a", "b"), ("a / y", "b / y"), "hypot(a, b)")
 # cond is stored as 0.0/1.0 in the op's float type; it is not differentiable
 op("where", "WhereBackward0", ("a", "b", "cond"), ("cond", "1.0 - cond", None),
    "where(cond != 0.0, a, b)")

@@ -37,7 +37,8 @@ KIND_NAMES = {ELEMENTWISE: "elementwise", REDUCE: "reduce", RESTRIDE: "restride"
 
 # functions allowed in derivative expressions; each has a Numba and a Tensor meaning
 EXPRESSION_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh", "sign",
-                        "positive", "erf", "atan", "asin", "acos", "atan2",
+                        "positive", "erf", "atan", "asin", "acos", "atan2", "floor",
+                        "ceil", "rint", "trunc", "fmod", "remainder", "hypot",
                         "in_range", "where", "power", "matmul", "mT")
 EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n", "k")
 
