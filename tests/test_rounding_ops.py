@@ -28,11 +28,11 @@ UNARY = {
 
 
 def _bits_equal(a, b):
-    """Equal values, nan where nan, and the same sign of zero."""
+    """Equal values, nan where nan, and the same sign of zero (a nan's sign is no value)."""
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+    np.testing.assert_array_equal(np.signbit(a) & ~np.isnan(a), np.signbit(b) & ~np.isnan(b))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -151,6 +151,22 @@ def test_derivatives_match_torch():
     x = jitgrad.tensor(0.0, requires_grad=True)
     jitgrad.hypot(x, jitgrad.tensor(0.0)).backward()
     assert np.isnan(x.grad.item())
+
+
+@needs_torch
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_remainder_derivative_at_infinite_and_odd_divisors_matches_torch(create_graph):
+    # torch's floor division: -1 // inf is -1 (the remainder is inf), inf // 2 is nan
+    a = np.array([-1.0, 1.0, -0.0, 3.0, np.inf, -2.5, 0.3, 1e-300, 5.0, 6.0])
+    b = np.array([np.inf, np.inf, -np.inf, -np.inf, 2.0, np.nan, 0.1, -1e300, 0.0, -3.0])
+    grads = []
+    for lib in (jitgrad, real_torch):
+        x = lib.tensor(a, requires_grad=True)
+        y = lib.tensor(b, requires_grad=True)
+        out = lib.remainder(x, y)
+        (gy,) = lib.autograd.grad(out.sum(), y, create_graph=create_graph)
+        grads.append(gy.detach().numpy())
+    _bits_equal(*grads)
 
 
 def test_piecewise_constant_ops_have_zero_derivatives_to_any_order():

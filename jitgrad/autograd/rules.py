@@ -53,6 +53,19 @@ def _power(x, exponent):
     return x if exponent == 1.0 else F.pow(x, exponent)
 
 
+def _floor_divide(a: Tensor, b: Tensor) -> Tensor:
+    """torch's floor division (``kernels/expressions.floor_divide``) of the values: piecewise
+    constant, so not recorded."""
+    a, b = a.detach(), b.detach()
+    m = F.fmod(a, b)
+    q = (a - m) / b
+    q = F.where((m != 0) & ((b < 0) != (m < 0)), q - 1.0, q)
+    whole = F.floor(q)
+    whole = F.where(q - whole > 0.5, whole + 1.0, whole)
+    whole = F.where(q != 0, whole, (a / b) * 0.0)  # a zero with the quotient's sign
+    return F.where(b == 0, a / b, whole)
+
+
 def _log(v):
     if isinstance(v, float):  # a constant: -inf at 0 and nan below, without NumPy's warning
         return math.log(v) if v > 0.0 else (-math.inf if v == 0.0 else math.nan)
@@ -65,7 +78,7 @@ NAMESPACE = {
     "acos": F.acos, "atan2": F.atan2, "fmod": F.fmod, "remainder": F.remainder,
     "hypot": F.hypot, "floor": lambda x: F.floor(x.detach()),
     "ceil": lambda x: F.ceil(x.detach()), "rint": lambda x: F.round(x.detach()),
-    "trunc": lambda x: F.trunc(x.detach()),
+    "trunc": lambda x: F.trunc(x.detach()), "floor_divide": _floor_divide,
     "sign": lambda x: F.sign(x.detach()), "positive": _positive, "in_range": _in_range,
     "where": _where, "power": _power, "matmul": F.matmul, "mT": lambda m: F.transpose(m, -2, -1),
 }

@@ -5,7 +5,7 @@ regenerate."""
 # fmt: off
 import numpy as np
 
-from .expressions import acos, asin, atan, atan2, ceil, cos, erf, exp, expm1, floor, fmod, hypot, in_range, log, log1p, matmul, mT, positive, power, remainder, rint, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, trunc, where  # noqa: F401, E501
+from .expressions import acos, asin, atan, atan2, ceil, cos, erf, exp, expm1, floor, floor_divide, fmod, hypot, in_range, log, log1p, matmul, mT, positive, power, remainder, rint, scalar_cos, scalar_sin, sign, sin, sqrt, tanh, trunc, where  # noqa: F401, E501
 from .jit import inline_kernel, kernel
 
 
@@ -1351,7 +1351,7 @@ def scalar_adjoints(code, g, x0, x1, x2, y, c0, c1, w0, w1, w2):
         if w0:
             d0 = g * (1.0)
         if w1:
-            d1 = g * (-floor(a / b))
+            d1 = g * (-floor_divide(a, b))
     elif code == 43:  # hypot
         a = x0
         b = x1

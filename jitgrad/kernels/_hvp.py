@@ -18,6 +18,7 @@ from .expressions import (  # noqa: F401
     exp,
     expm1,
     floor,
+    floor_divide,
     fmod,
     hypot,
     in_range,
@@ -1962,7 +1963,8 @@ def hvp_fmod(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c
 
 @kernel
 def hvp_remainder(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, c0, c1, meta, mo):
-    """RemainderBackward1: d/da = 1.0, its tangent 0.0; d/db = -floor(a / b), its tangent 0.0"""
+    """RemainderBackward1: d/da = 1.0, its tangent 0.0; d/db = -floor_divide(a, b), its tangent
+    0.0"""
     if meta[mo] == 0:  # operands have the output's shape
         g_ = adj[oy:oy + n]
         dg_ = adj_tan[oy:oy + n]
@@ -1989,14 +1991,14 @@ def hvp_remainder(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, 
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = -floor(a / b)
+                    p = -floor_divide(a, b)
                     adj1[i] = g_[i] * p
                     adj_tan1[i] = dg_[i] * p
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    p = -floor(a / b)
+                    p = -floor_divide(a, b)
                     adj1[i] += g_[i] * p
                     adj_tan1[i] += dg_[i] * p
         return
@@ -2045,7 +2047,7 @@ def hvp_remainder(vals, tan, adj, adj_tan, part, o0, o1, o2, oy, n, w0, w1, w2, 
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                p = -floor(a / b)
+                p = -floor_divide(a, b)
                 contribution[i] = g_[i] * p
                 contribution_tan[i] = dg_[i] * p
             if s1[ndim - 1] == 1:

@@ -15,6 +15,7 @@ from .expressions import (  # noqa: F401
     exp,
     expm1,
     floor,
+    floor_divide,
     fmod,
     hypot,
     in_range,
@@ -1217,7 +1218,7 @@ def reverse_fmod(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c
 
 @kernel
 def reverse_remainder(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, c0, c1, meta, mo):
-    """RemainderBackward1: d/d(a, b) = 1.0, -floor(a / b)"""
+    """RemainderBackward1: d/d(a, b) = 1.0, -floor_divide(a, b)"""
     if meta[mo] == 0:  # operands have the output's shape
         g_ = adj[uy:uy + n]
         a_ = vals[o0:o0 + n]
@@ -1236,12 +1237,12 @@ def reverse_remainder(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, 
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] = g_[i] * (-floor(a / b))
+                    adj1[i] = g_[i] * (-floor_divide(a, b))
             else:
                 for i in range(n):
                     a = a_[i]
                     b = b_[i]
-                    adj1[i] += g_[i] * (-floor(a / b))
+                    adj1[i] += g_[i] * (-floor_divide(a, b))
         return
     ndim = meta[mo + 1]
     if n == 0:
@@ -1281,7 +1282,7 @@ def reverse_remainder(vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, w1, w2, 
             for i in range(width):
                 a = a_[i]
                 b = b_[i]
-                contribution[i] = g_[i] * (-floor(a / b))
+                contribution[i] = g_[i] * (-floor_divide(a, b))
             if s1[ndim - 1] == 1:
                 adj1 = adj[u1 + p1:u1 + p1 + width]
                 for i in range(width):

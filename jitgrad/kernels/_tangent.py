@@ -19,6 +19,7 @@ from .expressions import (  # noqa: F401
     exp,
     expm1,
     floor,
+    floor_divide,
     fmod,
     hypot,
     in_range,
@@ -1370,7 +1371,7 @@ def tangent_fmod(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c
 
 @kernel
 def tangent_remainder(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, c0, c1, meta, mo, fresh):
-    """RemainderBackward1: ty = (1.0) * t_a + (-floor(a / b)) * t_b"""
+    """RemainderBackward1: ty = (1.0) * t_a + (-floor_divide(a, b)) * t_b"""
     k = tan.shape[0]
     if meta[mo] == 0:  # operands have the output's shape
         if k == 1:
@@ -1386,7 +1387,7 @@ def tangent_remainder(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, 
                 if a0:
                     total += (1.0) * t0[i]
                 if a1:
-                    total += (-floor(a / b)) * t1[i]
+                    total += (-floor_divide(a, b)) * t1[i]
                 if fresh:  # the first write: no need to clear the slot first
                     ty[i] = total
                 else:
@@ -1402,7 +1403,7 @@ def tangent_remainder(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, 
             if a1:
                 a = vals[o0 + i]
                 b = vals[o1 + i]
-                p = -floor(a / b)
+                p = -floor_divide(a, b)
                 for r in range(k):
                     tan[r, uy + i] += p * tan[r, u1 + i]
         return
@@ -1422,7 +1423,7 @@ def tangent_remainder(vals, tan, o0, o1, o2, oy, u0, u1, u2, uy, n, a0, a1, a2, 
         if a1:
             a = vals[o0 + p0]
             b = vals[o1 + p1]
-            p = -floor(a / b)
+            p = -floor_divide(a, b)
             for r in range(k):
                 tan[r, uy + i] += p * tan[r, u1 + p1]
         d = ndim - 1

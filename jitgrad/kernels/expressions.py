@@ -125,6 +125,23 @@ def remainder(a, b):
 
 
 @inline_kernel
+def floor_divide(a, b):
+    # torch's floor division of floats: the quotient of a - fmod(a, b), moved down where
+    # the remainder changes sign, rounded to the nearest whole number (exact where a / b
+    # rounds up to a whole number, and -1 for -1 // inf)
+    if b == 0:
+        return a / b
+    m = np.fmod(a, b)
+    q = (a - m) / b
+    if m != 0 and (b < 0) != (m < 0):
+        q -= 1.0
+    if q == 0:
+        return np.copysign(0.0, a / b)
+    whole = np.floor(q)
+    return whole + 1.0 if q - whole > 0.5 else whole
+
+
+@inline_kernel
 def hypot(a, b):
     return np.hypot(a, b)
 

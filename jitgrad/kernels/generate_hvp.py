@@ -71,7 +71,8 @@ from .jit import kernel
     (*EXPRESSION_FUNCTIONS, "power_by_products", "product_exponent"), key=str.lower)))
 
 _LINEAR_KINDS = (RESTRIDE, PLACE, GATHER, SCATTER, CAST)
-_PIECEWISE = ("where", "positive", "sign", "in_range", "floor", "ceil", "rint", "trunc")
+_PIECEWISE = ("where", "positive", "sign", "in_range", "floor", "ceil", "rint", "trunc",
+              "floor_divide")
 _CONSTANTS = ("c0", "c1", "n")
 
 

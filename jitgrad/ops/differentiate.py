@@ -30,7 +30,8 @@ import ast
 
 from .registry import EXPRESSION_FUNCTIONS
 
-_PIECEWISE_CONSTANT = ("sign", "positive", "in_range", "floor", "ceil", "rint", "trunc")
+_PIECEWISE_CONSTANT = ("sign", "positive", "in_range", "floor", "ceil", "rint", "trunc",
+                       "floor_divide")
 
 
 # -- building simplified expressions (None stands for zero) -----------------------------------

@@ -73,11 +73,13 @@ op("minimum", "MinimumBackward0", ("a", "b"),
 op("atan2", "Atan2Backward0", ("a", "b"),
    ("b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))",
     "-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b))"), "atan2(a, b)")
-# fmod's result has the sign of a, remainder's that of b (Python's %); the quotient's
-# integer part is piecewise constant (grad_fn names: a tensor divisor's; a Python number's
-# are ...Backward0, functions.fmod/remainder). hypot's derivatives are nan at the origin, as torch's
+# fmod's result has the sign of a, remainder's that of b (Python's %); the integer part of
+# the quotient is piecewise constant (floor_divide: torch's, exact at infinite divisors).
+# grad_fn names are a tensor divisor's; a Python number's are ...Backward0 (functions.fmod,
+# functions.remainder). hypot's derivatives are nan at the origin, as torch's
 op("fmod", "FmodBackward1", ("a", "b"), ("1.0", "-trunc(a / b)"), "fmod(a, b)")
-op("remainder", "RemainderBackward1", ("a", "b"), ("1.0", "-floor(a / b)"), "remainder(a, b)")
+op("remainder", "RemainderBackward1", ("a", "b"), ("1.0", "-floor_divide(a, b)"),
+   "remainder(a, b)")
 op("hypot", "HypotBackward0", ("a", "b"), ("a / y", "b / y"), "hypot(a, b)")
 # cond is stored as 0.0/1.0 in the op's float type; it is not differentiable
 op("where", "WhereBackward0", ("a", "b", "cond"), ("cond", "1.0 - cond", None),

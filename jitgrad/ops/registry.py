@@ -39,6 +39,7 @@ KIND_NAMES = {ELEMENTWISE: "elementwise", REDUCE: "reduce", RESTRIDE: "restride"
 EXPRESSION_FUNCTIONS = ("exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tanh", "sign",
                         "positive", "erf", "atan", "asin", "acos", "atan2", "floor",
                         "ceil", "rint", "trunc", "fmod", "remainder", "hypot",
+                        "floor_divide",
                         "in_range", "where", "power", "matmul", "mT")
 EXPRESSION_NAMES = ("x", "a", "b", "cond", "y", "g", "c0", "c1", "n", "k")
 
