@@ -907,6 +907,7 @@ def _whole(name: str, float_op):
 floor = _whole("floor", _floor)
 ceil = _whole("ceil", _ceil)
 trunc = fix = _whole("trunc", _trunc)
+_round_whole = _whole("round", _round)
 
 
 def round(input: Tensor, *, decimals: int = 0) -> Tensor:  # noqa: A001 - torch's name
@@ -917,7 +918,7 @@ def round(input: Tensor, *, decimals: int = 0) -> Tensor:  # noqa: A001 - torch'
         raise TypeError(f"round(): argument 'decimals' must be int, not "
                         f"{type(decimals).__name__}")
     if decimals == 0 or not (isinstance(input, Tensor) and input.dtype.is_floating_point):
-        return _whole("round", _round)(input)
+        return _round_whole(input)
     scale = 10.0 ** builtins.abs(decimals)
     if decimals > 0:
         return named(_round(input * scale) / scale, "RoundBackward1")
