@@ -29,6 +29,7 @@ import numpy as np
 from .kernels.layout import (
     DTYPE_F32,
     DTYPE_F64,
+    E_C0,
     E_FREED,
     E_IN0,
     E_META,
@@ -46,6 +47,7 @@ from .kernels.layout import (
 )
 
 _ARENA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_SCALAR = ()
 _INITIAL_ARENA = 1 << 12
 _CHECK_EVERY = 1 << 14  # entries between liveness checks
 _CHECK_VALUES = 1 << 24  # arena elements between liveness checks
@@ -57,8 +59,29 @@ _REUSE_SIZE = 1 << 16  # gradients from this many elements on reuse dropped ones
 _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
 _INT = struct.Struct("<q")
+# a 0-d op's row, logged when recorded and written out to the tables on their first read:
+# op, dtype code, inputs (3), their versions (3), value, constants (2)
+_LOG = struct.Struct("<8q3d")
+_LOG_BYTES = _LOG.size
+_LOG_WIDTH = _LOG_BYTES // 8
+_FLUSH_IN_PYTHON = 24  # logs up to this many rows are written out row by row
 _ENTRY_BYTES = _ENTRY.size
 _NODE_BYTES = _NODE.size
+
+
+class _Checks:
+    """When a tape's liveness checks other than the periodic one (``next_check``) run."""
+
+    __slots__ = ("values", "recheck_at", "drop_at")
+
+    def __init__(self) -> None:
+        self.values = _CHECK_VALUES  # arena elements of the next periodic check
+        self.recheck_at = 0  # after_backward asks for a check from this many entries on
+        # a tape's maybe_restart is 2 when the newest node's last tensor died (a graph
+        # dropped without a backward): the next recording checks liveness and restarts if
+        # nothing pending is alive, without compacting; after such a check found live
+        # tensors, the next one waits for this many entries
+        self.drop_at = 0
 
 
 class Tape:
@@ -66,15 +89,18 @@ class Tape:
 
     def __init__(self) -> None:
         self.generation = 0
-        self.entries = bytearray()
-        self.nodes = bytearray()
+        self._entries = bytearray()
+        self._nodes = bytearray()
+        # rows of 0-d ops not yet in the tables (see record_scalar); their nodes and entries
+        # are the last ones: every other recording writes them out first
+        self.log = bytearray()
         self.versions = array("q")  # node -> bumped by in-place writes to its value
         self.refs = array("q")      # node -> live tensors referring to it
         self.meta = array("q", [0])  # meta[0] = 0: shared by entries that need only a zero
-        self.shapes: list[tuple] = []  # node -> shape, for the create_graph sweep and grad_fn
+        self._shapes: list[tuple] = []  # node -> shape, for the create_graph sweep and grad_fn
         self.n_entries = 0
         self.n_nodes = 0
-        self.arenas = [np.empty(_INITIAL_ARENA, d) for d in _ARENA_DTYPES]
+        self._arenas = [np.empty(_INITIAL_ARENA, d) for d in _ARENA_DTYPES]
         self.used = [0, 0]
         self.spare_arenas: list[list[np.ndarray]] = [[], []]
         self.handed_out: list[np.ndarray] = []  # large gradients given out, for reuse
@@ -84,8 +110,7 @@ class Tape:
         self.restart_ready = False  # a sweep found no live tensor on a pending entry
         self.maybe_restart = False  # a sweep freed entries: check liveness before recording
         self.next_check = _CHECK_EVERY
-        self.next_check_values = _CHECK_VALUES
-        self.recheck_at = 0  # after_backward asks for a liveness check from this size on
+        self.checks = _Checks()  # when the other liveness checks may run
         self.holds = 0  # > 0 while something (a dual level) keeps node ids of this tape
         # kept here by other modules (autograd.function, autograd.second_order); attributes
         # set in __init__ keep the instance's attribute loads specialized (a dict lookup on
@@ -107,12 +132,12 @@ class Tape:
         """Reserve ``size`` elements in an arena; returns their offset."""
         offset = self.used[dtype_code]
         end = offset + size
-        arena = self.arenas[dtype_code]
+        arena = self._arenas[dtype_code]
         if end > arena.shape[0]:
             grown = np.empty(max(2 * arena.shape[0], 2 * end), arena.dtype)
             # views made before keep the old buffer alive; values are the same
             grown[:offset] = arena[:offset]
-            self.arenas[dtype_code] = grown
+            self._arenas[dtype_code] = grown
         self.used[dtype_code] = end
         return offset
 
@@ -120,33 +145,35 @@ class Tape:
         """A buffer could not grow because a NumPy view of it is still alive somewhere
         (a frame kept by an exception or by a compiler's error handling): give the tape
         fresh copies and let the stale views keep the old buffers."""
-        self.entries = bytearray(self.entries)
-        self.nodes = bytearray(self.nodes)
+        self._entries = bytearray(self._entries)
+        self._nodes = bytearray(self._nodes)
         self.versions = array("q", self.versions)
         self.refs = array("q", self.refs)
         self.meta = array("q", self.meta)
 
     def _append_node(self, node: int, row: bytes) -> None:
         try:
-            self.nodes += row
+            self._nodes += row
             self.versions.append(0)
             self.refs.append(1)
         except BufferError:
             self._unpin()  # copies, which may hold part of this row: cut it off
-            del self.nodes[node * _NODE_BYTES:]
+            del self._nodes[node * _NODE_BYTES:]
             del self.versions[node:]
             del self.refs[node:]
-            self.nodes += row
+            self._nodes += row
             self.versions.append(0)
             self.refs.append(1)
 
     def new_node(self, dtype_code: int, shape: tuple, size: int, requires_grad: bool,
                  entry: int) -> int:
+        if self.log:
+            self.flush()
         node = self.n_nodes
         row = _NODE.pack(self.alloc(dtype_code, size), size, dtype_code,
                          1 if requires_grad else 0, entry)
         self._append_node(node, row)
-        self.shapes.append(shape)
+        self._shapes.append(shape)
         self.n_nodes = node + 1
         return node
 
@@ -154,26 +181,36 @@ class Tape:
         """Adjoint buffers as large as the arenas, kept from one backward to the next (the
         sweep zeroes what it uses): fresh memory would cost page faults every step. After
         the arena's columns: the scratch slots of the sweep's blocked runs."""
+        if self.log:
+            self.flush()
         for code in (DTYPE_F32, DTYPE_F64):
             if self.adjoints[code].shape[0] < self.used[code] + SWEEP_SCRATCH:
-                size = max(self.used[code], self.arenas[code].shape[0]) + SWEEP_SCRATCH
+                size = max(self.used[code], self._arenas[code].shape[0]) + SWEEP_SCRATCH
                 self.adjoints[code] = np.empty(size, _ARENA_DTYPES[code])
         return self.adjoints
 
     def node_field(self, node: int, field: int) -> int:
-        return _INT.unpack_from(self.nodes, (node * N_WIDTH + field) * 8)[0]
+        if self.log:
+            self.flush()
+        return _INT.unpack_from(self._nodes, (node * N_WIDTH + field) * 8)[0]
 
     def set_node_field(self, node: int, field: int, value: int) -> None:
-        _INT.pack_into(self.nodes, (node * N_WIDTH + field) * 8, value)
+        if self.log:
+            self.flush()
+        _INT.pack_into(self._nodes, (node * N_WIDTH + field) * 8, value)
 
     def node_view(self, node: int) -> np.ndarray:
         """The node's value: a view into the current arena."""
-        offset, size, dtype_code, _, _ = _NODE.unpack_from(self.nodes, node * _NODE_BYTES)
-        return self.arenas[dtype_code][offset:offset + size].reshape(self.shapes[node])
+        if self.log:
+            self.flush()
+        offset, size, dtype_code, _, _ = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
+        return self._arenas[dtype_code][offset:offset + size].reshape(self._shapes[node])
 
     # -- entries ------------------------------------------------------------------------
     def record(self, code: int, out: int, in0: int, in1: int, in2: int, meta: int,
                c0: float = 0.0, c1: float = 0.0) -> int:
+        if self.log:
+            self.flush()
         entry = self.n_entries
         versions = self.versions
         row = _ENTRY.pack(
@@ -183,10 +220,10 @@ class Tape:
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
         try:
-            self.entries += row
+            self._entries += row
         except BufferError:
             self._unpin()
-            self.entries += row
+            self._entries += row
         self.set_node_field(out, N_ENTRY, entry)
         self.n_entries = entry + 1
         return entry
@@ -198,12 +235,14 @@ class Tape:
         output node, recorded as produced by a new entry; returns the node and its slot (a
         flat view of the arena). The caller writes the value into the slot next (nothing
         refers to the node before)."""
+        if self.log:
+            self.flush()
         used = self.used
         offset = used[dtype_code]
-        arena = self.arenas[dtype_code]
+        arena = self._arenas[dtype_code]
         if offset + size > len(arena):
             offset = self.alloc(dtype_code, size)
-            arena = self.arenas[dtype_code]
+            arena = self._arenas[dtype_code]
         else:
             used[dtype_code] = offset + size
         node = self.n_nodes
@@ -217,14 +256,14 @@ class Tape:
             0, c0, c1)
         node_row = _NODE.pack(offset, size, dtype_code, 1, entry)
         try:  # the rows (record_scalar appends them the same way: each inline, per op)
-            self.entries += entry_row
-            self.nodes += node_row
+            self._entries += entry_row
+            self._nodes += node_row
         except BufferError:
             self._append_rows_unpinned(node, node_row, entry_row)
         else:
             versions.append(0)
             self.refs.append(1)
-        self.shapes.append(shape)
+        self._shapes.append(shape)
         self.n_nodes = node + 1
         self.n_entries = entry + 1
         return node, arena[offset:offset + size]
@@ -234,55 +273,151 @@ class Tape:
         (a view of it is alive): on fresh copies, cut back to the rows before this op (the
         copies may hold part of it)."""
         self._unpin()
-        del self.entries[(self.n_entries) * _ENTRY_BYTES:]
-        del self.nodes[node * _NODE_BYTES:]
+        del self._entries[(self.n_entries) * _ENTRY_BYTES:]
+        del self._nodes[node * _NODE_BYTES:]
         del self.versions[node:]
         del self.refs[node:]
-        self.entries += entry_row
-        self.nodes += node_row
+        self._entries += entry_row
+        self._nodes += node_row
         self.versions.append(0)
         self.refs.append(1)
 
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
-        """``new_node`` + ``record`` for a 0-d output: the per-op cost of scalar graphs."""
-        offset = self.used[dtype_code]
-        arena = self.arenas[dtype_code]
-        if offset >= arena.shape[0]:
-            offset = self.alloc(dtype_code, 1)
-            arena = self.arenas[dtype_code]
-        else:
-            self.used[dtype_code] = offset + 1
-        arena[offset] = value
+        """``new_node`` + ``record`` for a 0-d output (the per-op cost of scalar graphs): one
+        packed row appended to ``log``; ``flush`` writes the logged rows out to the tables,
+        in bulk, when something first reads them. The node and entry ids are taken now."""
         node = self.n_nodes
-        entry = self.n_entries
         versions = self.versions
-        node_row = _NODE.pack(offset, 1, dtype_code, 1, entry)
-        entry_row = _ENTRY.pack(
-            code, node, in0, in1, in2, 0,  # meta[0] is 0: operands have the output's shape
-            versions[in0] if in0 >= 0 else 0,
-            versions[in1] if in1 >= 0 else 0,
-            versions[in2] if in2 >= 0 else 0,
-            0, c0, c1)
+        row = _LOG.pack(code, dtype_code, in0, in1, in2,
+                        versions[in0] if in0 >= 0 else 0,
+                        versions[in1] if in1 >= 0 else 0,
+                        versions[in2] if in2 >= 0 else 0,
+                        value, c0, c1)
         try:
-            self.entries += entry_row
-            self.nodes += node_row
-        except BufferError:
-            self._append_rows_unpinned(node, node_row, entry_row)
-        else:
             versions.append(0)
             self.refs.append(1)
-        self.shapes.append(())
+        except BufferError:  # a view of one is alive: fresh copies, cut back to the nodes
+            self._unpin()
+            del self.versions[node:], self.refs[node:]
+            self.versions.append(0)
+            self.refs.append(1)
+        self.log += row
         self.n_nodes = node + 1
-        self.n_entries = entry + 1
+        self.n_entries += 1
         return node
+
+    def flush(self) -> None:
+        """Write the logged 0-d rows out: their values to the arenas, their node and entry
+        rows to the tables, their shapes. Row by row for a few, with NumPy for many."""
+        log = self.log
+        self.log = bytearray()  # (readers called below see an empty log)
+        k = len(log) // _LOG_BYTES
+        node0 = self.n_nodes - k
+        entry0 = self.n_entries - k
+        if k <= _FLUSH_IN_PYTHON:
+            node_rows = bytearray()
+            entry_rows = bytearray()
+            node = node0
+            for (code, dtype_code, in0, in1, in2, ver0, ver1, ver2, value, c0,
+                 c1) in _LOG.iter_unpack(log):
+                offset = self.alloc(dtype_code, 1)
+                self._arenas[dtype_code][offset] = value
+                node_rows += _NODE.pack(offset, 1, dtype_code, 1, entry0 + node - node0)
+                entry_rows += _ENTRY.pack(code, node, in0, in1, in2, 0, ver0, ver1, ver2, 0,
+                                          c0, c1)
+                node += 1
+            try:
+                self._entries += entry_rows
+                self._nodes += node_rows
+            except BufferError:  # a view of one is alive: fresh copies, cut back to the rows
+                self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
+                self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
+                self._entries += entry_rows
+                self._nodes += node_rows
+        else:
+            self._flush_rows(log, k, node0, entry0)
+        self._shapes.extend([_SCALAR] * k)
+
+    def _flush_rows(self, log: bytearray, k: int, node0: int, entry0: int) -> None:
+        """``flush`` of many rows, column by column with NumPy, written in place into the
+        tables' new rows (temporaries as large would cost their page faults)."""
+        try:
+            self._entries += bytes(k * _ENTRY_BYTES)  # zeros: meta and freed stay 0
+            self._nodes += bytes(k * _NODE_BYTES)
+        except BufferError:  # a view of one is alive: fresh copies, cut back to the rows
+            self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
+            self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
+            self._entries += bytes(k * _ENTRY_BYTES)
+            self._nodes += bytes(k * _NODE_BYTES)
+        ints = np.frombuffer(log, np.int64).reshape(k, _LOG_WIDTH)
+        values = np.frombuffer(log, np.float64).reshape(k, _LOG_WIDTH)[:, 8]
+        entries = np.frombuffer(self._entries, np.int64, k * E_WIDTH,
+                                entry0 * _ENTRY_BYTES).reshape(k, E_WIDTH)
+        nodes = np.frombuffer(self._nodes, np.int64, k * N_WIDTH,
+                              node0 * _NODE_BYTES).reshape(k, N_WIDTH)
+        try:
+            dtype_codes = ints[:, 1]
+            for dtype_code in (DTYPE_F32, DTYPE_F64):
+                rows = dtype_codes == dtype_code
+                n = int(np.count_nonzero(rows))
+                if not n:
+                    continue
+                offset = self.alloc(dtype_code, n)
+                slots = np.arange(offset, offset + n)
+                if n == k:
+                    self._arenas[dtype_code][offset:offset + n] = values
+                    nodes[:, N_OFFSET] = slots
+                else:
+                    self._arenas[dtype_code][offset:offset + n] = values[rows]
+                    nodes[rows, N_OFFSET] = slots
+            nodes[:, N_SIZE] = 1
+            nodes[:, N_DTYPE] = dtype_codes
+            nodes[:, N_GRAD] = 1
+            nodes[:, N_ENTRY] = np.arange(entry0, entry0 + k)
+            entries[:, E_OP] = ints[:, 0]
+            entries[:, E_OUT] = np.arange(node0, node0 + k)
+            entries[:, E_IN0:E_IN0 + 3] = ints[:, 2:5]
+            entries[:, E_VER0:E_VER0 + 3] = ints[:, 5:8]
+            entries[:, E_C0:E_C0 + 2] = ints[:, 9:11]  # the constants' bits
+        finally:  # no view of the tables outlives this: they could not grow
+            ints = values = entries = nodes = dtype_codes = rows = None
+
+    # the tables, written out first (``flush``) when 0-d rows are logged
+    @property
+    def entries(self) -> bytearray:
+        if self.log:
+            self.flush()
+        return self._entries
+
+    @property
+    def nodes(self) -> bytearray:
+        if self.log:
+            self.flush()
+        return self._nodes
+
+    @property
+    def shapes(self) -> list:
+        if self.log:
+            self.flush()
+        return self._shapes
+
+    @property
+    def arenas(self) -> list:
+        if self.log:
+            self.flush()
+        return self._arenas
 
     def entry_fields(self, entry: int) -> tuple:
         """The entry's row: (op, out, in0, in1, in2, meta, ver0, ver1, ver2, freed, c0, c1)."""
-        return _ENTRY.unpack_from(self.entries, entry * _ENTRY_BYTES)
+        if self.log:
+            self.flush()
+        return _ENTRY.unpack_from(self._entries, entry * _ENTRY_BYTES)
 
     def entry_field(self, entry: int, field: int) -> int:
-        return _INT.unpack_from(self.entries, (entry * E_WIDTH + field) * 8)[0]
+        if self.log:
+            self.flush()
+        return _INT.unpack_from(self._entries, (entry * E_WIDTH + field) * 8)[0]
 
     def keep_overwritten_input(self, entry: int, old: int, new: int, values) -> None:
         """After an in-place write gave ``old``'s slot the values of ``new`` (made from
@@ -290,6 +425,8 @@ class Tape:
         slot, holding ``values`` (what ``old`` held), and ``new`` to the written slot. The
         entry accepts the version the write gave ``old``; older entries that saved it
         still fail their backward, as torch's."""
+        if self.log:
+            self.flush()
         self.node_view(new)[...] = values
         old_offset = self.node_field(old, N_OFFSET)
         self.set_node_field(old, N_OFFSET, self.node_field(new, N_OFFSET))
@@ -297,11 +434,13 @@ class Tape:
         fields = self.entry_fields(entry)
         for k in range(3):
             if fields[E_IN0 + k] == old:
-                _INT.pack_into(self.entries, (entry * E_WIDTH + E_VER0 + k) * 8,
+                _INT.pack_into(self._entries, (entry * E_WIDTH + E_VER0 + k) * 8,
                                self.versions[old])
 
     def free_entry(self, entry: int) -> None:
-        _INT.pack_into(self.entries, (entry * E_WIDTH + E_FREED) * 8, 1)
+        if self.log:
+            self.flush()
+        _INT.pack_into(self._entries, (entry * E_WIDTH + E_FREED) * 8, 1)
 
     def entry_op(self, entry: int) -> int:
         return self.entry_field(entry, E_OP)
@@ -351,11 +490,15 @@ class Tape:
 
     def node_fields(self, node: int) -> tuple:
         """The node's row: (offset, size, dtype code, requires grad, producing entry)."""
-        return _NODE.unpack_from(self.nodes, node * _NODE_BYTES)
+        if self.log:
+            self.flush()
+        return _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
 
     def node_location(self, node: int) -> tuple:
         """(offset, size, dtype code) of the node's value."""
-        offset, size, dtype_code, _, _ = _NODE.unpack_from(self.nodes, node * _NODE_BYTES)
+        if self.log:
+            self.flush()
+        offset, size, dtype_code, _, _ = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
         return offset, size, dtype_code
 
     # -- lifetimes ----------------------------------------------------------------------
@@ -367,13 +510,26 @@ class Tape:
         if self.restart_ready:
             self._restart()
         elif (self.maybe_restart or self.n_entries >= self.next_check
-              or self.used[0] + self.used[1] >= self.next_check_values) and self.n_entries:
+              or self.used[0] + self.used[1] >= self.checks.values) and self.n_entries:
+            dropped_only = (self.maybe_restart == 2 and self.n_entries < self.next_check
+                            and self.used[0] + self.used[1] < self.checks.values)
             self.maybe_restart = False
             if self._count_pending_alive() == 0:
                 self._restart()
+            elif dropped_only:
+                self.checks.drop_at = 2 * self.n_entries
             elif not (self._may_compact() and self.compact()):
-                self.next_check = self.recheck_at = 2 * self.n_entries
-                self.next_check_values = 2 * (self.used[0] + self.used[1])
+                self.next_check = self.checks.recheck_at = 2 * self.n_entries
+                self.checks.values = 2 * (self.used[0] + self.used[1])
+
+    def newest_dropped(self) -> None:
+        """The last tensor on the newest node died (called by ``Tensor.__del__``, which may
+        run in the middle of a recording: only flags are set here). A graph dropped without
+        a backward (a chain recorded, read and forgotten) then restarts the tape at the
+        next recording instead of waiting for a periodic check to compact it."""
+        if (not self.holds and not self.maybe_restart and not self.restart_ready
+                and self.n_entries >= self.checks.drop_at and self.restartable()):
+            self.maybe_restart = 2
 
     def restartable(self) -> bool:
         """Whether a backward may restart the tape (small tapes keep growing: a restart
@@ -389,25 +545,34 @@ class Tape:
             return
         if not pending:
             self.restart_ready = True
-        elif self.n_entries >= self.recheck_at:
+        elif self.n_entries >= self.checks.recheck_at:
             # the pending entries' tensors may die before the next op (a function's
             # temporaries): check then. Once a check finds one still alive, wait until the
             # tape doubles, so a pinned graph does not cost an O(tape) check per backward.
             self.maybe_restart = True
 
     def _count_pending_alive(self) -> int:
-        """Live tensors referring to the output of an entry no backward has freed."""
-        if self.n_nodes <= 16:  # a few rows: read here, without a kernel call
-            count = 0
-            for node, refs in enumerate(self.refs):
-                if refs > 0:
-                    entry = self.node_field(node, N_ENTRY)
-                    if entry >= 0 and self.entry_field(entry, E_FREED) == 0:
+        """Live tensors referring to the output of an entry no backward has freed. The
+        logged rows are not written out for this: every one is pending (a backward writes
+        the log out first), so their live nodes count as they are."""
+        flushed = len(self._nodes) // _NODE_BYTES
+        refs = self.refs
+        count = 0
+        if flushed < self.n_nodes:
+            logged = np.frombuffer(refs, np.int64)[flushed:]
+            count = int(np.count_nonzero(logged > 0))
+            logged = None  # (a view of refs: it could not grow)
+        if flushed <= 16:  # a few rows: read here, without a kernel call
+            for node in range(flushed):
+                if refs[node] > 0:
+                    entry = _INT.unpack_from(self._nodes, (node * N_WIDTH + N_ENTRY) * 8)[0]
+                    if entry >= 0 and _INT.unpack_from(
+                            self._entries, (entry * E_WIDTH + E_FREED) * 8)[0] == 0:
                         count += 1
             return count
         from .kernels.sweep import count_pending_alive_on_tape
 
-        return count_pending_alive_on_tape(self.entries, self.nodes, self.refs)
+        return count + count_pending_alive_on_tape(self._entries, self._nodes, refs)
 
     def _may_compact(self) -> bool:
         """Whether nothing but tensors (and grad_fn objects) holds this generation's row
@@ -453,24 +618,24 @@ class Tape:
             slot_sizes = new_nodes[rows, N_SIZE]
             ends = np.cumsum(slot_sizes)
             total = int(ends[-1]) if ends.shape[0] else 0
-            arena = self.arenas[code]
+            arena = self._arenas[code]
             target = self._fresh_arena(code)
             if target.shape[0] < total:
                 target = np.empty(max(2 * total, _INITIAL_ARENA), arena.dtype)
             gather_slots(arena, target, offsets, slot_sizes, ends - slot_sizes)
             new_nodes[rows, N_OFFSET] = ends - slot_sizes
-            self.arenas[code] = target
+            self._arenas[code] = target
             self.used[code] = total
         live = kept_nodes[refs[kept_nodes] > 0]
         self._carry(node_map, entry_map, live, nodes[live, N_ENTRY])
         self.generation += 1
-        self.entries = bytearray(new_entries.tobytes())
-        self.nodes = bytearray(new_nodes.tobytes())
+        self._entries = bytearray(new_entries.tobytes())
+        self._nodes = bytearray(new_nodes.tobytes())
         self.versions = array("q", versions[kept_nodes].tobytes())
         self.refs = array("q", refs[kept_nodes].tobytes())
         self.meta = array("q", new_meta.tobytes())
-        shapes = self.shapes
-        self.shapes = [shapes[node] for node in kept_nodes.tolist()]
+        shapes = self._shapes
+        self._shapes = [shapes[node] for node in kept_nodes.tolist()]
         self.leaves = {int(node_map[node]): t for node, t in self.leaves.items()
                        if node_map[node] >= 0}
         self.retained = {int(node_map[node]): t for node, t in self.retained.items()
@@ -482,9 +647,9 @@ class Tape:
         values = self.used[0] + self.used[1]
         # the next check when the tape has grown by a check's worth, and at least doubled:
         # a compaction costs the rows it keeps, so a large live graph is compacted rarely
-        self.next_check = self.recheck_at = max(self.n_entries + _CHECK_EVERY,
+        self.next_check = self.checks.recheck_at = max(self.n_entries + _CHECK_EVERY,
                                                 2 * self.n_entries)
-        self.next_check_values = max(values + _CHECK_VALUES, 2 * values)
+        self.checks.values = max(values + _CHECK_VALUES, 2 * values)
         self.restart_ready = self.maybe_restart = False
         self.second_order_scratch = None
         return True
@@ -562,31 +727,31 @@ class Tape:
         self.carried = self.carried_entries = None
         self.restart_ready = self.maybe_restart = False
         try:  # emptied in place: no new buffers (unless a view of one is still alive)
-            del self.entries[:], self.nodes[:], self.versions[:], self.refs[:], self.meta[1:]
+            del self._entries[:], self._nodes[:], self.versions[:], self.refs[:], self.meta[1:]
         except BufferError:
-            self.entries = bytearray()
-            self.nodes = bytearray()
+            self._entries = bytearray()
+            self._nodes = bytearray()
             self.versions = array("q")
             self.refs = array("q")
             self.meta = array("q", [0])
-        self.shapes = []
+        self._shapes = []
+        self.log = bytearray()  # rows of the generation that ends
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
-        self.next_check_values = _CHECK_VALUES
-        self.recheck_at = 0
+        self.checks = _Checks()
         self.leaves.clear()
         self.retained.clear()
         self.names.clear()
         for code in (DTYPE_F32, DTYPE_F64):
             if self.used[code]:
-                self.arenas[code] = self._fresh_arena(code)
+                self._arenas[code] = self._fresh_arena(code)
             self.used[code] = 0
 
     def _fresh_arena(self, code: int) -> np.ndarray:
         """An arena no tensor views: the current one if none does, else a spare whose only
         references are ours, else a new one. Reusing one avoids the page faults of touching
         fresh memory every step (and the current one is likely still in cache)."""
-        current = self.arenas[code]
+        current = self._arenas[code]
         # references: the list, the local, getrefcount's argument
         if sys.getrefcount(current) <= 3:
             return current  # nothing views it: the memory most recently touched
@@ -639,10 +804,12 @@ class Tape:
         """NumPy views for a sweep: entries (int64 rows), the same rows as float64 (for the
         constants), nodes, versions, live references, meta. Drop them before the next
         append: a buffer with live views cannot grow."""
+        if self.log:
+            self.flush()
         n_entries, n_nodes = self.n_entries, self.n_nodes
-        entries = np.frombuffer(self.entries, np.int64) if n_entries else _EMPTY_INT
-        consts = np.frombuffer(self.entries, np.float64) if n_entries else _EMPTY_FLOAT
-        nodes = np.frombuffer(self.nodes, np.int64) if n_nodes else _EMPTY_INT
+        entries = np.frombuffer(self._entries, np.int64) if n_entries else _EMPTY_INT
+        consts = np.frombuffer(self._entries, np.float64) if n_entries else _EMPTY_FLOAT
+        nodes = np.frombuffer(self._nodes, np.int64) if n_nodes else _EMPTY_INT
         return (entries.reshape(n_entries, E_WIDTH), consts.reshape(n_entries, E_WIDTH),
                 nodes.reshape(n_nodes, N_WIDTH),
                 np.frombuffer(self.versions, np.int64) if n_nodes else _EMPTY_INT,

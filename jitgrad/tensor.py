@@ -323,7 +323,10 @@ class Tensor:
         if node >= 0:
             tape = self._tape
             if tape.generation == self._gen:
-                tape.refs[node] -= 1
+                refs = tape.refs
+                refs[node] -= 1
+                if node == tape.n_nodes - 1 and not refs[node]:
+                    tape.newest_dropped()
             elif tape.carried is not None:  # moved to a compacted generation, unused since
                 tape.release(node, self._gen)
 

@@ -1,0 +1,176 @@
+"""The 0-d ops' log (``Tape.record_scalar``, ``Tape.flush``): rows logged per op and written
+out in bulk give the same tables, values and gradients as rows written one by one; and a
+graph dropped without a backward restarts the tape at the next recording."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jitgrad as torch
+from jitgrad.kernels.layout import N_OFFSET
+from jitgrad.tape import _FLUSH_IN_PYTHON, Tape, _state, current_tape
+
+
+@pytest.fixture
+def tape(monkeypatch):
+    tape = Tape()
+    monkeypatch.setattr(_state, "tape", tape)
+    return tape
+
+
+def _program(flush_each: bool, n: int):
+    """0-d ops of both dtypes, with constants, a three-input op and two constants; returns
+    the leaves and the output."""
+    tape = current_tape()
+    x = torch.tensor(0.5, requires_grad=True)
+    w = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
+    conds = (torch.tensor(True), torch.tensor(False))  # constants: registered once
+    y, v = x, w
+    for k in range(n):
+        kind = k % 6
+        if kind == 0:
+            y = torch.sin(y) * x + y * 0.5
+        elif kind == 1:
+            v = torch.exp(v * -0.25) - v / 3.0
+        elif kind == 2:
+            y = torch.clamp(y, -0.75, 0.75)  # two constants
+        elif kind == 3:
+            if k < 6:  # three inputs (a new mask each time: a constant that is registered)
+                v = torch.where(conds[0], v, w * 2.0) + torch.where(conds[1], v, w * 2.0)
+            else:
+                v = torch.hypot(v, w * 0.5)
+        elif kind == 4:
+            y = 2.0 ** y - torch.tanh(y)
+        else:
+            v = v ** 2 + torch.sqrt(torch.abs(v) + 1.0)
+        if flush_each:
+            tape.flush()
+    return x, w, y, v
+
+
+def _tables(tape):
+    entries, consts, nodes, versions, refs, _ = tape.tables()
+    values = [tape.node_view(node).tobytes() for node in range(tape.n_nodes)]
+    kept = np.delete(nodes, N_OFFSET, axis=1)  # offsets follow the order of allocation
+    return entries.copy(), consts.copy(), kept.copy(), versions.copy(), refs.copy(), values
+
+
+@pytest.mark.parametrize("n", [3, _FLUSH_IN_PYTHON + 1, 400])
+def test_logged_rows_are_the_rows_written_one_by_one(monkeypatch, n):
+    runs = []
+    for flush_each in (True, False):
+        tape = Tape()
+        monkeypatch.setattr(_state, "tape", tape)
+        x, w, y, v = _program(flush_each, n)
+        if not flush_each:
+            assert len(tape.log) > 0 and tape.n_entries > len(tape._entries) // 96
+        runs.append((_tables(tape), (y.item(), v.item())))
+        (y + v.float()).backward()
+        runs[-1] += ((x.grad.item(), w.grad.item()),)
+    (eager, eager_out, eager_grads), (logged, logged_out, logged_grads) = runs
+    for a, b in zip(eager[:5], logged[:5]):
+        np.testing.assert_array_equal(a, b)
+    assert eager[5] == logged[5]  # every node's value, bit for bit
+    assert eager_out == logged_out and eager_grads == logged_grads
+
+
+def test_a_long_logged_chain_differentiates_as_torch(tape):
+    torch_ = pytest.importorskip("torch")
+    for lib_dtype in ("float32", "float64"):
+        grads = []
+        for lib in (torch, torch_):
+            d = getattr(lib, lib_dtype)
+            x0 = lib.tensor(0.5, dtype=d, requires_grad=True)
+            a = lib.tensor(0.9, dtype=d, requires_grad=True)
+            x = x0
+            for _ in range(3000):
+                x = lib.sin(x) * a + x * 0.5
+            x.backward()
+            grads.append((x.item(), x0.grad.item(), a.grad.item()))
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5 if lib_dtype == "float32"
+                                   else 1e-12)
+
+
+def test_array_ops_between_logged_ops(tape):
+    torch_ = pytest.importorskip("torch")
+    results = []
+    for lib in (torch, torch_):
+        x = lib.tensor(0.3, dtype=lib.float64, requires_grad=True)
+        v = lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64, requires_grad=True)
+        s = x
+        for _ in range(40):
+            s = lib.cos(s) * 0.9 + x
+        u = (v * s).sum()  # the log is written out before the array rows
+        for _ in range(40):
+            u = u * 0.99 + lib.sin(u) * s
+        u.backward()
+        results.append((u.item(), x.grad.item(), *v.grad.tolist()))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12)
+
+
+def test_an_in_place_write_to_a_logged_value_fails_its_backward(tape):
+    x = torch.tensor(2.0, requires_grad=True)
+    y = x * 3.0
+    z = y * y  # saves y
+    assert tape.log
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.backward()
+
+
+def test_liveness_counts_logged_nodes_without_writing_them_out(tape):
+    x = torch.tensor(1.5, requires_grad=True)
+    ys = [x * float(k) for k in range(5)]
+    del ys[1]
+    assert tape.log
+    assert tape._count_pending_alive() == 4
+    assert tape.log  # still logged
+    tape.flush()
+    assert tape._count_pending_alive() == 4
+
+
+def _chain(x, a, n):
+    for _ in range(n):
+        x = torch.sin(x) * a + x * 0.5
+    return x
+
+
+def test_a_dropped_graph_restarts_the_tape_at_the_next_op(tape, monkeypatch):
+    compactions = []
+    compact = Tape.compact
+    monkeypatch.setattr(Tape, "compact", lambda self: compactions.append(1) or compact(self))
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    for _ in range(3):
+        out = _chain(x0, a, 1100)  # 4400 entries: large enough to restart
+        generation = tape.generation
+        del out  # dropped, never differentiated
+        y = torch.sin(x0) * a
+        assert tape.generation == generation + 1
+        assert tape.n_entries == 2
+        y.backward()  # the leaves still work in the new generation
+        assert x0.grad.item() == pytest.approx(np.cos(0.5) * 0.9, rel=1e-6)
+        x0.grad = a.grad = None
+    assert not compactions
+
+
+def test_a_dropped_graph_does_not_restart_under_a_live_one(tape, monkeypatch):
+    compactions = []
+    compact = Tape.compact
+    monkeypatch.setattr(Tape, "compact", lambda self: compactions.append(1) or compact(self))
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    kept = _chain(x0, a, 10)  # alive and pending
+    out = _chain(kept, a, 1100)
+    generation = tape.generation
+    del out
+    y = torch.sin(kept) * a
+    assert tape.generation == generation and not compactions
+    assert tape.checks.drop_at == 2 * (tape.n_entries - 2)  # the next such check waits
+    z = _chain(y, a, 10)
+    del z
+    torch.sin(kept) * a
+    assert tape.maybe_restart is False and tape.generation == generation
+    kept.backward()  # its graph is intact
+    expected = _chain(torch.tensor(0.5, dtype=torch.float64, requires_grad=True), 0.9, 10)
+    assert kept.item() == pytest.approx(expected.item(), rel=1e-6)
