@@ -23,6 +23,7 @@ from .recording import (
     broadcast_meta,
     broadcast_shape,
     dtype_code,
+    fast_scalar_forward,
     node_of,
 )
 from .tape import _state
@@ -607,12 +608,12 @@ def arithmetic_methods(name: str):
     """``Tensor.__op__`` and ``__rop__`` for ``+ - * / **``: a direct path for 0-d float
     tensors (the per-op cost of scalar programs), :func:`_binary` for everything else."""
     op = BY_NAME[name]
-    forward = SCALAR_FORWARD[op.code]
+    forward = fast_scalar_forward(op)  # of a and b
     scalar_op = BY_NAME[_SCALAR_OPS[name]]
-    scalar_forward = SCALAR_FORWARD[scalar_op.code]
+    scalar_forward = fast_scalar_forward(scalar_op)  # of x and c0
     scalar_name = scalar_op.name
     reflected_op = BY_NAME.get(_REFLECTED_SCALAR_OPS.get(name, ""))
-    reflected_forward = SCALAR_FORWARD[reflected_op.code] if reflected_op else None
+    reflected_forward = fast_scalar_forward(reflected_op) if reflected_op else None
     array_spec = _array_spec(name)
     scalar_spec = _array_spec(scalar_name)
     reflected_spec = _array_spec(reflected_op.name) if reflected_op else None
@@ -625,11 +626,11 @@ def arithmetic_methods(name: str):
                 if kind is Tensor:
                     if not other._shape and other.dtype is self.dtype:
                         b = other._item if other._data is None else other._data.item()
-                        value = forward(a, b, 0.0, 0.0)
+                        value = forward(a, b)
                         if type(value) is not complex:
                             return _finish_scalar(op, value, self.dtype, self, other, 0.0)
                 elif kind is float or kind is int:
-                    value = scalar_forward(a, other, 0.0)
+                    value = scalar_forward(a, other)
                     if type(value) is not complex:
                         return _finish_scalar(scalar_op, value, self.dtype, self, None,
                                               float(other))
@@ -659,7 +660,7 @@ def arithmetic_methods(name: str):
                 return _elementwise(reflected_op.name, [self], float(other), result=self.dtype)
             a = self._item if self._data is None else self._data.item()
             try:
-                value = reflected_forward(a, other, 0.0)
+                value = reflected_forward(a, other)
                 if type(value) is not complex:
                     return _finish_scalar(reflected_op, value, self.dtype, self, None,
                                           float(other))
@@ -834,7 +835,7 @@ NUMPY_FORWARD = {
 # -- elementwise public API ----------------------------------------------------------------------
 def _unary(name: str):
     definition = BY_NAME[name]
-    forward = SCALAR_FORWARD[definition.code]
+    forward = fast_scalar_forward(definition)  # of x alone: no unary op reads a constant
     spec = _array_spec(name)
 
     def op(input: Tensor) -> Tensor:
@@ -845,7 +846,7 @@ def _unary(name: str):
                 return _elementwise(name, [input])
             x = input._item if input._data is None else input._data.item()
             try:
-                value = forward(x, 0.0, 0.0)
+                value = forward(x)
                 if type(value) is not complex:
                     return _finish_scalar(definition, value, input.dtype, input, None, 0.0)
             except (ArithmeticError, ValueError):

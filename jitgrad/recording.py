@@ -7,6 +7,8 @@ the value arena when the op is recorded, and one entry is appended to the tape.
 from __future__ import annotations
 
 import math
+import operator
+import re
 
 import numpy as np
 
@@ -66,6 +68,27 @@ def _scalar_forward(op):
 
 
 SCALAR_FORWARD = {op.code: _scalar_forward(op) for op in OPS if op.kind == ELEMENTWISE}
+
+_OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul,
+              "/": operator.truediv, "**": operator.pow}
+
+
+def fast_scalar_forward(op):
+    """The op's forward on Python floats as the cheapest callable of its inputs, then
+    ``c0`` where the expression reads it: the C function itself where the expression is
+    one operator on the inputs in order (``a * b``, ``x - c0``) or one math function of the
+    input (``sin(x)``), else a lambda of the expression (the per-op cost of 0-d ops: no
+    Python frame for the common ones)."""
+    names = [*op.inputs, *(["c0"] if re.search(r"\bc0\b", op.forward) else [])]
+    if re.search(r"\bc1\b", op.forward):
+        raise ValueError(f"{op.name}: a forward that reads c1 has no fast form")
+    binary = re.fullmatch(r"(\w+) (\*\*|[-+*/]) (\w+)", op.forward)
+    if binary and [binary.group(1), binary.group(3)] == names:
+        return _OPERATORS[binary.group(2)]
+    call = re.fullmatch(r"(\w+)\((\w+)\)", op.forward)
+    if call and [call.group(2)] == names and call.group(1) in _SCALAR_NAMESPACE:
+        return _SCALAR_NAMESPACE[call.group(1)]
+    return eval(f"lambda {', '.join(names)}: {op.forward}", dict(_SCALAR_NAMESPACE))  # noqa: S307
 
 
 # -- node bookkeeping ---------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import numpy as np
 from .kernels.layout import (
     DTYPE_F32,
     DTYPE_F64,
-    E_C0,
     E_FREED,
     E_IN0,
     E_META,
@@ -60,13 +59,20 @@ _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
 _INT = struct.Struct("<q")
 # a 0-d op's row, logged when recorded and written out to the tables on their first read:
-# op, dtype code, inputs (3), their versions (3), value, constants (2)
-_LOG = struct.Struct("<8q3d")
+# its entry row, with the dtype code in the output's column and the value in meta's
+_LOG = struct.Struct("<5qd4q2d")
 _LOG_BYTES = _LOG.size
-_LOG_WIDTH = _LOG_BYTES // 8
+_LOG_CAPACITY = (1 << 12) * _LOG_BYTES  # a full log is written out (its memory is reused)
 _FLUSH_IN_PYTHON = 24  # logs up to this many rows are written out row by row
+_EAGER_RUN = 16  # the first 0-d ops of a run go to the tables at once
 _ENTRY_BYTES = _ENTRY.size
 _NODE_BYTES = _NODE.size
+# the node rows a flush adds to the tables, before their offsets, dtypes and entries: one
+# buffer for every flush (a fresh temporary this large is new memory each time: its page
+# faults would cost more than the copy)
+_NODE_ROWS = memoryview(struct.pack(f"<{N_WIDTH}q", *[1 if field in (N_SIZE, N_GRAD) else 0
+                                                     for field in range(N_WIDTH)])
+                        * (_LOG_CAPACITY // _LOG_BYTES))
 
 
 class _Checks:
@@ -91,9 +97,12 @@ class Tape:
         self.generation = 0
         self._entries = bytearray()
         self._nodes = bytearray()
-        # rows of 0-d ops not yet in the tables (see record_scalar); their nodes and entries
-        # are the last ones: every other recording writes them out first
-        self.log = bytearray()
+        # rows of 0-d ops not yet in the tables (see record_scalar), in the first ``logged``
+        # bytes; their nodes and entries are the last ones: every other recording writes
+        # them out first. ``logged`` <= 0: nothing logged, and -n: the last n ops were 0-d
+        # ones written to the tables at once
+        self.log = bytearray(_LOG_CAPACITY)
+        self.logged = 0
         self.versions = array("q")  # node -> bumped by in-place writes to its value
         self.refs = array("q")      # node -> live tensors referring to it
         self.meta = array("q", [0])  # meta[0] = 0: shared by entries that need only a zero
@@ -167,8 +176,8 @@ class Tape:
 
     def new_node(self, dtype_code: int, shape: tuple, size: int, requires_grad: bool,
                  entry: int) -> int:
-        if self.log:
-            self.flush()
+        if self.logged:  # rows of other ops end a run of 0-d ones
+            self._end_run()
         node = self.n_nodes
         row = _NODE.pack(self.alloc(dtype_code, size), size, dtype_code,
                          1 if requires_grad else 0, entry)
@@ -181,7 +190,7 @@ class Tape:
         """Adjoint buffers as large as the arenas, kept from one backward to the next (the
         sweep zeroes what it uses): fresh memory would cost page faults every step. After
         the arena's columns: the scratch slots of the sweep's blocked runs."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         for code in (DTYPE_F32, DTYPE_F64):
             if self.adjoints[code].shape[0] < self.used[code] + SWEEP_SCRATCH:
@@ -190,18 +199,18 @@ class Tape:
         return self.adjoints
 
     def node_field(self, node: int, field: int) -> int:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return _INT.unpack_from(self._nodes, (node * N_WIDTH + field) * 8)[0]
 
     def set_node_field(self, node: int, field: int, value: int) -> None:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         _INT.pack_into(self._nodes, (node * N_WIDTH + field) * 8, value)
 
     def node_view(self, node: int) -> np.ndarray:
         """The node's value: a view into the current arena."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         offset, size, dtype_code, _, _ = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
         return self._arenas[dtype_code][offset:offset + size].reshape(self._shapes[node])
@@ -209,8 +218,8 @@ class Tape:
     # -- entries ------------------------------------------------------------------------
     def record(self, code: int, out: int, in0: int, in1: int, in2: int, meta: int,
                c0: float = 0.0, c1: float = 0.0) -> int:
-        if self.log:
-            self.flush()
+        if self.logged:  # rows of other ops end a run of 0-d ones
+            self._end_run()
         entry = self.n_entries
         versions = self.versions
         row = _ENTRY.pack(
@@ -235,8 +244,8 @@ class Tape:
         output node, recorded as produced by a new entry; returns the node and its slot (a
         flat view of the arena). The caller writes the value into the slot next (nothing
         refers to the node before)."""
-        if self.log:
-            self.flush()
+        if self.logged:  # rows of other ops end a run of 0-d ones
+            self._end_run()
         used = self.used
         offset = used[dtype_code]
         arena = self._arenas[dtype_code]
@@ -284,43 +293,99 @@ class Tape:
 
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
-        """``new_node`` + ``record`` for a 0-d output (the per-op cost of scalar graphs): one
-        packed row appended to ``log``; ``flush`` writes the logged rows out to the tables,
-        in bulk, when something first reads them. The node and entry ids are taken now."""
+        """``new_node`` + ``record`` for a 0-d output (the per-op cost of scalar graphs).
+        The first ones of a run of 0-d ops are written to the tables at once (a small graph
+        is read soon: a tutorial step); after those, each op packs one row into ``log``,
+        and ``flush`` writes the logged rows out, in bulk, when something first reads the
+        tables (or the log is full). The node and entry ids are taken now."""
+        used = self.logged
+        if used <= 0:
+            if used > -_EAGER_RUN:
+                self.logged = used - 1
+                return self._record_scalar_now(code, dtype_code, value, in0, in1, in2, c0,
+                                               c1)
+            used = 0
+        elif used == _LOG_CAPACITY:
+            self.flush()
+            used = 0
         node = self.n_nodes
         versions = self.versions
-        row = _LOG.pack(code, dtype_code, in0, in1, in2,
-                        versions[in0] if in0 >= 0 else 0,
-                        versions[in1] if in1 >= 0 else 0,
-                        versions[in2] if in2 >= 0 else 0,
-                        value, c0, c1)
         try:
             versions.append(0)
             self.refs.append(1)
         except BufferError:  # a view of one is alive: fresh copies, cut back to the nodes
             self._unpin()
             del self.versions[node:], self.refs[node:]
-            self.versions.append(0)
+            versions = self.versions
+            versions.append(0)
             self.refs.append(1)
-        self.log += row
+        _LOG.pack_into(self.log, used, code, dtype_code, in0, in1, in2, value,
+                       versions[in0] if in0 >= 0 else 0,
+                       versions[in1] if in1 >= 0 else 0,
+                       versions[in2] if in2 >= 0 else 0,
+                       0, c0, c1)
+        self.logged = used + _LOG_BYTES
         self.n_nodes = node + 1
         self.n_entries += 1
         return node
 
+    def _record_scalar_now(self, code: int, dtype_code: int, value: float, in0: int,
+                           in1: int, in2: int, c0: float, c1: float) -> int:
+        """``record_scalar``'s rows written to the tables at once."""
+        offset = self.used[dtype_code]
+        arena = self._arenas[dtype_code]
+        if offset >= arena.shape[0]:
+            offset = self.alloc(dtype_code, 1)
+            arena = self._arenas[dtype_code]
+        else:
+            self.used[dtype_code] = offset + 1
+        arena[offset] = value
+        node = self.n_nodes
+        entry = self.n_entries
+        versions = self.versions
+        node_row = _NODE.pack(offset, 1, dtype_code, 1, entry)
+        entry_row = _ENTRY.pack(
+            code, node, in0, in1, in2, 0,  # meta[0] is 0: operands have the output's shape
+            versions[in0] if in0 >= 0 else 0,
+            versions[in1] if in1 >= 0 else 0,
+            versions[in2] if in2 >= 0 else 0,
+            0, c0, c1)
+        try:
+            self._entries += entry_row
+            self._nodes += node_row
+        except BufferError:
+            self._append_rows_unpinned(node, node_row, entry_row)
+        else:
+            versions.append(0)
+            self.refs.append(1)
+        self._shapes.append(_SCALAR)
+        self.n_nodes = node + 1
+        self.n_entries = entry + 1
+        return node
+
+    def _end_run(self) -> None:
+        """Another op is recorded: write out the logged rows, and the next 0-d op starts a
+        new run."""
+        if self.logged > 0:
+            self.flush()
+        self.logged = 0
+
     def flush(self) -> None:
         """Write the logged 0-d rows out: their values to the arenas, their node and entry
         rows to the tables, their shapes. Row by row for a few, with NumPy for many."""
+        if self.logged <= 0:
+            return
         log = self.log
-        self.log = bytearray()  # (readers called below see an empty log)
-        k = len(log) // _LOG_BYTES
+        k = self.logged // _LOG_BYTES
+        self.logged = 0  # (readers called below see an empty log)
         node0 = self.n_nodes - k
         entry0 = self.n_entries - k
         if k <= _FLUSH_IN_PYTHON:
             node_rows = bytearray()
             entry_rows = bytearray()
             node = node0
-            for (code, dtype_code, in0, in1, in2, ver0, ver1, ver2, value, c0,
-                 c1) in _LOG.iter_unpack(log):
+            for (code, dtype_code, in0, in1, in2, value, ver0, ver1, ver2, _, c0,
+                 c1) in _LOG.iter_unpack(memoryview(log)[:k * _LOG_BYTES]):
                 offset = self.alloc(dtype_code, 1)
                 self._arenas[dtype_code][offset] = value
                 node_rows += _NODE.pack(offset, 1, dtype_code, 1, entry0 + node - node0)
@@ -340,27 +405,29 @@ class Tape:
         self._shapes.extend([_SCALAR] * k)
 
     def _flush_rows(self, log: bytearray, k: int, node0: int, entry0: int) -> None:
-        """``flush`` of many rows, column by column with NumPy, written in place into the
-        tables' new rows (temporaries as large would cost their page faults)."""
+        """``flush`` of many rows with NumPy: the logged rows are the entry rows but for two
+        columns; the node rows are copies of one but for three (written in place into the
+        tables: temporaries as large would cost their page faults)."""
+        entry_rows = memoryview(log)[:k * _LOG_BYTES]
+        node_rows = _NODE_ROWS[:k * _NODE_BYTES]
         try:
-            self._entries += bytes(k * _ENTRY_BYTES)  # zeros: meta and freed stay 0
-            self._nodes += bytes(k * _NODE_BYTES)
+            self._entries += entry_rows
+            self._nodes += node_rows
         except BufferError:  # a view of one is alive: fresh copies, cut back to the rows
             self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
             self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
-            self._entries += bytes(k * _ENTRY_BYTES)
-            self._nodes += bytes(k * _NODE_BYTES)
-        ints = np.frombuffer(log, np.int64).reshape(k, _LOG_WIDTH)
-        values = np.frombuffer(log, np.float64).reshape(k, _LOG_WIDTH)[:, 8]
+            self._entries += entry_rows
+            self._nodes += node_rows
+        entry_rows.release()
         entries = np.frombuffer(self._entries, np.int64, k * E_WIDTH,
                                 entry0 * _ENTRY_BYTES).reshape(k, E_WIDTH)
         nodes = np.frombuffer(self._nodes, np.int64, k * N_WIDTH,
                               node0 * _NODE_BYTES).reshape(k, N_WIDTH)
         try:
-            dtype_codes = ints[:, 1]
-            for dtype_code in (DTYPE_F32, DTYPE_F64):
-                rows = dtype_codes == dtype_code
-                n = int(np.count_nonzero(rows))
+            values = entries.view(np.float64)[:, E_META]
+            dtype_codes = entries[:, E_OUT]
+            n64 = int(np.count_nonzero(dtype_codes))
+            for dtype_code, n in ((DTYPE_F32, k - n64), (DTYPE_F64, n64)):
                 if not n:
                     continue
                 offset = self.alloc(dtype_code, n)
@@ -369,53 +436,50 @@ class Tape:
                     self._arenas[dtype_code][offset:offset + n] = values
                     nodes[:, N_OFFSET] = slots
                 else:
+                    rows = dtype_codes == dtype_code
                     self._arenas[dtype_code][offset:offset + n] = values[rows]
                     nodes[rows, N_OFFSET] = slots
-            nodes[:, N_SIZE] = 1
-            nodes[:, N_DTYPE] = dtype_codes
-            nodes[:, N_GRAD] = 1
+            if n64:
+                nodes[:, N_DTYPE] = dtype_codes
             nodes[:, N_ENTRY] = np.arange(entry0, entry0 + k)
-            entries[:, E_OP] = ints[:, 0]
             entries[:, E_OUT] = np.arange(node0, node0 + k)
-            entries[:, E_IN0:E_IN0 + 3] = ints[:, 2:5]
-            entries[:, E_VER0:E_VER0 + 3] = ints[:, 5:8]
-            entries[:, E_C0:E_C0 + 2] = ints[:, 9:11]  # the constants' bits
+            entries[:, E_META] = 0  # meta[0] is 0: operands have the output's shape
         finally:  # no view of the tables outlives this: they could not grow
-            ints = values = entries = nodes = dtype_codes = rows = None
+            entries = nodes = values = dtype_codes = rows = None
 
     # the tables, written out first (``flush``) when 0-d rows are logged
     @property
     def entries(self) -> bytearray:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return self._entries
 
     @property
     def nodes(self) -> bytearray:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return self._nodes
 
     @property
     def shapes(self) -> list:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return self._shapes
 
     @property
     def arenas(self) -> list:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return self._arenas
 
     def entry_fields(self, entry: int) -> tuple:
         """The entry's row: (op, out, in0, in1, in2, meta, ver0, ver1, ver2, freed, c0, c1)."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return _ENTRY.unpack_from(self._entries, entry * _ENTRY_BYTES)
 
     def entry_field(self, entry: int, field: int) -> int:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return _INT.unpack_from(self._entries, (entry * E_WIDTH + field) * 8)[0]
 
@@ -425,7 +489,7 @@ class Tape:
         slot, holding ``values`` (what ``old`` held), and ``new`` to the written slot. The
         entry accepts the version the write gave ``old``; older entries that saved it
         still fail their backward, as torch's."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         self.node_view(new)[...] = values
         old_offset = self.node_field(old, N_OFFSET)
@@ -438,7 +502,7 @@ class Tape:
                                self.versions[old])
 
     def free_entry(self, entry: int) -> None:
-        if self.log:
+        if self.logged > 0:
             self.flush()
         _INT.pack_into(self._entries, (entry * E_WIDTH + E_FREED) * 8, 1)
 
@@ -490,13 +554,13 @@ class Tape:
 
     def node_fields(self, node: int) -> tuple:
         """The node's row: (offset, size, dtype code, requires grad, producing entry)."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         return _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
 
     def node_location(self, node: int) -> tuple:
         """(offset, size, dtype code) of the node's value."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         offset, size, dtype_code, _, _ = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
         return offset, size, dtype_code
@@ -515,7 +579,14 @@ class Tape:
                             and self.used[0] + self.used[1] < self.checks.values)
             self.maybe_restart = False
             if self._count_pending_alive() == 0:
+                entries, values = self.n_entries, self.used[0] + self.used[1]
                 self._restart()
+                if dropped_only:
+                    # a graph recorded whole and dropped (a chain read and forgotten, a
+                    # forward-only loop that keeps nothing): the next one is likely as
+                    # large, and a periodic check inside it would find it all alive
+                    self.next_check = max(_CHECK_EVERY, 2 * entries)
+                    self.checks.values = max(_CHECK_VALUES, 2 * values)
             elif dropped_only:
                 self.checks.drop_at = 2 * self.n_entries
             elif not (self._may_compact() and self.compact()):
@@ -735,7 +806,7 @@ class Tape:
             self.refs = array("q")
             self.meta = array("q", [0])
         self._shapes = []
-        self.log = bytearray()  # rows of the generation that ends
+        self.logged = 0  # rows of the generation that ends
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
         self.checks = _Checks()
@@ -804,7 +875,7 @@ class Tape:
         """NumPy views for a sweep: entries (int64 rows), the same rows as float64 (for the
         constants), nodes, versions, live references, meta. Drop them before the next
         append: a buffer with live views cannot grow."""
-        if self.log:
+        if self.logged > 0:
             self.flush()
         n_entries, n_nodes = self.n_entries, self.n_nodes
         entries = np.frombuffer(self._entries, np.int64) if n_entries else _EMPTY_INT

@@ -1,6 +1,7 @@
-"""The 0-d ops' log (``Tape.record_scalar``, ``Tape.flush``): rows logged per op and written
-out in bulk give the same tables, values and gradients as rows written one by one; and a
-graph dropped without a backward restarts the tape at the next recording."""
+"""The 0-d ops' log (``Tape.record_scalar``, ``Tape.flush``): after the first ops of a run,
+rows logged per op and written out in bulk give the same tables, values and gradients as
+rows written one by one; and a graph dropped without a backward restarts the tape at the
+next recording."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 import jitgrad as torch
 from jitgrad.kernels.layout import N_OFFSET
-from jitgrad.tape import _FLUSH_IN_PYTHON, Tape, _state, current_tape
+from jitgrad.tape import _EAGER_RUN, _FLUSH_IN_PYTHON, Tape, _state, current_tape
 
 
 @pytest.fixture
@@ -55,15 +56,15 @@ def _tables(tape):
     return entries.copy(), consts.copy(), kept.copy(), versions.copy(), refs.copy(), values
 
 
-@pytest.mark.parametrize("n", [3, _FLUSH_IN_PYTHON + 1, 400])
+@pytest.mark.parametrize("n", [3, _EAGER_RUN + _FLUSH_IN_PYTHON // 2, 400])
 def test_logged_rows_are_the_rows_written_one_by_one(monkeypatch, n):
     runs = []
     for flush_each in (True, False):
         tape = Tape()
         monkeypatch.setattr(_state, "tape", tape)
         x, w, y, v = _program(flush_each, n)
-        if not flush_each:
-            assert len(tape.log) > 0 and tape.n_entries > len(tape._entries) // 96
+        if not flush_each and n > _EAGER_RUN:
+            assert tape.logged > 0 and tape.n_entries > len(tape._entries) // 96
         runs.append((_tables(tape), (y.item(), v.item())))
         (y + v.float()).backward()
         runs[-1] += ((x.grad.item(), w.grad.item()),)
@@ -110,23 +111,41 @@ def test_array_ops_between_logged_ops(tape):
 
 def test_an_in_place_write_to_a_logged_value_fails_its_backward(tape):
     x = torch.tensor(2.0, requires_grad=True)
+    for _ in range(_EAGER_RUN):
+        x = x * 1.0
     y = x * 3.0
     z = y * y  # saves y
-    assert tape.log
+    assert tape.logged
     y.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         z.backward()
 
 
+def test_small_graphs_are_written_at_once_and_long_runs_logged(tape):
+    x = torch.tensor(1.5, requires_grad=True)
+    y = x
+    for k in range(_EAGER_RUN):
+        y = y * 1.5
+        assert tape.logged == -(k + 1) and tape.n_entries == len(tape._entries) // 96
+    y = y * 1.5
+    assert tape.logged > 0 and tape.n_entries == len(tape._entries) // 96 + 1
+    v = torch.ones(2, requires_grad=True) * 2.0  # another op: the run ends
+    assert tape.logged == 0 and tape.n_entries == len(tape._entries) // 96
+    y = y * v.sum()
+    assert tape.logged == -1  # a new run
+    y.backward()
+    assert x.grad.item() == pytest.approx(1.5 ** (_EAGER_RUN + 1) * 4.0)
+
+
 def test_liveness_counts_logged_nodes_without_writing_them_out(tape):
     x = torch.tensor(1.5, requires_grad=True)
-    ys = [x * float(k) for k in range(5)]
-    del ys[1]
-    assert tape.log
-    assert tape._count_pending_alive() == 4
-    assert tape.log  # still logged
+    ys = [x * float(k) for k in range(_EAGER_RUN + 5)]
+    del ys[1], ys[-2]
+    assert tape.logged
+    assert tape._count_pending_alive() == _EAGER_RUN + 3
+    assert tape.logged  # still logged
     tape.flush()
-    assert tape._count_pending_alive() == 4
+    assert tape._count_pending_alive() == _EAGER_RUN + 3
 
 
 def _chain(x, a, n):
