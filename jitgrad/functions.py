@@ -534,7 +534,7 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
                 or (b._op < 0 and b._storage is not None
                     and b._storage.version != b._node_version)):
             in1 = node_of(tape, b)
-    t._node = tape.record_scalar(op.code, 0 if d is _F32 else 1, value, in0, in1, -1, c0, 0.0)
+    t._node = tape.record_scalar2(op.code, 0 if d is _F32 else 1, value, in0, in1, c0)
     t._requires_grad = True
     t._tape = tape
     t._gen = generation

@@ -62,6 +62,9 @@ _INT = struct.Struct("<q")
 # its entry row, with the dtype code in the output's column and the value in meta's
 _LOG = struct.Struct("<5qd4q2d")
 _LOG_BYTES = _LOG.size
+# the same row of an op of at most two inputs and one constant (the other columns are 0;
+# a packed struct's pad bytes are written as zeros)
+_LOG2 = struct.Struct("<5qd2q16xd8x")
 _LOG_CAPACITY = (1 << 12) * _LOG_BYTES  # a full log is written out (its memory is reused)
 _FLUSH_IN_PYTHON = 24  # logs up to this many rows are written out row by row
 _EAGER_RUN = 16  # the first 0-d ops of a run go to the tables at once
@@ -324,6 +327,39 @@ class Tape:
                        versions[in1] if in1 >= 0 else 0,
                        versions[in2] if in2 >= 0 else 0,
                        0, c0, c1)
+        self.logged = used + _LOG_BYTES
+        self.n_nodes = node + 1
+        self.n_entries += 1
+        return node
+
+    def record_scalar2(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
+                       c0: float) -> int:
+        """``record_scalar`` of an op of at most two inputs (``in1`` may be -1) and one
+        constant: the per-op cost of scalar programs (each op's row is packed whole)."""
+        used = self.logged
+        if used <= 0:
+            if used > -_EAGER_RUN:
+                self.logged = used - 1
+                return self._record_scalar_now(code, dtype_code, value, in0, in1, -1, c0,
+                                               0.0)
+            used = 0
+        elif used == _LOG_CAPACITY:
+            self.flush()
+            used = 0
+        node = self.n_nodes
+        versions = self.versions
+        try:
+            versions.append(0)
+            self.refs.append(1)
+        except BufferError:  # a view of one is alive: fresh copies, cut back to the nodes
+            self._unpin()
+            del self.versions[node:], self.refs[node:]
+            versions = self.versions
+            versions.append(0)
+            self.refs.append(1)
+        _LOG2.pack_into(self.log, used, code, dtype_code, in0, in1, -1, value,
+                        versions[in0] if in0 >= 0 else 0,
+                        versions[in1] if in1 >= 0 else 0, c0)
         self.logged = used + _LOG_BYTES
         self.n_nodes = node + 1
         self.n_entries += 1

@@ -193,3 +193,20 @@ def test_a_dropped_graph_does_not_restart_under_a_live_one(tape, monkeypatch):
     kept.backward()  # its graph is intact
     expected = _chain(torch.tensor(0.5, dtype=torch.float64, requires_grad=True), 0.9, 10)
     assert kept.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_anomaly_mode_names_a_0d_op_written_at_once_or_logged(tape, logged):
+    x = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    z = x
+    if logged:  # past the ops written at once
+        for _ in range(_EAGER_RUN):
+            z = z * 1.0
+    with torch.autograd.detect_anomaly():
+        y = torch.sqrt(z) * 0.0 + z
+        assert (tape.logged > 0) == logged
+        with pytest.raises(RuntimeError) as info:
+            y.backward()
+    message = str(info.value)
+    assert message.startswith("Function 'SqrtBackward0' returned nan values in its 0th output")
+    assert "y = torch.sqrt(z) * 0.0 + z" in message  # the forward call's line

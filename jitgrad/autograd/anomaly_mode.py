@@ -55,7 +55,8 @@ def _set(enabled: bool, check_nan: bool) -> None:
         _stop_tracing(tape)
 
 
-_RECORDING_METHODS = ("record", "record_scalar", "record_output")  # each appends one entry
+# each appends one entry
+_RECORDING_METHODS = ("record", "record_scalar", "record_scalar2", "record_output")
 
 
 def _trace_recordings(tape) -> None:
