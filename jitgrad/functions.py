@@ -517,28 +517,27 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
     if tape.restart_ready or tape.maybe_restart or tape.n_entries >= tape.next_check:
         tape.before_record()
     generation = tape.generation
-    saves = op.saves
-    names = op.inputs
     in0 = in1 = -1
     # an operand's node is current when it is of this generation and, for a leaf or a
     # constant (whose value was copied in), when its memory was not written since
-    if a._requires_grad or names[0] in saves:
+    if a._requires_grad or op.inputs[0] in op.saves:
         in0 = a._node
         if (in0 < 0 or a._tape is not tape or a._gen != generation
                 or (a._op < 0 and a._storage is not None
                     and a._storage.version != a._node_version)):
             in0 = node_of(tape, a)
-    if b is not None and (b._requires_grad or names[1] in saves):
+    if b is not None and (b._requires_grad or op.inputs[1] in op.saves):
         in1 = b._node
         if (in1 < 0 or b._tape is not tape or b._gen != generation
                 or (b._op < 0 and b._storage is not None
                     and b._storage.version != b._node_version)):
             in1 = node_of(tape, b)
-    t._node = tape.record_scalar2(op.code, 0 if d is _F32 else 1, value, in0, in1, c0)
+    code = op.code
+    t._node = tape.record_scalar2(code, 0 if d is _F32 else 1, value, in0, in1, c0)
     t._requires_grad = True
     t._tape = tape
     t._gen = generation
-    t._op = op.code
+    t._op = code
     return t
 
 
