@@ -19,6 +19,7 @@ one find their new rows through ``carried`` when next used (``adopt``).
 """
 from __future__ import annotations
 
+import operator
 import struct
 import sys
 import threading
@@ -62,8 +63,9 @@ _INT = struct.Struct("<q")
 # its entry row, with the dtype code in the output's column and the value in meta's
 _LOG = struct.Struct("<5qd4q2d")
 _LOG_BYTES = _LOG.size
-# the same row of an op of at most two inputs and one constant (the other columns are 0;
-# a packed struct's pad bytes are written as zeros)
+# the row as an op of at most two inputs and one constant packs it: the columns of a third
+# input's version, of freed and of the second constant are pad bytes, which a struct writes
+# as zeros (the third input's -1 is packed)
 _LOG2 = struct.Struct("<5qd2q16xd8x")
 _LOG_CAPACITY = (1 << 12) * _LOG_BYTES  # a full log is written out (its memory is reused)
 _FLUSH_IN_PYTHON = 24  # logs up to this many rows are written out row by row
@@ -76,6 +78,18 @@ _NODE_BYTES = _NODE.size
 _NODE_ROWS = memoryview(struct.pack(f"<{N_WIDTH}q", *[1 if field in (N_SIZE, N_GRAD) else 0
                                                      for field in range(N_WIDTH)])
                         * (_LOG_CAPACITY // _LOG_BYTES))
+
+
+def _written_out(name: str) -> property:
+    """A tape's table ``name`` with its logged 0-d rows written out first (``flush``)."""
+    read = operator.attrgetter(name)
+
+    def table(tape):
+        if tape.logged > 0:
+            tape.flush()
+        return read(tape)
+
+    return property(table)
 
 
 class _Checks:
@@ -296,46 +310,24 @@ class Tape:
 
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
-        """``new_node`` + ``record`` for a 0-d output (the per-op cost of scalar graphs).
-        The first ones of a run of 0-d ops are written to the tables at once (a small graph
-        is read soon: a tutorial step); after those, each op packs one row into ``log``,
-        and ``flush`` writes the logged rows out, in bulk, when something first reads the
-        tables (or the log is full). The node and entry ids are taken now."""
-        used = self.logged
-        if used <= 0:
-            if used > -_EAGER_RUN:
-                self.logged = used - 1
-                return self._record_scalar_now(code, dtype_code, value, in0, in1, in2, c0,
-                                               c1)
-            used = 0
-        elif used == _LOG_CAPACITY:
+        """``new_node`` + ``record`` for a 0-d output. An op of at most two inputs and one
+        constant goes to ``record_scalar2``; one of three inputs or two constants (rare
+        in long runs) writes its rows to the tables at once, after the logged ones."""
+        if in2 < 0 and c1 == 0.0:
+            return Tape.record_scalar2(self, code, dtype_code, value, in0, in1, c0)
+        if self.logged > 0:
             self.flush()
-            used = 0
-        node = self.n_nodes
-        versions = self.versions
-        try:
-            versions.append(0)
-            self.refs.append(1)
-        except BufferError:  # a view of one is alive: fresh copies, cut back to the nodes
-            self._unpin()
-            del self.versions[node:], self.refs[node:]
-            versions = self.versions
-            versions.append(0)
-            self.refs.append(1)
-        _LOG.pack_into(self.log, used, code, dtype_code, in0, in1, in2, value,
-                       versions[in0] if in0 >= 0 else 0,
-                       versions[in1] if in1 >= 0 else 0,
-                       versions[in2] if in2 >= 0 else 0,
-                       0, c0, c1)
-        self.logged = used + _LOG_BYTES
-        self.n_nodes = node + 1
-        self.n_entries += 1
-        return node
+            self.logged = -_EAGER_RUN  # the run goes on: the next ops are logged
+        return self._record_scalar_now(code, dtype_code, value, in0, in1, in2, c0, c1)
 
     def record_scalar2(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                        c0: float) -> int:
-        """``record_scalar`` of an op of at most two inputs (``in1`` may be -1) and one
-        constant: the per-op cost of scalar programs (each op's row is packed whole)."""
+        """``new_node`` + ``record`` for a 0-d output of at most two inputs (``in1`` may be
+        -1) and one constant: the per-op cost of scalar programs. The first ops of a run of
+        0-d ops write their rows to the tables at once (a small graph is read soon: a
+        tutorial step); after those, each op packs its entry row into ``log``, and
+        ``flush`` writes the logged rows out, in bulk, when something first reads the
+        tables (or the log is full). The node and entry ids are taken now."""
         used = self.logged
         if used <= 0:
             if used > -_EAGER_RUN:
@@ -367,7 +359,7 @@ class Tape:
 
     def _record_scalar_now(self, code: int, dtype_code: int, value: float, in0: int,
                            in1: int, in2: int, c0: float, c1: float) -> int:
-        """``record_scalar``'s rows written to the tables at once."""
+        """A 0-d op's rows written to the tables at once."""
         offset = self.used[dtype_code]
         arena = self._arenas[dtype_code]
         if offset >= arena.shape[0]:
@@ -428,17 +420,22 @@ class Tape:
                 entry_rows += _ENTRY.pack(code, node, in0, in1, in2, 0, ver0, ver1, ver2, 0,
                                           c0, c1)
                 node += 1
-            try:
-                self._entries += entry_rows
-                self._nodes += node_rows
-            except BufferError:  # a view of one is alive: fresh copies, cut back to the rows
-                self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
-                self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
-                self._entries += entry_rows
-                self._nodes += node_rows
+            self._append_rows(entry_rows, node_rows, entry0, node0)
         else:
             self._flush_rows(log, k, node0, entry0)
         self._shapes.extend([_SCALAR] * k)
+
+    def _append_rows(self, entry_rows, node_rows, entry0: int, node0: int) -> None:
+        """Rows after the tables' first ``entry0`` entries and ``node0`` nodes (on fresh
+        copies when a view of one is alive: it could not grow)."""
+        try:
+            self._entries += entry_rows
+            self._nodes += node_rows
+        except BufferError:
+            self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
+            self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
+            self._entries += entry_rows
+            self._nodes += node_rows
 
     def _flush_rows(self, log: bytearray, k: int, node0: int, entry0: int) -> None:
         """``flush`` of many rows with NumPy: the logged rows are the entry rows but for two
@@ -446,14 +443,7 @@ class Tape:
         tables: temporaries as large would cost their page faults)."""
         entry_rows = memoryview(log)[:k * _LOG_BYTES]
         node_rows = _NODE_ROWS[:k * _NODE_BYTES]
-        try:
-            self._entries += entry_rows
-            self._nodes += node_rows
-        except BufferError:  # a view of one is alive: fresh copies, cut back to the rows
-            self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
-            self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
-            self._entries += entry_rows
-            self._nodes += node_rows
+        self._append_rows(entry_rows, node_rows, entry0, node0)
         entry_rows.release()
         entries = np.frombuffer(self._entries, np.int64, k * E_WIDTH,
                                 entry0 * _ENTRY_BYTES).reshape(k, E_WIDTH)
@@ -483,30 +473,11 @@ class Tape:
         finally:  # no view of the tables outlives this: they could not grow
             entries = nodes = values = dtype_codes = rows = None
 
-    # the tables, written out first (``flush``) when 0-d rows are logged
-    @property
-    def entries(self) -> bytearray:
-        if self.logged > 0:
-            self.flush()
-        return self._entries
-
-    @property
-    def nodes(self) -> bytearray:
-        if self.logged > 0:
-            self.flush()
-        return self._nodes
-
-    @property
-    def shapes(self) -> list:
-        if self.logged > 0:
-            self.flush()
-        return self._shapes
-
-    @property
-    def arenas(self) -> list:
-        if self.logged > 0:
-            self.flush()
-        return self._arenas
+    # the tables for readers outside the recording paths: the logged 0-d rows written out
+    entries = _written_out("_entries")
+    nodes = _written_out("_nodes")
+    shapes = _written_out("_shapes")
+    arenas = _written_out("_arenas")
 
     def entry_fields(self, entry: int) -> tuple:
         """The entry's row: (op, out, in0, in1, in2, meta, ver0, ver1, ver2, freed, c0, c1)."""

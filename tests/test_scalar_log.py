@@ -34,7 +34,10 @@ def _program(flush_each: bool, n: int):
         elif kind == 1:
             v = torch.exp(v * -0.25) - v / 3.0
         elif kind == 2:
-            y = torch.clamp(y, -0.75, 0.75)  # two constants
+            if k < 6 or k % 60 == 2:  # two constants: written at once, after the log
+                y = torch.clamp(y, -0.75, 0.75)
+            else:
+                y = y * 0.75 - 0.125
         elif kind == 3:
             if k < 6:  # three inputs (a new mask each time: a constant that is registered)
                 v = torch.where(conds[0], v, w * 2.0) + torch.where(conds[1], v, w * 2.0)
@@ -154,10 +157,16 @@ def _chain(x, a, n):
     return x
 
 
-def test_a_dropped_graph_restarts_the_tape_at_the_next_op(tape, monkeypatch):
-    compactions = []
+@pytest.fixture
+def compactions(monkeypatch):
+    """One item per ``Tape.compact`` call."""
+    calls = []
     compact = Tape.compact
-    monkeypatch.setattr(Tape, "compact", lambda self: compactions.append(1) or compact(self))
+    monkeypatch.setattr(Tape, "compact", lambda self: calls.append(1) or compact(self))
+    return calls
+
+
+def test_a_dropped_graph_restarts_the_tape_at_the_next_op(tape, compactions):
     x0 = torch.tensor(0.5, requires_grad=True)
     a = torch.tensor(0.9, requires_grad=True)
     for _ in range(3):
@@ -173,10 +182,7 @@ def test_a_dropped_graph_restarts_the_tape_at_the_next_op(tape, monkeypatch):
     assert not compactions
 
 
-def test_a_dropped_graph_does_not_restart_under_a_live_one(tape, monkeypatch):
-    compactions = []
-    compact = Tape.compact
-    monkeypatch.setattr(Tape, "compact", lambda self: compactions.append(1) or compact(self))
+def test_a_dropped_graph_does_not_restart_under_a_live_one(tape, compactions):
     x0 = torch.tensor(0.5, requires_grad=True)
     a = torch.tensor(0.9, requires_grad=True)
     kept = _chain(x0, a, 10)  # alive and pending
@@ -210,3 +216,27 @@ def test_anomaly_mode_names_a_0d_op_written_at_once_or_logged(tape, logged):
     message = str(info.value)
     assert message.startswith("Function 'SqrtBackward0' returned nan values in its 0th output")
     assert "y = torch.sqrt(z) * 0.0 + z" in message  # the forward call's line
+
+
+@pytest.mark.parametrize("n", [_EAGER_RUN + 3, _EAGER_RUN + 100])
+def test_a_stale_view_of_the_tables_when_the_log_is_written_out(tape, n):
+    # a view kept alive (by a traceback, say) pins the tables: the log is written out to
+    # fresh copies of them
+    x = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    y = x
+    for _ in range(_EAGER_RUN):
+        y = torch.sin(y) * 0.5 + y
+    assert tape.logged > 0
+    stale = (np.frombuffer(tape._entries, np.int64), np.frombuffer(tape._nodes, np.int64))
+    pinned = tape._entries
+    for _ in range(n - _EAGER_RUN):
+        y = torch.sin(y) * 0.5 + y
+    y.backward()
+    assert tape._entries is not pinned  # written out to a copy
+    z, dz = 0.5, 1.0
+    for _ in range(n):
+        dz *= np.cos(z) * 0.5 + 1.0
+        z = np.sin(z) * 0.5 + z
+    assert x.grad.item() == pytest.approx(dz, rel=1e-12)
+    assert y.item() == pytest.approx(z, rel=1e-14)
+    del stale
