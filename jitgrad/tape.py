@@ -70,6 +70,7 @@ _LOG2 = struct.Struct("<5qd2q16xd8x")
 _LOG_CAPACITY = (1 << 12) * _LOG_BYTES  # a full log is written out (its memory is reused)
 _FLUSH_IN_PYTHON = 24  # logs up to this many rows are written out row by row
 _EAGER_RUN = 16  # the first 0-d ops of a run go to the tables at once
+_DROPPED = 2  # maybe_restart's value when the newest node's last tensor died
 _ENTRY_BYTES = _ENTRY.size
 _NODE_BYTES = _NODE.size
 # the node rows a flush adds to the tables, before their offsets, dtypes and entries: one
@@ -100,8 +101,8 @@ class _Checks:
     def __init__(self) -> None:
         self.values = _CHECK_VALUES  # arena elements of the next periodic check
         self.recheck_at = 0  # after_backward asks for a check from this many entries on
-        # a tape's maybe_restart is 2 when the newest node's last tensor died (a graph
-        # dropped without a backward): the next recording checks liveness and restarts if
+        # a tape's maybe_restart is _DROPPED when the newest node's last tensor died (a
+        # graph dropped without a backward): the next recording checks liveness and restarts if
         # nothing pending is alive, without compacting; after such a check found live
         # tensors, the next one waits for this many entries
         self.drop_at = 0
@@ -582,7 +583,7 @@ class Tape:
             self._restart()
         elif (self.maybe_restart or self.n_entries >= self.next_check
               or self.used[0] + self.used[1] >= self.checks.values) and self.n_entries:
-            dropped_only = (self.maybe_restart == 2 and self.n_entries < self.next_check
+            dropped_only = (self.maybe_restart == _DROPPED and self.n_entries < self.next_check
                             and self.used[0] + self.used[1] < self.checks.values)
             self.maybe_restart = False
             if self._count_pending_alive() == 0:
@@ -607,7 +608,7 @@ class Tape:
         next recording instead of waiting for a periodic check to compact it."""
         if (not self.holds and not self.maybe_restart and not self.restart_ready
                 and self.n_entries >= self.checks.drop_at and self.restartable()):
-            self.maybe_restart = 2
+            self.maybe_restart = _DROPPED
 
     def restartable(self) -> bool:
         """Whether a backward may restart the tape (small tapes keep growing: a restart
