@@ -1461,15 +1461,14 @@ def _record_program(f, specs: list, args: tuple, order: int):
     """Run ``f`` on a private tape at ``args``, watched; returns its program and the
     structure of its outputs."""
     state = thread_state()
-    saved_tape, saved_grad = state.tape, state.grad_enabled
+    saved_tape = state.tape
     previous = _recorder()
     tape = Tape()
     tape.next_check = 1 << 62  # keep every entry: no liveness restarts while recording
     tape.compactable = False  # the recording keeps node ids of its own
     _hooks.install()
     try:
-        state.tape = tape
-        state.grad_enabled = True
+        state.tape = tape  # (grad mode on: a new tape's)
         call_args, inputs, independent, tensors = [], [], [], []
         for arg, (structure, leaves) in zip(args, specs):
             values: list = []
@@ -1519,8 +1518,7 @@ def _record_program(f, specs: list, args: tuple, order: int):
         return program, out_structure
     finally:
         _active.recorder = previous
-        state.tape = saved_tape
-        state.grad_enabled = saved_grad
+        state.tape = saved_tape  # (and the grad mode kept on it)
         _hooks.uninstall()
 
 

@@ -153,11 +153,11 @@ class _Call:
                                  for i, x in enumerate(args) if i not in argnums))
         self._held = None  # the tape while this call keeps its entry numbers (start)
         try:
-            if _state.grad_enabled:  # (as enable_grad would, it is on again afterwards)
+            if _state.tape.grad_enabled:  # (as enable_grad would, it is on again afterwards)
                 try:
                     result = self._record(func, args, duals)
                 finally:
-                    _state.grad_enabled = True
+                    _state.tape.grad_enabled = True
             else:
                 with enable_grad():
                     result = self._record(func, args, duals)

@@ -26,7 +26,7 @@ from .recording import (
     fast_scalar_forward,
     node_of,
 )
-from .tape import _state
+from .tape import _ENTRY_BYTES, _LOGGED, _state
 from .tensor import (
     Size,
     Tensor,
@@ -289,7 +289,7 @@ def randperm(n: int, *, generator=None) -> Tensor:
 
 # -- recording core ------------------------------------------------------------------------------
 def _recording(*tensors) -> bool:
-    if not _state.grad_enabled:
+    if not _state.tape.grad_enabled:
         return False
     for t in tensors:
         if t._requires_grad:
@@ -352,7 +352,7 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         if name in _FLOAT_RESULT and not result.is_floating_point:
             result = dt.get_default_dtype()
     record = False
-    if _state.grad_enabled and result.is_floating_point:
+    if _state.tape.grad_enabled and result.is_floating_point:
         for t in inputs:
             if t._requires_grad:
                 record = True
@@ -467,7 +467,7 @@ def _scalar_elementwise(op, inputs: list, c0, c1, result: dt.dtype, record: bool
     if record:
         tape = _state.tape
         generation = tape.generation
-        if tape.restart_ready or tape.maybe_restart or tape.n_entries >= tape.next_check:
+        if tape.maybe_restart or tape.n_entries >= tape.next_check:
             tape.before_record()
             generation = tape.generation
         saves = op.saves
@@ -506,15 +506,15 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
     t._node_version = 0
     t._storage = None
     t._retains_grad = False
-    if not _state.grad_enabled or not (a._requires_grad or (b is not None and b._requires_grad)):
+    tape = _state.tape
+    if not tape.grad_enabled or not (a._requires_grad or (b is not None and b._requires_grad)):
         t._requires_grad = False
         t._tape = None
         t._gen = -1
         t._node = -1
         t._op = -1
         return t
-    tape = _state.tape
-    if tape.restart_ready or tape.maybe_restart or tape.n_entries >= tape.next_check:
+    if tape.maybe_restart or tape.n_entries >= tape.next_check:
         tape.before_record()
     generation = tape.generation
     in0 = in1 = -1
@@ -533,7 +533,23 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
                     and b._storage.version != b._node_version)):
             in1 = node_of(tape, b)
     code = op.code
-    t._node = tape.record_scalar2(code, 0 if d is _F32 else 1, value, in0, in1, c0)
+    # Tape.record_scalar2 for an op past the first of a run (logged), inline
+    logged = tape.logged
+    node = tape.n_nodes
+    entry = tape.n_entries
+    if logged > 0 and node < tape.capacity and entry < tape.capacity:
+        versions = tape.versions
+        versions[node] = 0
+        tape.refs[node] = 1
+        _LOGGED.pack_into(tape._entries, entry * _ENTRY_BYTES, code, node, in0, in1, -1,
+                          value, versions[in0] if in0 >= 0 else 0,
+                          versions[in1] if in1 >= 0 else 0, 0 if d is _F32 else 1, c0)
+        tape.logged = logged + 1
+        tape.n_nodes = node + 1
+        tape.n_entries = entry + 1
+        t._node = node
+    else:
+        t._node = tape.record_scalar2(code, 0 if d is _F32 else 1, value, in0, in1, c0)
     t._requires_grad = True
     t._tape = tape
     t._gen = generation
@@ -639,12 +655,12 @@ def arithmetic_methods(name: str):
             kind = type(other)
             if kind is Tensor:
                 if other.dtype is self.dtype:
-                    if (other._shape == self._shape and _state.grad_enabled
+                    if (other._shape == self._shape and _state.tape.grad_enabled
                             and (self._requires_grad or other._requires_grad)):
                         return _record_array_op(array_spec, self, other, 0.0)
                     return _elementwise(name, [self, other], result=self.dtype)
             elif kind is float or kind is int:
-                if self._requires_grad and _state.grad_enabled:
+                if self._requires_grad and _state.tape.grad_enabled:
                     return _record_array_op(scalar_spec, self, None, float(other))
                 return _elementwise(scalar_name, [self], float(other), result=self.dtype)
         return _binary(name, self, other)
@@ -654,7 +670,7 @@ def arithmetic_methods(name: str):
         if (reflected_op is not None and (kind is float or kind is int)
                 and self.dtype.is_floating_point):
             if self._shape:  # an array: straight to the op (as _binary would)
-                if self._requires_grad and _state.grad_enabled:
+                if self._requires_grad and _state.tape.grad_enabled:
                     return _record_array_op(reflected_spec, self, None, float(other))
                 return _elementwise(reflected_op.name, [self], float(other), result=self.dtype)
             a = self._item if self._data is None else self._data.item()
@@ -840,7 +856,7 @@ def _unary(name: str):
     def op(input: Tensor) -> Tensor:
         if type(input) is Tensor and input.dtype.is_floating_point:
             if input._shape:
-                if input._requires_grad and _state.grad_enabled:
+                if input._requires_grad and _state.tape.grad_enabled:
                     return _record_array_op(spec, input, None, 0.0)
                 return _elementwise(name, [input])
             x = input._item if input._data is None else input._data.item()
@@ -1679,7 +1695,7 @@ def _check_write(t: Tensor) -> None:
                 "refers to a single memory location. Please clone() the tensor before "
                 "performing the operation.")
         base = link[0]
-        if _state.grad_enabled and base._requires_grad and base._op < 0:
+        if _state.tape.grad_enabled and base._requires_grad and base._op < 0:
             raise RuntimeError("a view of a leaf Variable that requires grad is being used in "
                                "an in-place operation.")
         storage = base._storage
@@ -1704,7 +1720,7 @@ def _propagate(t: Tensor, origin) -> None:
     if link is not None and link[0] is not origin:
         base = link[0]
         positions = _positions(link)
-        if _state.grad_enabled and t._requires_grad and base.dtype.is_floating_point:
+        if _state.tape.grad_enabled and t._requires_grad and base.dtype.is_floating_point:
             values = reshape(t, (-1,)) if t.ndim != 1 else t
             _assign(base, positions, values, lambda b, compute: _inplace(b, compute, t))
         else:
@@ -1723,7 +1739,7 @@ def _propagate(t: Tensor, origin) -> None:
                 continue
             link = view._storage.link
             base = link[0]
-            if _state.grad_enabled and base._requires_grad and view.dtype.is_floating_point:
+            if _state.tape.grad_enabled and base._requires_grad and view.dtype.is_floating_point:
                 _inplace(view, lambda link=link: _remade(link), t)
             else:
                 data, source = view._value(), base._value()
@@ -2294,7 +2310,7 @@ def inplace(t: Tensor, compute) -> Tensor:
 
 
 def _inplace(t: Tensor, compute, origin) -> Tensor:
-    if _state.grad_enabled and t._requires_grad and t._op < 0:
+    if _state.tape.grad_enabled and t._requires_grad and t._op < 0:
         raise RuntimeError(
             "a leaf Variable that requires grad is being used in an in-place operation.")
     if origin is None:

@@ -1,11 +1,14 @@
 """The flat tape: one per thread, with grad mode.
 
-Every recorded op appends one row to the entry table and one to the node table for its
-output, and writes its output's values into the value arena of its dtype. Rows are packed
-into ``bytearray`` buffers (one ``struct.pack`` per row: the cheapest append CPython has)
-and the Numba sweeps see them as NumPy views made per sweep (``tables()``), so a sweep
-reaches every entry and value by offset with no Python per node. The arenas are flat NumPy
-buffers; a recorded tensor's data is a view into them.
+Every recorded op writes one row to the entry table and one to the node table for its
+output, and writes its output's values into the value arena of its dtype. The tables are
+``bytearray`` buffers of packed int64/float64 rows with room kept beyond the rows in use
+(``capacity``): a row is one ``struct.pack_into`` at its offset, and a restart reuses the
+memory (growing a buffer again after each restart cost its copies and page faults). The
+Numba sweeps see exactly the rows in use, as memoryviews or NumPy views made per sweep
+(``entries``, ``nodes``, ``tables()``), so a sweep reaches every entry and value by offset
+with no Python per node. The arenas are flat NumPy buffers; a recorded tensor's data is a
+view into them.
 
 Lifetimes: a tape has a generation number. When no live tensor refers to an entry that is
 still pending (not freed by a backward), the next recording starts a new generation: the
@@ -59,36 +62,54 @@ _REUSE_SIZE = 1 << 16  # gradients from this many elements on reuse dropped ones
 _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
 _INT = struct.Struct("<q")
-# a 0-d op's row, logged when recorded and written out to the tables on their first read:
-# its entry row, with the dtype code in the output's column and the value in meta's
-_LOG = struct.Struct("<5qd4q2d")
-_LOG_BYTES = _LOG.size
-# the row as an op of at most two inputs and one constant packs it: the columns of a third
-# input's version, of freed and of the second constant are pad bytes, which a struct writes
-# as zeros (the third input's -1 is packed)
-_LOG2 = struct.Struct("<5qd2q16xd8x")
-_LOG_CAPACITY = (1 << 12) * _LOG_BYTES  # a full log is written out (its memory is reused)
-_FLUSH_IN_PYTHON = 24  # logs up to this many rows are written out row by row
+_INITIAL_ROWS = 1 << 9  # rows a new tape's tables have room for
+# a 0-d op's entry row as logged (see record_scalar2): the value in meta's column and the
+# dtype code in the third input's version's (both zero once written out); the columns of
+# freed and of the second constant are pad bytes, which a struct writes as zeros
+_LOGGED = struct.Struct("<5qd3q8xd8x")
+_LOGGED_ROW = struct.Struct("<5qd4q2d")  # the same row, read back whole
+_FLUSH_IN_PYTHON = 24  # up to this many logged rows are written out row by row
 _EAGER_RUN = 16  # the first 0-d ops of a run go to the tables at once
-_DROPPED = 2  # maybe_restart's value when the newest node's last tensor died
+# maybe_restart's values past True (a check of liveness before the next recording):
+_DROPPED = 2  # the newest node's last tensor died
+_READY = 3  # a backward found nothing pending alive: restart at the next recording
 _ENTRY_BYTES = _ENTRY.size
 _NODE_BYTES = _NODE.size
-# the node rows a flush adds to the tables, before their offsets, dtypes and entries: one
-# buffer for every flush (a fresh temporary this large is new memory each time: its page
-# faults would cost more than the copy)
-_NODE_ROWS = memoryview(struct.pack(f"<{N_WIDTH}q", *[1 if field in (N_SIZE, N_GRAD) else 0
-                                                     for field in range(N_WIDTH)])
-                        * (_LOG_CAPACITY // _LOG_BYTES))
+_SCALAR_NODE = np.array([1 if field in (N_SIZE, N_GRAD) else 0 for field in range(N_WIDTH)],
+                        np.int64)  # a logged op's node row before its offset, dtype, entry
+_E_DTYPE = E_VER0 + 2  # where a logged row keeps its output's dtype code
 
 
-def _written_out(name: str) -> property:
-    """A tape's table ``name`` with its logged 0-d rows written out first (``flush``)."""
+def _with_room(rows, size: int, typecode: str = ""):
+    """A new table buffer starting with the bytes of ``rows`` (any buffer), zeros after:
+    an ``array`` of ``size`` items of ``typecode``, or without one a ``bytearray`` of
+    ``size`` bytes."""
+    zeros = bytes(size * 8 if typecode else size)
+    table = array(typecode, zeros) if typecode else bytearray(zeros)
+    data = memoryview(rows).cast("B")
+    with memoryview(table).cast("B") as view:
+        view[:data.nbytes] = data
+    return table
+
+
+def _grown(table, used: int, size: int):
+    """A larger copy of a table buffer: its first ``used`` items, room up to ``size``. (The
+    old buffer stays as it is for any view of it: a resize would fail.)"""
+    return _with_room(table[:used], size, getattr(table, "typecode", ""))
+
+
+def _written_out(name: str, rows: str = "", row_bytes: int = 0) -> property:
+    """A tape's ``name`` with its logged 0-d rows written out first (``flush``); for a
+    table (``rows``: the attribute counting its rows in use), a memoryview of those rows."""
     read = operator.attrgetter(name)
+    count = operator.attrgetter(rows) if rows else None
 
     def table(tape):
         if tape.logged > 0:
             tape.flush()
-        return read(tape)
+        if count is None:
+            return read(tape)
+        return memoryview(read(tape))[:count(tape) * row_bytes]
 
     return property(table)
 
@@ -113,16 +134,20 @@ class Tape:
 
     def __init__(self) -> None:
         self.generation = 0
-        self._entries = bytearray()
-        self._nodes = bytearray()
-        # rows of 0-d ops not yet in the tables (see record_scalar), in the first ``logged``
-        # bytes; their nodes and entries are the last ones: every other recording writes
-        # them out first. ``logged`` <= 0: nothing logged, and -n: the last n ops were 0-d
-        # ones written to the tables at once
-        self.log = bytearray(_LOG_CAPACITY)
+        # the grad mode of the thread whose tape this is (kept here: a thread-local read
+        # costs as much as several attribute reads, and a recording needs the tape anyway)
+        self.grad_enabled = True
+        # the tables, with room for ``capacity`` rows each; rows from ``n_entries`` and
+        # ``n_nodes`` on are unused (a restart leaves old rows there)
+        self.capacity = _INITIAL_ROWS
+        self._entries = bytearray(_INITIAL_ROWS * _ENTRY_BYTES)
+        self._nodes = bytearray(_INITIAL_ROWS * _NODE_BYTES)
+        self.versions = _with_room(b"", _INITIAL_ROWS, "q")  # node -> in-place writes
+        self.refs = _with_room(b"", _INITIAL_ROWS, "q")  # node -> live tensors on it
+        # the last ``logged`` entries (> 0) are 0-d ops' rows not yet written out (see
+        # record_scalar2); every other recording writes them out first. ``logged`` <= 0:
+        # nothing logged, and -n: the last n ops were 0-d ones written out at once
         self.logged = 0
-        self.versions = array("q")  # node -> bumped by in-place writes to its value
-        self.refs = array("q")      # node -> live tensors referring to it
         self.meta = array("q", [0])  # meta[0] = 0: shared by entries that need only a zero
         self._shapes: list[tuple] = []  # node -> shape, for the create_graph sweep and grad_fn
         self.n_entries = 0
@@ -134,8 +159,9 @@ class Tape:
         self.adjoints = [np.empty(0, d) for d in _ARENA_DTYPES]
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
-        self.restart_ready = False  # a sweep found no live tensor on a pending entry
-        self.maybe_restart = False  # a sweep freed entries: check liveness before recording
+        # True: a sweep freed entries, check liveness before recording; _DROPPED (see
+        # newest_dropped); _READY: a sweep found no live tensor on a pending entry
+        self.maybe_restart = False
         self.next_check = _CHECK_EVERY
         self.checks = _Checks()  # when the other liveness checks may run
         self.holds = 0  # > 0 while something (a dual level) keeps node ids of this tape
@@ -169,37 +195,34 @@ class Tape:
         return offset
 
     def _unpin(self) -> None:
-        """A buffer could not grow because a NumPy view of it is still alive somewhere
-        (a frame kept by an exception or by a compiler's error handling): give the tape
-        fresh copies and let the stale views keep the old buffers."""
-        self._entries = bytearray(self._entries)
-        self._nodes = bytearray(self._nodes)
-        self.versions = array("q", self.versions)
-        self.refs = array("q", self.refs)
+        """``meta`` could not grow because a NumPy view of it is still alive somewhere (a
+        frame kept by an exception or by a compiler's error handling): give the tape a
+        fresh copy and let the stale views keep the old buffer. (The tables never resize:
+        they grow into new buffers, see ``reserve``.)"""
         self.meta = array("q", self.meta)
 
-    def _append_node(self, node: int, row: bytes) -> None:
-        try:
-            self._nodes += row
-            self.versions.append(0)
-            self.refs.append(1)
-        except BufferError:
-            self._unpin()  # copies, which may hold part of this row: cut it off
-            del self._nodes[node * _NODE_BYTES:]
-            del self.versions[node:]
-            del self.refs[node:]
-            self._nodes += row
-            self.versions.append(0)
-            self.refs.append(1)
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows in every table: new buffers of twice the room (or
+        ``rows``) holding the rows in use."""
+        capacity = max(rows, 2 * self.capacity)
+        self._entries = _grown(self._entries, self.n_entries * _ENTRY_BYTES,
+                               capacity * _ENTRY_BYTES)
+        self._nodes = _grown(self._nodes, self.n_nodes * _NODE_BYTES, capacity * _NODE_BYTES)
+        self.versions = _grown(self.versions, self.n_nodes, capacity)
+        self.refs = _grown(self.refs, self.n_nodes, capacity)
+        self.capacity = capacity
 
     def new_node(self, dtype_code: int, shape: tuple, size: int, requires_grad: bool,
                  entry: int) -> int:
         if self.logged:  # rows of other ops end a run of 0-d ones
             self._end_run()
         node = self.n_nodes
-        row = _NODE.pack(self.alloc(dtype_code, size), size, dtype_code,
-                         1 if requires_grad else 0, entry)
-        self._append_node(node, row)
+        if node >= self.capacity:
+            self.reserve(node + 1)
+        _NODE.pack_into(self._nodes, node * _NODE_BYTES, self.alloc(dtype_code, size), size,
+                        dtype_code, 1 if requires_grad else 0, entry)
+        self.versions[node] = 0
+        self.refs[node] = 1
         self._shapes.append(shape)
         self.n_nodes = node + 1
         return node
@@ -239,18 +262,15 @@ class Tape:
         if self.logged:  # rows of other ops end a run of 0-d ones
             self._end_run()
         entry = self.n_entries
+        if entry >= self.capacity:
+            self.reserve(entry + 1)
         versions = self.versions
-        row = _ENTRY.pack(
-            code, out, in0, in1, in2, meta,
+        _ENTRY.pack_into(
+            self._entries, entry * _ENTRY_BYTES, code, out, in0, in1, in2, meta,
             versions[in0] if in0 >= 0 else 0,
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        try:
-            self._entries += row
-        except BufferError:
-            self._unpin()
-            self._entries += row
         self.set_node_field(out, N_ENTRY, entry)
         self.n_entries = entry + 1
         return entry
@@ -274,40 +294,23 @@ class Tape:
             used[dtype_code] = offset + size
         node = self.n_nodes
         entry = self.n_entries
+        if node >= self.capacity or entry >= self.capacity:
+            self.reserve(max(node, entry) + 1)
         versions = self.versions
-        entry_row = _ENTRY.pack(
-            code, node, in0, in1, in2, meta,
+        # the rows (record_scalar writes them the same way: each inline, per op)
+        _ENTRY.pack_into(
+            self._entries, entry * _ENTRY_BYTES, code, node, in0, in1, in2, meta,
             versions[in0] if in0 >= 0 else 0,
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        node_row = _NODE.pack(offset, size, dtype_code, 1, entry)
-        try:  # the rows (record_scalar appends them the same way: each inline, per op)
-            self._entries += entry_row
-            self._nodes += node_row
-        except BufferError:
-            self._append_rows_unpinned(node, node_row, entry_row)
-        else:
-            versions.append(0)
-            self.refs.append(1)
+        _NODE.pack_into(self._nodes, node * _NODE_BYTES, offset, size, dtype_code, 1, entry)
+        versions[node] = 0
+        self.refs[node] = 1
         self._shapes.append(shape)
         self.n_nodes = node + 1
         self.n_entries = entry + 1
         return node, arena[offset:offset + size]
-
-    def _append_rows_unpinned(self, node: int, node_row: bytes, entry_row: bytes) -> None:
-        """An op's two rows, its version and its live reference when a buffer could not grow
-        (a view of it is alive): on fresh copies, cut back to the rows before this op (the
-        copies may hold part of it)."""
-        self._unpin()
-        del self._entries[(self.n_entries) * _ENTRY_BYTES:]
-        del self._nodes[node * _NODE_BYTES:]
-        del self.versions[node:]
-        del self.refs[node:]
-        self._entries += entry_row
-        self._nodes += node_row
-        self.versions.append(0)
-        self.refs.append(1)
 
     def record_scalar(self, code: int, dtype_code: int, value: float, in0: int, in1: int,
                       in2: int, c0: float, c1: float) -> int:
@@ -325,37 +328,27 @@ class Tape:
                        c0: float) -> int:
         """``new_node`` + ``record`` for a 0-d output of at most two inputs (``in1`` may be
         -1) and one constant: the per-op cost of scalar programs. The first ops of a run of
-        0-d ops write their rows to the tables at once (a small graph is read soon: a
-        tutorial step); after those, each op packs its entry row into ``log``, and
-        ``flush`` writes the logged rows out, in bulk, when something first reads the
-        tables (or the log is full). The node and entry ids are taken now."""
-        used = self.logged
-        if used <= 0:
-            if used > -_EAGER_RUN:
-                self.logged = used - 1
-                return self._record_scalar_now(code, dtype_code, value, in0, in1, -1, c0,
-                                               0.0)
-            used = 0
-        elif used == _LOG_CAPACITY:
-            self.flush()
-            used = 0
+        0-d ops write their rows at once (a small graph is read soon: a tutorial step);
+        after those, each op packs its entry row with its value and dtype in two spare
+        columns and leaves its node row and arena slot to ``flush``, which writes them
+        out, for all the logged ops at once, when something first reads the tables."""
+        logged = self.logged
+        if logged <= 0 and logged > -_EAGER_RUN:
+            self.logged = logged - 1
+            return self._record_scalar_now(code, dtype_code, value, in0, in1, -1, c0, 0.0)
         node = self.n_nodes
+        entry = self.n_entries
+        if node >= self.capacity or entry >= self.capacity:
+            self.reserve(max(node, entry) + 1)
         versions = self.versions
-        try:
-            versions.append(0)
-            self.refs.append(1)
-        except BufferError:  # a view of one is alive: fresh copies, cut back to the nodes
-            self._unpin()
-            del self.versions[node:], self.refs[node:]
-            versions = self.versions
-            versions.append(0)
-            self.refs.append(1)
-        _LOG2.pack_into(self.log, used, code, dtype_code, in0, in1, -1, value,
-                        versions[in0] if in0 >= 0 else 0,
-                        versions[in1] if in1 >= 0 else 0, c0)
-        self.logged = used + _LOG_BYTES
+        versions[node] = 0
+        self.refs[node] = 1
+        _LOGGED.pack_into(self._entries, entry * _ENTRY_BYTES, code, node, in0, in1, -1,
+                          value, versions[in0] if in0 >= 0 else 0,
+                          versions[in1] if in1 >= 0 else 0, dtype_code, c0)
+        self.logged = logged + 1 if logged > 0 else 1
         self.n_nodes = node + 1
-        self.n_entries += 1
+        self.n_entries = entry + 1
         return node
 
     def _record_scalar_now(self, code: int, dtype_code: int, value: float, in0: int,
@@ -371,22 +364,19 @@ class Tape:
         arena[offset] = value
         node = self.n_nodes
         entry = self.n_entries
+        if node >= self.capacity or entry >= self.capacity:
+            self.reserve(max(node, entry) + 1)
         versions = self.versions
-        node_row = _NODE.pack(offset, 1, dtype_code, 1, entry)
-        entry_row = _ENTRY.pack(
+        _ENTRY.pack_into(
+            self._entries, entry * _ENTRY_BYTES,
             code, node, in0, in1, in2, 0,  # meta[0] is 0: operands have the output's shape
             versions[in0] if in0 >= 0 else 0,
             versions[in1] if in1 >= 0 else 0,
             versions[in2] if in2 >= 0 else 0,
             0, c0, c1)
-        try:
-            self._entries += entry_row
-            self._nodes += node_row
-        except BufferError:
-            self._append_rows_unpinned(node, node_row, entry_row)
-        else:
-            versions.append(0)
-            self.refs.append(1)
+        _NODE.pack_into(self._nodes, node * _NODE_BYTES, offset, 1, dtype_code, 1, entry)
+        versions[node] = 0
+        self.refs[node] = 1
         self._shapes.append(_SCALAR)
         self.n_nodes = node + 1
         self.n_entries = entry + 1
@@ -400,83 +390,62 @@ class Tape:
         self.logged = 0
 
     def flush(self) -> None:
-        """Write the logged 0-d rows out: their values to the arenas, their node and entry
-        rows to the tables, their shapes. Row by row for a few, with NumPy for many."""
-        if self.logged <= 0:
+        """Write the logged 0-d ops out: their values to the arenas, their node rows, the
+        two spare columns of their entry rows zeroed, their shapes. Row by row for a few,
+        with NumPy for many."""
+        k = self.logged
+        if k <= 0:
             return
-        log = self.log
-        k = self.logged // _LOG_BYTES
-        self.logged = 0  # (readers called below see an empty log)
+        self.logged = 0  # (readers called below see nothing logged)
         node0 = self.n_nodes - k
         entry0 = self.n_entries - k
         if k <= _FLUSH_IN_PYTHON:
-            node_rows = bytearray()
-            entry_rows = bytearray()
-            node = node0
-            for (code, dtype_code, in0, in1, in2, value, ver0, ver1, ver2, _, c0,
-                 c1) in _LOG.iter_unpack(memoryview(log)[:k * _LOG_BYTES]):
+            entries, nodes, arenas = self._entries, self._nodes, self._arenas
+            for i in range(k):
+                at = (entry0 + i) * _ENTRY_BYTES
+                row = list(_LOGGED_ROW.unpack_from(entries, at))
+                dtype_code = row[_E_DTYPE]
                 offset = self.alloc(dtype_code, 1)
-                self._arenas[dtype_code][offset] = value
-                node_rows += _NODE.pack(offset, 1, dtype_code, 1, entry0 + node - node0)
-                entry_rows += _ENTRY.pack(code, node, in0, in1, in2, 0, ver0, ver1, ver2, 0,
-                                          c0, c1)
-                node += 1
-            self._append_rows(entry_rows, node_rows, entry0, node0)
+                arenas[dtype_code][offset] = row[E_META]
+                row[E_META] = row[_E_DTYPE] = 0
+                _ENTRY.pack_into(entries, at, *row)
+                _NODE.pack_into(nodes, (node0 + i) * _NODE_BYTES, offset, 1, dtype_code, 1,
+                                entry0 + i)
         else:
-            self._flush_rows(log, k, node0, entry0)
+            self._flush_rows(k, node0, entry0)
         self._shapes.extend([_SCALAR] * k)
 
-    def _append_rows(self, entry_rows, node_rows, entry0: int, node0: int) -> None:
-        """Rows after the tables' first ``entry0`` entries and ``node0`` nodes (on fresh
-        copies when a view of one is alive: it could not grow)."""
-        try:
-            self._entries += entry_rows
-            self._nodes += node_rows
-        except BufferError:
-            self._entries = bytearray(self._entries[:entry0 * _ENTRY_BYTES])
-            self._nodes = bytearray(self._nodes[:node0 * _NODE_BYTES])
-            self._entries += entry_rows
-            self._nodes += node_rows
-
-    def _flush_rows(self, log: bytearray, k: int, node0: int, entry0: int) -> None:
-        """``flush`` of many rows with NumPy: the logged rows are the entry rows but for two
-        columns; the node rows are copies of one but for three (written in place into the
-        tables: temporaries as large would cost their page faults)."""
-        entry_rows = memoryview(log)[:k * _LOG_BYTES]
-        node_rows = _NODE_ROWS[:k * _NODE_BYTES]
-        self._append_rows(entry_rows, node_rows, entry0, node0)
-        entry_rows.release()
+    def _flush_rows(self, k: int, node0: int, entry0: int) -> None:
+        """``flush`` of many rows with NumPy, in place in the tables."""
         entries = np.frombuffer(self._entries, np.int64, k * E_WIDTH,
                                 entry0 * _ENTRY_BYTES).reshape(k, E_WIDTH)
         nodes = np.frombuffer(self._nodes, np.int64, k * N_WIDTH,
                               node0 * _NODE_BYTES).reshape(k, N_WIDTH)
-        try:
-            values = entries.view(np.float64)[:, E_META]
-            dtype_codes = entries[:, E_OUT]
-            n64 = int(np.count_nonzero(dtype_codes))
-            for dtype_code, n in ((DTYPE_F32, k - n64), (DTYPE_F64, n64)):
-                if not n:
-                    continue
-                offset = self.alloc(dtype_code, n)
-                slots = np.arange(offset, offset + n)
-                if n == k:
-                    self._arenas[dtype_code][offset:offset + n] = values
-                    nodes[:, N_OFFSET] = slots
-                else:
-                    rows = dtype_codes == dtype_code
-                    self._arenas[dtype_code][offset:offset + n] = values[rows]
-                    nodes[rows, N_OFFSET] = slots
-            if n64:
-                nodes[:, N_DTYPE] = dtype_codes
-            nodes[:, N_ENTRY] = np.arange(entry0, entry0 + k)
-            entries[:, E_OUT] = np.arange(node0, node0 + k)
-            entries[:, E_META] = 0  # meta[0] is 0: operands have the output's shape
-        finally:  # no view of the tables outlives this: they could not grow
-            entries = nodes = values = dtype_codes = rows = None
+        values = entries.view(np.float64)[:, E_META]
+        dtype_codes = entries[:, _E_DTYPE]
+        nodes[:] = _SCALAR_NODE
+        n64 = int(np.count_nonzero(dtype_codes))
+        for dtype_code, n in ((DTYPE_F32, k - n64), (DTYPE_F64, n64)):
+            if not n:
+                continue
+            offset = self.alloc(dtype_code, n)
+            slots = np.arange(offset, offset + n)
+            if n == k:
+                self._arenas[dtype_code][offset:offset + n] = values
+                nodes[:, N_OFFSET] = slots
+            else:
+                rows = dtype_codes == dtype_code
+                self._arenas[dtype_code][offset:offset + n] = values[rows]
+                nodes[rows, N_OFFSET] = slots
+        if n64:
+            nodes[:, N_DTYPE] = dtype_codes
+        nodes[:, N_ENTRY] = np.arange(entry0, entry0 + k)
+        entries[:, E_META] = 0  # meta[0] is 0: operands have the output's shape
+        entries[:, _E_DTYPE] = 0
 
     # the tables for readers outside the recording paths: the logged 0-d rows written out
-    entries = _written_out("_entries")
-    nodes = _written_out("_nodes")
+    entries = _written_out("_entries", "n_entries", _ENTRY_BYTES)
+    nodes = _written_out("_nodes", "n_nodes", _NODE_BYTES)
     shapes = _written_out("_shapes")
     arenas = _written_out("_arenas")
 
@@ -579,7 +548,7 @@ class Tape:
         refers to a pending entry (never while ``holds``: code that keeps node ids)."""
         if self.holds:
             return
-        if self.restart_ready:
+        if self.maybe_restart == _READY:
             self._restart()
         elif (self.maybe_restart or self.n_entries >= self.next_check
               or self.used[0] + self.used[1] >= self.checks.values) and self.n_entries:
@@ -606,7 +575,7 @@ class Tape:
         run in the middle of a recording: only flags are set here). A graph dropped without
         a backward (a chain recorded, read and forgotten) then restarts the tape at the
         next recording instead of waiting for a periodic check to compact it."""
-        if (not self.holds and not self.maybe_restart and not self.restart_ready
+        if (not self.holds and not self.maybe_restart
                 and self.n_entries >= self.checks.drop_at and self.restartable()):
             self.maybe_restart = _DROPPED
 
@@ -623,7 +592,7 @@ class Tape:
         if not self.restartable():
             return
         if not pending:
-            self.restart_ready = True
+            self.maybe_restart = _READY
         elif self.n_entries >= self.checks.recheck_at:
             # the pending entries' tensors may die before the next op (a function's
             # temporaries): check then. Once a check finds one still alive, wait until the
@@ -634,13 +603,13 @@ class Tape:
         """Live tensors referring to the output of an entry no backward has freed. The
         logged rows are not written out for this: every one is pending (a backward writes
         the log out first), so their live nodes count as they are."""
-        flushed = len(self._nodes) // _NODE_BYTES
+        logged = max(self.logged, 0)
+        flushed = self.n_nodes - logged
         refs = self.refs
         count = 0
-        if flushed < self.n_nodes:
-            logged = np.frombuffer(refs, np.int64)[flushed:]
-            count = int(np.count_nonzero(logged > 0))
-            logged = None  # (a view of refs: it could not grow)
+        if logged:
+            view = np.frombuffer(refs, np.int64, logged, flushed * 8)
+            count = int(np.count_nonzero(view > 0))
         if flushed <= 16:  # a few rows: read here, without a kernel call
             for node in range(flushed):
                 if refs[node] > 0:
@@ -651,7 +620,9 @@ class Tape:
             return count
         from .kernels.sweep import count_pending_alive_on_tape
 
-        return count + count_pending_alive_on_tape(self._entries, self._nodes, refs)
+        entries = memoryview(self._entries)[:(self.n_entries - logged) * _ENTRY_BYTES]
+        nodes = memoryview(self._nodes)[:flushed * _NODE_BYTES]
+        return count + count_pending_alive_on_tape(entries, nodes, refs)
 
     def _may_compact(self) -> bool:
         """Whether nothing but tensors (and grad_fn objects) holds this generation's row
@@ -708,10 +679,12 @@ class Tape:
         live = kept_nodes[refs[kept_nodes] > 0]
         self._carry(node_map, entry_map, live, nodes[live, N_ENTRY])
         self.generation += 1
-        self._entries = bytearray(new_entries.tobytes())
-        self._nodes = bytearray(new_nodes.tobytes())
-        self.versions = array("q", versions[kept_nodes].tobytes())
-        self.refs = array("q", refs[kept_nodes].tobytes())
+        # the tables as new buffers, with room for as many rows again
+        self.capacity = max(2 * max(new_entries.shape[0], new_nodes.shape[0]), _INITIAL_ROWS)
+        self._entries = _with_room(new_entries, self.capacity * _ENTRY_BYTES)
+        self._nodes = _with_room(new_nodes, self.capacity * _NODE_BYTES)
+        self.versions = _with_room(versions[kept_nodes], self.capacity, "q")
+        self.refs = _with_room(refs[kept_nodes], self.capacity, "q")
         self.meta = array("q", new_meta.tobytes())
         shapes = self._shapes
         self._shapes = [shapes[node] for node in kept_nodes.tolist()]
@@ -729,7 +702,7 @@ class Tape:
         self.next_check = self.checks.recheck_at = max(self.n_entries + _CHECK_EVERY,
                                                 2 * self.n_entries)
         self.checks.values = max(values + _CHECK_VALUES, 2 * values)
-        self.restart_ready = self.maybe_restart = False
+        self.maybe_restart = False
         self.second_order_scratch = None
         return True
 
@@ -804,14 +777,17 @@ class Tape:
         # carried tensors still alive refer to freed entries or are leaves: graph-freed (and
         # forgotten first: dropping the leaves below runs __del__ of older tensors)
         self.carried = self.carried_entries = None
-        self.restart_ready = self.maybe_restart = False
-        try:  # emptied in place: no new buffers (unless a view of one is still alive)
-            del self._entries[:], self._nodes[:], self.versions[:], self.refs[:], self.meta[1:]
+        self.maybe_restart = False
+        rows = max(self.n_entries, self.n_nodes)
+        if self.capacity > 4 * max(rows, _INITIAL_ROWS):  # room for a far larger graph
+            self.capacity = max(2 * rows, _INITIAL_ROWS)
+            self._entries = bytearray(self.capacity * _ENTRY_BYTES)
+            self._nodes = bytearray(self.capacity * _NODE_BYTES)
+            self.versions = _with_room(b"", self.capacity, "q")
+            self.refs = _with_room(b"", self.capacity, "q")
+        try:  # emptied in place: no new buffer (unless a view of it is still alive)
+            del self.meta[1:]
         except BufferError:
-            self._entries = bytearray()
-            self._nodes = bytearray()
-            self.versions = array("q")
-            self.refs = array("q")
             self.meta = array("q", [0])
         self._shapes = []
         self.logged = 0  # rows of the generation that ends
@@ -881,18 +857,20 @@ class Tape:
 
     def tables(self):
         """NumPy views for a sweep: entries (int64 rows), the same rows as float64 (for the
-        constants), nodes, versions, live references, meta. Drop them before the next
-        append: a buffer with live views cannot grow."""
+        constants), nodes, versions, live references (their rows in use), meta. Drop them
+        before the next append: ``meta`` cannot grow while a view of it is alive."""
         if self.logged > 0:
             self.flush()
         n_entries, n_nodes = self.n_entries, self.n_nodes
-        entries = np.frombuffer(self._entries, np.int64) if n_entries else _EMPTY_INT
-        consts = np.frombuffer(self._entries, np.float64) if n_entries else _EMPTY_FLOAT
-        nodes = np.frombuffer(self._nodes, np.int64) if n_nodes else _EMPTY_INT
+        width = n_entries * E_WIDTH
+        entries = np.frombuffer(self._entries, np.int64, width) if n_entries else _EMPTY_INT
+        consts = np.frombuffer(self._entries, np.float64, width) if n_entries else _EMPTY_FLOAT
+        nodes = (np.frombuffer(self._nodes, np.int64, n_nodes * N_WIDTH) if n_nodes
+                 else _EMPTY_INT)
         return (entries.reshape(n_entries, E_WIDTH), consts.reshape(n_entries, E_WIDTH),
                 nodes.reshape(n_nodes, N_WIDTH),
-                np.frombuffer(self.versions, np.int64) if n_nodes else _EMPTY_INT,
-                np.frombuffer(self.refs, np.int64) if n_nodes else _EMPTY_INT,
+                np.frombuffer(self.versions, np.int64, n_nodes) if n_nodes else _EMPTY_INT,
+                np.frombuffer(self.refs, np.int64, n_nodes) if n_nodes else _EMPTY_INT,
                 np.frombuffer(self.meta, np.int64) if len(self.meta) else _EMPTY_META)
 
 
@@ -924,8 +902,7 @@ _ = (E_META, N_OFFSET, N_SIZE)
 
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        self.grad_enabled = True
-        self.tape = Tape()
+        self.tape = Tape()  # with the thread's grad mode: one thread-local read gives both
 
 
 _state = _ThreadState()
@@ -936,11 +913,11 @@ def current_tape() -> Tape:
 
 
 def is_grad_enabled() -> bool:
-    return _state.grad_enabled
+    return _state.tape.grad_enabled
 
 
 def _set_grad_enabled(mode: bool) -> None:
-    _state.grad_enabled = bool(mode)
+    _state.tape.grad_enabled = bool(mode)
 
 
 def thread_state() -> _ThreadState:

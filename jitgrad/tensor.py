@@ -566,7 +566,7 @@ def _arithmetic_inplace_method(name: str, compute, ufunc):
         data = self._data
         if (not args and not kwargs and data is not None and self.dtype.is_floating_point
                 and F.inplace is plain
-                and (not F._state.grad_enabled
+                and (not F._state.tape.grad_enabled
                      or not (self._requires_grad
                              or (type(other) is Tensor and other._requires_grad)))):
             kind = type(other)
@@ -609,12 +609,12 @@ def _zero_(self) -> Tensor:
 
 
 def _fill(self, value) -> Tensor:
-    if F._state.grad_enabled and self._requires_grad and self._op < 0:
+    if F._state.tape.grad_enabled and self._requires_grad and self._op < 0:
         raise RuntimeError(
             "a leaf Variable that requires grad is being used in an in-place operation.")
     if isinstance(value, Tensor):
         value = value.item()
-    if F._state.grad_enabled and self._requires_grad:
+    if F._state.tape.grad_enabled and self._requires_grad:
         return F.inplace(self, lambda: F.add(F.mul(self, 0), value))
     F._check_write(self)
     self._value()[...] = value

@@ -67,7 +67,7 @@ def test_logged_rows_are_the_rows_written_one_by_one(monkeypatch, n):
         monkeypatch.setattr(_state, "tape", tape)
         x, w, y, v = _program(flush_each, n)
         if not flush_each and n > _EAGER_RUN:
-            assert tape.logged > 0 and tape.n_entries > len(tape._entries) // 96
+            assert 0 < tape.logged < tape.n_entries
         runs.append((_tables(tape), (y.item(), v.item())))
         (y + v.float()).backward()
         runs[-1] += ((x.grad.item(), w.grad.item()),)
@@ -129,11 +129,14 @@ def test_small_graphs_are_written_at_once_and_long_runs_logged(tape):
     y = x
     for k in range(_EAGER_RUN):
         y = y * 1.5
-        assert tape.logged == -(k + 1) and tape.n_entries == len(tape._entries) // 96
+        assert tape.logged == -(k + 1)
+        assert tape._nodes[(tape.n_nodes - 1) * 40:tape.n_nodes * 40] != bytes(40)
     y = y * 1.5
-    assert tape.logged > 0 and tape.n_entries == len(tape._entries) // 96 + 1
+    assert tape.logged == 1  # its node row is not written yet
+    assert tape._nodes[(tape.n_nodes - 1) * 40:tape.n_nodes * 40] == bytes(40)
     v = torch.ones(2, requires_grad=True) * 2.0  # another op: the run ends
-    assert tape.logged == 0 and tape.n_entries == len(tape._entries) // 96
+    assert tape.logged == 0
+    assert tape._nodes[(tape.n_nodes - 3) * 40:(tape.n_nodes - 2) * 40] != bytes(40)
     y = y * v.sum()
     assert tape.logged == -1  # a new run
     y.backward()
@@ -202,15 +205,18 @@ def test_a_dropped_graph_does_not_restart_under_a_live_one(tape, compactions):
 
 
 @pytest.mark.parametrize("logged", [False, True])
-def test_anomaly_mode_names_a_0d_op_written_at_once_or_logged(tape, logged):
+def test_anomaly_mode_names_a_0d_op_after_ops_written_at_once_or_logged(tape, logged):
     x = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
     z = x
     if logged:  # past the ops written at once
+        for _ in range(_EAGER_RUN + 1):
+            z = z * 1.0
+        assert tape.logged > 0
+    with torch.autograd.detect_anomaly():
         for _ in range(_EAGER_RUN):
             z = z * 1.0
-    with torch.autograd.detect_anomaly():
         y = torch.sqrt(z) * 0.0 + z
-        assert (tape.logged > 0) == logged
+        assert tape.logged <= 0  # anomaly mode writes every op out at once
         with pytest.raises(RuntimeError) as info:
             y.backward()
     message = str(info.value)
@@ -218,21 +224,22 @@ def test_anomaly_mode_names_a_0d_op_written_at_once_or_logged(tape, logged):
     assert "y = torch.sqrt(z) * 0.0 + z" in message  # the forward call's line
 
 
-@pytest.mark.parametrize("n", [_EAGER_RUN + 3, _EAGER_RUN + 100])
+@pytest.mark.parametrize("n", [_EAGER_RUN + 3, _EAGER_RUN + 400])
 def test_a_stale_view_of_the_tables_when_the_log_is_written_out(tape, n):
-    # a view kept alive (by a traceback, say) pins the tables: the log is written out to
-    # fresh copies of them
+    # a view kept alive (by a traceback, say) does not stop the tables from growing: they
+    # grow into new buffers, never by a resize (which a view would make fail)
     x = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     y = x
     for _ in range(_EAGER_RUN):
         y = torch.sin(y) * 0.5 + y
     assert tape.logged > 0
-    stale = (np.frombuffer(tape._entries, np.int64), np.frombuffer(tape._nodes, np.int64))
-    pinned = tape._entries
+    stale = (np.frombuffer(tape._entries, np.int64), np.frombuffer(tape._nodes, np.int64),
+             np.frombuffer(tape.versions, np.int64), np.frombuffer(tape.refs, np.int64))
+    pinned, capacity = tape._entries, tape.capacity
     for _ in range(n - _EAGER_RUN):
         y = torch.sin(y) * 0.5 + y
     y.backward()
-    assert tape._entries is not pinned  # written out to a copy
+    assert (tape._entries is not pinned) == (tape.n_entries > capacity)
     z, dz = 0.5, 1.0
     for _ in range(n):
         dz *= np.cos(z) * 0.5 + 1.0
@@ -240,3 +247,40 @@ def test_a_stale_view_of_the_tables_when_the_log_is_written_out(tape, n):
     assert x.grad.item() == pytest.approx(dz, rel=1e-12)
     assert y.item() == pytest.approx(z, rel=1e-14)
     del stale
+
+
+def test_a_restart_reuses_the_tables_and_a_far_larger_graph_gives_its_room_back(tape):
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    _chain(x0, a, 1100).backward()  # 4400 entries: the tables grow
+    buffers = (tape._entries, tape._nodes, tape.versions, tape.refs)
+    capacity = tape.capacity
+    assert capacity >= 4400
+    for _ in range(3):
+        out = _chain(x0, a, 1100)  # a restart first: the same buffers, no new memory
+        assert tape.generation > 0 and tape.n_entries == 4400
+        assert all(now is before for now, before in
+                   zip((tape._entries, tape._nodes, tape.versions, tape.refs), buffers))
+        out.backward()
+    _chain(x0, a, 20000).backward()  # 80000 rows
+    assert tape.capacity >= 80000
+    _chain(x0, a, 1100).backward()  # 4400 rows: room for 80000 kept
+    assert tape.capacity >= 80000
+    y = _chain(x0, a, 10)  # the restart after 4400 rows gives most of the room back
+    assert tape.capacity < 80000 and tape.n_entries == 40
+    y.backward()
+    assert len(tape._entries) == tape.capacity * 96 and len(tape.refs) == tape.capacity
+
+
+def test_a_compaction_keeps_room_in_the_tables(tape, compactions):
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    kept = _chain(x0, a, 5)  # alive and pending: the periodic check compacts
+    for _ in range(10):
+        _chain(kept, a, 500)
+    assert compactions and tape.n_entries < 6000
+    assert tape.capacity >= tape.n_entries and len(tape._entries) == tape.capacity * 96
+    y = _chain(kept, a, 3000)  # grows past the room the compaction kept
+    y.backward()
+    expected = _chain(_chain(torch.tensor(0.5, dtype=torch.float64), 0.9, 5), 0.9, 3000)
+    assert y.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -68,11 +68,15 @@ def _trace_recordings(tape) -> None:
     def traced(record):
         def wrapper(*args, **kwargs):
             result = record(*args, **kwargs)
+            # every 0-d op written out at once: a logged one could be recorded inline,
+            # without calling a method of the tape (see functions._finish_scalar)
+            tape._end_run()
             stack = traceback.extract_stack(limit=_TRACE_DEPTH + 2)[:-2]
             traces[(tape.generation, tape.n_entries - 1)] = stack
             return result
         return wrapper
 
+    tape._end_run()
     for name in _RECORDING_METHODS:
         setattr(tape, name, traced(getattr(tape, name)))
 

@@ -20,12 +20,12 @@ class _GradMode:
 
     def __enter__(self):
         state = thread_state()
-        self._previous = state.grad_enabled
-        state.grad_enabled = self.mode
+        self._previous = state.tape.grad_enabled
+        state.tape.grad_enabled = self.mode
         return self
 
     def __exit__(self, *exc) -> None:
-        thread_state().grad_enabled = self._previous
+        thread_state().tape.grad_enabled = self._previous
 
     def __call__(self, function):
         mode = self.mode
@@ -33,12 +33,12 @@ class _GradMode:
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             state = thread_state()
-            previous = state.grad_enabled
-            state.grad_enabled = mode
+            previous = state.tape.grad_enabled
+            state.tape.grad_enabled = mode
             try:
                 return function(*args, **kwargs)
             finally:
-                state.grad_enabled = previous
+                state.tape.grad_enabled = previous
 
         return wrapper
 
