@@ -26,7 +26,7 @@ from .recording import (
     fast_scalar_forward,
     node_of,
 )
-from .tape import _ENTRY_BYTES, _LOGGED, _state
+from .tape import _LOG_BYTES, _LOG_ROWS, _LOGGED, _state
 from .tensor import (
     Size,
     Tensor,
@@ -533,20 +533,17 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
                     and b._storage.version != b._node_version)):
             in1 = node_of(tape, b)
     code = op.code
-    # Tape.record_scalar2 for an op past the first of a run (logged), inline
+    # Tape.record_scalar2 for an op past the first of a run while the log has room, inline
     logged = tape.logged
-    node = tape.n_nodes
-    entry = tape.n_entries
-    if logged > 0 and node < tape.capacity and entry < tape.capacity:
-        versions = tape.versions
-        versions[node] = 0
-        tape.refs[node] = 1
-        _LOGGED.pack_into(tape._entries, entry * _ENTRY_BYTES, code, node, in0, in1, -1,
-                          value, versions[in0] if in0 >= 0 else 0,
-                          versions[in1] if in1 >= 0 else 0, 0 if d is _F32 else 1, c0)
+    if 0 < logged < _LOG_ROWS:
+        _LOGGED.pack_into(tape.log, logged * _LOG_BYTES, code, in0, in1, value, c0,
+                          0 if d is _F32 else 1)
         tape.logged = logged + 1
+        node = tape.n_nodes
+        tape.versions[node] = 0
+        tape.refs[node] = 1
         tape.n_nodes = node + 1
-        tape.n_entries = entry + 1
+        tape.n_entries += 1
         t._node = node
     else:
         t._node = tape.record_scalar2(code, 0 if d is _F32 else 1, value, in0, in1, c0)

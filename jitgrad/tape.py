@@ -33,6 +33,7 @@ import numpy as np
 from .kernels.layout import (
     DTYPE_F32,
     DTYPE_F64,
+    E_C0,
     E_FREED,
     E_IN0,
     E_META,
@@ -63,11 +64,13 @@ _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
 _INT = struct.Struct("<q")
 _INITIAL_ROWS = 1 << 9  # rows a new tape's tables have room for
-# a 0-d op's entry row as logged (see record_scalar2): the value in meta's column and the
-# dtype code in the third input's version's (both zero once written out); the columns of
-# freed and of the second constant are pad bytes, which a struct writes as zeros
-_LOGGED = struct.Struct("<5qd3q8xd8x")
-_LOGGED_ROW = struct.Struct("<5qd4q2d")  # the same row, read back whole
+# a 0-d op as logged (see record_scalar2): its op code, inputs' nodes, value, constant and
+# dtype code; the rest of its entry and node rows is known when they are written out
+_LOGGED = struct.Struct("<3qddq")
+_LOG_BYTES = _LOGGED.size
+_LOG_ROWS = 1 << 12  # a full log is written out (its memory is reused: it stays in cache)
+_LOG_FIELDS = np.dtype([("code", "<i8"), ("in0", "<i8"), ("in1", "<i8"), ("value", "<f8"),
+                        ("c0", "<f8"), ("dtype", "<i8")])
 _FLUSH_IN_PYTHON = 24  # up to this many logged rows are written out row by row
 _EAGER_RUN = 16  # the first 0-d ops of a run go to the tables at once
 # maybe_restart's values past True (a check of liveness before the next recording):
@@ -77,7 +80,6 @@ _ENTRY_BYTES = _ENTRY.size
 _NODE_BYTES = _NODE.size
 _SCALAR_NODE = np.array([1 if field in (N_SIZE, N_GRAD) else 0 for field in range(N_WIDTH)],
                         np.int64)  # a logged op's node row before its offset, dtype, entry
-_E_DTYPE = E_VER0 + 2  # where a logged row keeps its output's dtype code
 
 
 def _with_room(rows, size: int, typecode: str = ""):
@@ -129,6 +131,17 @@ class _Checks:
         self.drop_at = 0
 
 
+class _Pools:
+    """Memory a tape keeps for reuse: fresh memory costs its page faults again each step."""
+
+    __slots__ = ("arenas", "gradients", "adjoints")
+
+    def __init__(self) -> None:
+        self.arenas: list[list[np.ndarray]] = [[], []]  # spare arenas, per dtype
+        self.gradients: list[np.ndarray] = []  # large gradients given out
+        self.adjoints = [np.empty(0, d) for d in _ARENA_DTYPES]  # the sweeps' buffers
+
+
 class Tape:
     """Flat tables of one thread's recorded ops (see the module docstring)."""
 
@@ -144,9 +157,11 @@ class Tape:
         self._nodes = bytearray(_INITIAL_ROWS * _NODE_BYTES)
         self.versions = _with_room(b"", _INITIAL_ROWS, "q")  # node -> in-place writes
         self.refs = _with_room(b"", _INITIAL_ROWS, "q")  # node -> live tensors on it
-        # the last ``logged`` entries (> 0) are 0-d ops' rows not yet written out (see
-        # record_scalar2); every other recording writes them out first. ``logged`` <= 0:
-        # nothing logged, and -n: the last n ops were 0-d ones written out at once
+        # 0-d ops whose rows are not in the tables yet (see record_scalar2), ``logged`` (> 0)
+        # of them: the last nodes and entries; every other recording writes them out
+        # first. ``logged`` <= 0: nothing logged, and -n: the last n ops were 0-d ones
+        # written out at once
+        self.log = bytearray(_LOG_ROWS * _LOG_BYTES)
         self.logged = 0
         self.meta = array("q", [0])  # meta[0] = 0: shared by entries that need only a zero
         self._shapes: list[tuple] = []  # node -> shape, for the create_graph sweep and grad_fn
@@ -154,9 +169,7 @@ class Tape:
         self.n_nodes = 0
         self._arenas = [np.empty(_INITIAL_ARENA, d) for d in _ARENA_DTYPES]
         self.used = [0, 0]
-        self.spare_arenas: list[list[np.ndarray]] = [[], []]
-        self.handed_out: list[np.ndarray] = []  # large gradients given out, for reuse
-        self.adjoints = [np.empty(0, d) for d in _ARENA_DTYPES]
+        self.pools = _Pools()  # memory kept for reuse
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
         # True: a sweep freed entries, check liveness before recording; _DROPPED (see
@@ -234,10 +247,10 @@ class Tape:
         if self.logged > 0:
             self.flush()
         for code in (DTYPE_F32, DTYPE_F64):
-            if self.adjoints[code].shape[0] < self.used[code] + SWEEP_SCRATCH:
+            if self.pools.adjoints[code].shape[0] < self.used[code] + SWEEP_SCRATCH:
                 size = max(self.used[code], self._arenas[code].shape[0]) + SWEEP_SCRATCH
-                self.adjoints[code] = np.empty(size, _ARENA_DTYPES[code])
-        return self.adjoints
+                self.pools.adjoints[code] = np.empty(size, _ARENA_DTYPES[code])
+        return self.pools.adjoints
 
     def node_field(self, node: int, field: int) -> int:
         if self.logged > 0:
@@ -329,26 +342,28 @@ class Tape:
         """``new_node`` + ``record`` for a 0-d output of at most two inputs (``in1`` may be
         -1) and one constant: the per-op cost of scalar programs. The first ops of a run of
         0-d ops write their rows at once (a small graph is read soon: a tutorial step);
-        after those, each op packs its entry row with its value and dtype in two spare
-        columns and leaves its node row and arena slot to ``flush``, which writes them
-        out, for all the logged ops at once, when something first reads the tables."""
+        after those, each op packs six fields into ``log`` (the tables have room for a
+        full log of rows), and ``flush`` writes their rows out, all at once, when something
+        first reads the tables or the log is full. (``functions._finish_scalar`` logs an
+        op inline while the log has room.)"""
         logged = self.logged
         if logged <= 0 and logged > -_EAGER_RUN:
             self.logged = logged - 1
             return self._record_scalar_now(code, dtype_code, value, in0, in1, -1, c0, 0.0)
+        if logged == _LOG_ROWS:
+            self.flush()
+        if logged <= 0 or logged == _LOG_ROWS:  # a new log: room for its rows
+            logged = 0
+            rows = max(self.n_nodes, self.n_entries) + _LOG_ROWS
+            if rows > self.capacity:
+                self.reserve(rows)
+        _LOGGED.pack_into(self.log, logged * _LOG_BYTES, code, in0, in1, value, c0, dtype_code)
+        self.logged = logged + 1
         node = self.n_nodes
-        entry = self.n_entries
-        if node >= self.capacity or entry >= self.capacity:
-            self.reserve(max(node, entry) + 1)
-        versions = self.versions
-        versions[node] = 0
+        self.versions[node] = 0
         self.refs[node] = 1
-        _LOGGED.pack_into(self._entries, entry * _ENTRY_BYTES, code, node, in0, in1, -1,
-                          value, versions[in0] if in0 >= 0 else 0,
-                          versions[in1] if in1 >= 0 else 0, dtype_code, c0)
-        self.logged = logged + 1 if logged > 0 else 1
         self.n_nodes = node + 1
-        self.n_entries = entry + 1
+        self.n_entries += 1
         return node
 
     def _record_scalar_now(self, code: int, dtype_code: int, value: float, in0: int,
@@ -390,9 +405,9 @@ class Tape:
         self.logged = 0
 
     def flush(self) -> None:
-        """Write the logged 0-d ops out: their values to the arenas, their node rows, the
-        two spare columns of their entry rows zeroed, their shapes. Row by row for a few,
-        with NumPy for many."""
+        """Write the logged 0-d ops' rows out: their values to the arenas, their entry
+        rows (the inputs' versions read now: an in-place write flushes first) and node
+        rows, their shapes. Row by row for a few, with NumPy for many."""
         k = self.logged
         if k <= 0:
             return
@@ -400,15 +415,15 @@ class Tape:
         node0 = self.n_nodes - k
         entry0 = self.n_entries - k
         if k <= _FLUSH_IN_PYTHON:
-            entries, nodes, arenas = self._entries, self._nodes, self._arenas
-            for i in range(k):
-                at = (entry0 + i) * _ENTRY_BYTES
-                row = list(_LOGGED_ROW.unpack_from(entries, at))
-                dtype_code = row[_E_DTYPE]
+            entries, nodes, arenas, versions = self._entries, self._nodes, self._arenas, \
+                self.versions
+            for i, (code, in0, in1, value, c0, dtype_code) in enumerate(
+                    _LOGGED.iter_unpack(memoryview(self.log)[:k * _LOG_BYTES])):
                 offset = self.alloc(dtype_code, 1)
-                arenas[dtype_code][offset] = row[E_META]
-                row[E_META] = row[_E_DTYPE] = 0
-                _ENTRY.pack_into(entries, at, *row)
+                arenas[dtype_code][offset] = value
+                _ENTRY.pack_into(entries, (entry0 + i) * _ENTRY_BYTES, code, node0 + i, in0,
+                                 in1, -1, 0, versions[in0] if in0 >= 0 else 0,
+                                 versions[in1] if in1 >= 0 else 0, 0, 0, c0, 0.0)
                 _NODE.pack_into(nodes, (node0 + i) * _NODE_BYTES, offset, 1, dtype_code, 1,
                                 entry0 + i)
         else:
@@ -416,13 +431,26 @@ class Tape:
         self._shapes.extend([_SCALAR] * k)
 
     def _flush_rows(self, k: int, node0: int, entry0: int) -> None:
-        """``flush`` of many rows with NumPy, in place in the tables."""
+        """``flush`` of many rows with NumPy, into the tables' rows in place."""
+        log = np.frombuffer(self.log, _LOG_FIELDS, k)
         entries = np.frombuffer(self._entries, np.int64, k * E_WIDTH,
                                 entry0 * _ENTRY_BYTES).reshape(k, E_WIDTH)
+        consts = entries.view(np.float64)
         nodes = np.frombuffer(self._nodes, np.int64, k * N_WIDTH,
                               node0 * _NODE_BYTES).reshape(k, N_WIDTH)
-        values = entries.view(np.float64)[:, E_META]
-        dtype_codes = entries[:, _E_DTYPE]
+        versions = np.frombuffer(self.versions, np.int64, self.n_nodes)
+        entries[:] = 0  # meta[0] is 0: operands have the output's shape
+        entries[:, E_OP] = log["code"]
+        entries[:, E_OUT] = np.arange(node0, node0 + k)
+        for k_in, name in ((0, "in0"), (1, "in1")):
+            inputs = log[name]
+            entries[:, E_IN0 + k_in] = inputs
+            read = inputs >= 0
+            entries[read, E_VER0 + k_in] = versions[inputs[read]]
+        entries[:, E_IN0 + 2] = -1
+        consts[:, E_C0] = log["c0"]
+        values = log["value"]
+        dtype_codes = log["dtype"]
         nodes[:] = _SCALAR_NODE
         n64 = int(np.count_nonzero(dtype_codes))
         for dtype_code, n in ((DTYPE_F32, k - n64), (DTYPE_F64, n64)):
@@ -440,8 +468,6 @@ class Tape:
         if n64:
             nodes[:, N_DTYPE] = dtype_codes
         nodes[:, N_ENTRY] = np.arange(entry0, entry0 + k)
-        entries[:, E_META] = 0  # meta[0] is 0: operands have the output's shape
-        entries[:, _E_DTYPE] = 0
 
     # the tables for readers outside the recording paths: the logged 0-d rows written out
     entries = _written_out("_entries", "n_entries", _ENTRY_BYTES)
@@ -518,6 +544,10 @@ class Tape:
         return offset
 
     def bump_version(self, node: int) -> None:
+        """An in-place write to the node's value. The logged ops' rows are written out
+        first: their inputs' versions are read then, and must be those of the recording."""
+        if self.logged > 0:
+            self.flush()
         self.versions[node] += 1
 
     def node_requires_grad(self, node: int) -> bool:
@@ -810,7 +840,7 @@ class Tape:
         # references: the list, the local, getrefcount's argument
         if sys.getrefcount(current) <= 3:
             return current  # nothing views it: the memory most recently touched
-        spares = self.spare_arenas[code]
+        spares = self.pools.arenas[code]
         for i in range(len(spares)):
             spare = spares[i]
             # references: the list, the local, getrefcount's argument (an enumerate()
@@ -830,7 +860,7 @@ class Tape:
         size = values.shape[0]
         if size < _REUSE_SIZE:
             return values.reshape(shape).copy()
-        pool = self.handed_out
+        pool = self.pools.gradients
         for i in range(len(pool)):
             old = pool[i]
             # references: the list, the local, getrefcount's argument

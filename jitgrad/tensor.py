@@ -397,7 +397,7 @@ def _bump_version(t: Tensor, origin=None) -> None:
     if tape is not None:
         tape.adopt_storage(storage)  # (a no-op unless a compaction moved its node)
     if tape is not None and storage.generation == tape.generation and storage.node >= 0:
-        tape.versions[storage.node] += 1
+        tape.bump_version(storage.node)
         if t._op >= 0:
             slot = tape.node_view(storage.node)
             data = t._value()
@@ -405,7 +405,7 @@ def _bump_version(t: Tensor, origin=None) -> None:
                 slot[...] = data.reshape(slot.shape)
     own = t._tape
     if own is not None and t._node >= 0 and own.adopt(t) and t._node != storage.node:
-        own.versions[t._node] += 1
+        own.bump_version(t._node)
     if origin is not False and (storage.link is not None or storage.views):
         F._propagate(t, origin)
 

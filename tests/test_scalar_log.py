@@ -124,6 +124,22 @@ def test_an_in_place_write_to_a_logged_value_fails_its_backward(tape):
         z.backward()
 
 
+@pytest.mark.parametrize("write", ["add_", "mul_", "copy_"])
+def test_an_in_place_write_under_no_grad_to_a_logged_input_fails_the_backward(tape, write):
+    # nothing is recorded for the write: the logged rows must still keep the versions
+    # their inputs had when they were recorded
+    x = torch.tensor(2.0, requires_grad=True)
+    for _ in range(_EAGER_RUN):
+        x = x * 1.0
+    y = x * 3.0
+    z = y * y  # saves y
+    assert tape.logged >= 2
+    with torch.no_grad():
+        getattr(y, write)(torch.tensor(1.5) if write == "copy_" else 1.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.backward()
+
+
 def test_small_graphs_are_written_at_once_and_long_runs_logged(tape):
     x = torch.tensor(1.5, requires_grad=True)
     y = x

@@ -72,7 +72,7 @@ def test_array_training_loop_reuses_arenas():
     tape = current_tape()
 
     def buffers():
-        return [*tape.arenas, *(a for s in tape.spare_arenas for a in s)]
+        return [*tape.arenas, *(a for s in tape.pools.arenas for a in s)]
 
     for step in range(3000):
         loss = torch.tanh(data @ weight).pow(2).mean()
