@@ -350,9 +350,9 @@ class Tape:
         if logged <= 0 and logged > -_EAGER_RUN:
             self.logged = logged - 1
             return self._record_scalar_now(code, dtype_code, value, in0, in1, -1, c0, 0.0)
-        if logged == _LOG_ROWS:
-            self.flush()
-        if logged <= 0 or logged == _LOG_ROWS:  # a new log: room for its rows
+        if logged <= 0 or logged == _LOG_ROWS:  # a new log (a full one written out first)
+            if logged > 0:
+                self.flush()
             logged = 0
             rows = max(self.n_nodes, self.n_entries) + _LOG_ROWS
             if rows > self.capacity:
