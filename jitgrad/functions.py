@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _dtype as dt
-from . import _vmath_forward
+from . import _logsumexp, _vmath_forward
 from ._quiet import ERROR_STATE, IGNORE, quietly
 from .kernels.layout import E_IN0, E_OP
 from .ops.registry import BY_NAME, OPS
@@ -1447,6 +1447,8 @@ def _prod_with_zeros(t: Tensor, dim, keepdim: bool) -> Tensor:
 
 
 def _logsumexp_forward(x, axis):
+    if _logsumexp.usable(x, axis):  # one dim of a small batch: one kernel call
+        return _logsumexp.along(x, axis)
     peak = (np.maximum.reduce(x, axis=axis, keepdims=True) if x.size
             else np.zeros((1,) * x.ndim))
     peak = np.where(np.isfinite(peak), peak, 0)
