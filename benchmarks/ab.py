@@ -1,4 +1,5 @@
-"""Two versions of jitgrad side by side in one process: W2's recording, interleaved.
+"""Two versions of jitgrad side by side in one process: W2's recording (or a W3/W4 step),
+interleaved.
 
 On a shared machine the same code's time can move by 2x between processes minutes apart,
 so comparing two commits by alternating benchmark runs needs many runs. Here both
@@ -8,9 +9,12 @@ state; the table gives the per-op time's minimum and percentiles.
 
     python benchmarks/ab.py 37a0ca7 HEAD
     python benchmarks/ab.py 37a0ca7 HEAD --samples 200 --iters 2500
+    python benchmarks/ab.py HEAD~1 HEAD --case W4
 
-Only the recording is timed (the chain is dropped, never differentiated); the first run of
-each version compiles its Numba kernels into a fresh cache next to the exported copy.
+For W2 only the recording is timed (the chain is dropped, never differentiated); W3-1e3
+and W4 time whole steps of :mod:`jitgrad.bench`'s workloads (value, backward, update),
+``--iters`` steps per sample. The first run of each version compiles its Numba kernels into
+a fresh cache next to the exported copy.
 """
 from __future__ import annotations
 
@@ -48,29 +52,82 @@ def chain(torch, iters: int):
     return x
 
 
+def w2_sample(lib, iters: int) -> float:
+    """Seconds per recorded op of one chain."""
+    start = time.perf_counter()
+    out = chain(lib, iters)
+    elapsed = time.perf_counter() - start
+    del out
+    return elapsed / (4 * iters)
+
+
+def step_sampler(case: str):
+    """``(setup(lib), sample(lib, state, iters))`` for a step workload: seconds per step."""
+    from jitgrad import bench
+
+    if case == "W3-1e3":
+        def setup(lib):
+            return bench.w3_setup(lib, 1000)
+
+        def step(lib, state):
+            bench.w3_step(lib, state)
+    else:
+        def setup(lib):
+            return bench.w4_setup(lib)
+
+        def step(lib, state):
+            bench.w4_step(lib, state)
+
+    def sample(lib, state, iters: int) -> float:
+        start = time.perf_counter()
+        for _ in range(iters):
+            step(lib, state)
+        return (time.perf_counter() - start) / iters
+
+    return setup, sample
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revisions", nargs=2, help="two git revisions (commits, HEAD, ...)")
     parser.add_argument("--samples", type=int, default=100, help="chains per version")
-    parser.add_argument("--iters", type=int, default=2500,
-                        help="iterations per chain (4 recorded ops each)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="W2: iterations per chain (4 recorded ops each; default 2500); "
+                             "W3-1e3, W4: steps per sample (default 20)")
+    parser.add_argument("--case", choices=("W2", "W3-1e3", "W4"), default="W2",
+                        help="the workload (default W2's recording)")
     args = parser.parse_args()
+    if args.iters is None:
+        args.iters = 2500 if args.case == "W2" else 20
+    if args.case != "W2":
+        from jitgrad.bench import limit_blas_threads
+
+        limit_blas_threads(1)  # as the bench: OpenBLAS on one thread
     with tempfile.TemporaryDirectory() as folder:
         sys.path.insert(0, folder)
         names = [export(revision, Path(folder)) for revision in args.revisions]
         libs = [importlib.import_module(name) for name in names]
-        for lib in libs:  # warm-up: imports, kernels, the first restarts
+        if args.case == "W2":
+            states = [None] * len(libs)
+
+            def sample(lib, state, iters):
+                return w2_sample(lib, iters)
+        else:
+            setup, sample = step_sampler(args.case)
+            states = [setup(lib) for lib in libs]
+        for lib, state in zip(libs, states):  # warm-up: imports, kernels, the first restarts
             for _ in range(3):
-                chain(lib, args.iters)
+                sample(lib, state, args.iters)
         times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.samples):
-            for name, lib in zip(names, libs):
-                start = time.perf_counter()
-                out = chain(lib, args.iters)
-                times[name].append((time.perf_counter() - start) / (4 * args.iters))
-                del out
-    print(f"W2 recording, ns per op ({args.samples} chains of {4 * args.iters} ops each, "
-          "interleaved)")
+            for name, lib, state in zip(names, libs, states):
+                times[name].append(sample(lib, state, args.iters))
+    if args.case == "W2":
+        print(f"W2 recording, ns per op ({args.samples} chains of {4 * args.iters} ops each, "
+              "interleaved)")
+    else:
+        print(f"{args.case}, ns per step ({args.samples} samples of {args.iters} steps each, "
+              "interleaved)")
     print("| version | min | 10% | 25% | median |")
     print("|---|---|---|---|---|")
     for revision, name in zip(args.revisions, names):

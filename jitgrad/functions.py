@@ -399,8 +399,9 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         cached = _BROADCASTS.get(shapes)
         if cached is None:
             shape = Size(broadcast_shape(_op_label(name), *shapes))
-            layout = None if all(s == shape for s in shapes) else tuple(
-                broadcast_meta(shape, list(shapes)))
+            # an array: the tape's meta (an array too) extends by a copy, not element-wise
+            layout = None if all(s == shape for s in shapes) else array(
+                "q", broadcast_meta(shape, list(shapes)))
             size = 1
             for s in shape:
                 size *= s
@@ -424,7 +425,7 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
     node, slot = tape.record_output(op.code, 0 if result is _F32 else 1, shape, size, in0,
                                     in1, in2, meta, c0, c1)
     if len(shape) != 1:
-        slot = slot.reshape(shape)
+        slot = slot.reshape(*shape) if shape else slot.reshape(())  # *: a Size is slower
     try:
         if name in _MAY_WARN:
             quietly(forward, *arrays, c0, c1, slot)
@@ -584,11 +585,11 @@ def _record_array_op(spec: tuple, a: Tensor, b, c0: float) -> Tensor:
             if in1 < 0 or b._op < 0 or b._tape is not tape or b._gen != generation:
                 in1 = node_of(tape, b)
     d = a.dtype
-    shape = a._shape
+    shape = a._shape  # not 0-d: the callers send 0-d tensors elsewhere
     node, slot = tape.record_output(code, 0 if d is _F32 else 1, shape, x.size, in0, in1, -1,
                                     -1 if b is None else 0, c0, 0.0)
     if len(shape) != 1:
-        slot = slot.reshape(shape)
+        slot = slot.reshape(*shape)  # NumPy takes a tuple subclass (Size) at half speed
     token = None
     if may_warn:  # NumPy's warnings off (quietly's work, inline)
         if ERROR_STATE is None:  # NumPy 1.x: np.errstate
@@ -1270,7 +1271,7 @@ def _reduce_layout(name: str, shape: tuple, dim, keepdim: bool) -> tuple:
             if keep_shape[d] != 1:
                 strides[d] = step
             step *= keep_shape[d]
-        meta = (ndim, *shape, *strides)
+        meta = array("q", (ndim, *shape, *strides))  # added to the tape's meta by a copy
     layout = (dims, out_shape, count, meta)
     if key is not None and len(_REDUCE_LAYOUTS) < 4096:
         _REDUCE_LAYOUTS[key] = layout
