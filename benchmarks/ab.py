@@ -1,5 +1,5 @@
-"""Two versions of jitgrad side by side in one process: W2's recording (or a W3/W4 step),
-interleaved.
+"""Two versions of jitgrad side by side in one process: W2's recording (or a W1, W3 or W4
+step), interleaved.
 
 On a shared machine the same code's time can move by 2x between processes minutes apart,
 so comparing two commits by alternating benchmark runs needs many runs. Here both
@@ -11,8 +11,8 @@ state; the table gives the per-op time's minimum and percentiles.
     python benchmarks/ab.py 37a0ca7 HEAD --samples 200 --iters 2500
     python benchmarks/ab.py HEAD~1 HEAD --case W4
 
-For W2 only the recording is timed (the chain is dropped, never differentiated); W3-1e3
-and W4 time whole steps of :mod:`jitgrad.bench`'s workloads (value, backward, update),
+For W2 only the recording is timed (the chain is dropped, never differentiated); W1,
+W3-1e3 and W4 time whole steps of :mod:`jitgrad.bench`'s workloads (value, backward, update),
 ``--iters`` steps per sample. The first run of each version compiles its Numba kernels into
 a fresh cache next to the exported copy.
 """
@@ -65,7 +65,13 @@ def step_sampler(case: str):
     """``(setup(lib), sample(lib, state, iters))`` for a step workload: seconds per step."""
     from jitgrad import bench
 
-    if case == "W3-1e3":
+    if case == "W1":
+        def setup(lib):
+            return bench.w1_setup(lib)
+
+        def step(lib, state):
+            bench.w1_step(lib, state)
+    elif case == "W3-1e3":
         def setup(lib):
             return bench.w3_setup(lib, 1000)
 
@@ -93,8 +99,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="chains per version")
     parser.add_argument("--iters", type=int, default=None,
                         help="W2: iterations per chain (4 recorded ops each; default 2500); "
-                             "W3-1e3, W4: steps per sample (default 20)")
-    parser.add_argument("--case", choices=("W2", "W3-1e3", "W4"), default="W2",
+                             "W1, W3-1e3, W4: steps per sample (default 20)")
+    parser.add_argument("--case", choices=("W1", "W2", "W3-1e3", "W4"), default="W2",
                         help="the workload (default W2's recording)")
     args = parser.parse_args()
     if args.iters is None:

@@ -19,6 +19,9 @@ from .ops.registry import ELEMENTWISE, OPS
 FREED_GRAPH = -2  # node-table entry value for a value whose graph was already freed
 
 
+_F32 = dt.float32
+
+
 def dtype_code(d: dt.dtype) -> int:
     return DTYPE_F32 if d is dt.float32 else DTYPE_F64
 
@@ -109,33 +112,40 @@ def _storage_version(t) -> int:
 
 
 def register(tape, t) -> int:
+    """Give ``t`` a node on ``tape``, its value copied into the arena (a tensor that is not
+    a float one is a constant in the default float dtype). Every leaf of every training
+    step comes here: the lookups are inline."""
     d = t.dtype
-    if not d.is_floating_point:
+    if d is not _F32 and not d.is_floating_point:
         d = dt.get_default_dtype()
-    code = dtype_code(d)
-    size = t.numel()
+    code = DTYPE_F32 if d is _F32 else DTYPE_F64
+    data = t._data
+    size = 1 if data is None else data.size
     requires_grad = t._requires_grad
     # a non-leaf from an older generation: its graph was freed by the backward that ended it
     entry = FREED_GRAPH if (requires_grad and t._op >= 0) else -1
     if t._node >= 0 and t._tape is not None:
         t._tape.release(t._node, t._gen)
-    node = tape.new_node(code, t._shape, size, requires_grad, entry)
+    node = tape.new_node(code, t._shape, size, requires_grad, entry)  # ends a 0-d run
     offset = tape.used[code] - size
-    arena = tape.arenas[code]
-    if t._data is None:
+    arena = tape._arenas[code]  # (new_node wrote out any logged rows)
+    if data is None:
         arena[offset] = t._item
     elif size == 1:
-        arena[offset] = t._data.reshape(-1)[0]
+        arena[offset] = data.reshape(-1)[0]
     else:
-        arena[offset:offset + size] = t._data.reshape(-1)
+        arena[offset:offset + size] = data.reshape(-1)
     t._tape = tape
     t._gen = tape.generation
     t._node = node
-    t._node_version = _storage_version(t)
+    storage = t._storage
+    if storage is None:
+        t._node_version = 0
+    else:
+        t._node_version = storage.version
+        storage.attach(tape, node)
     if requires_grad and t._op < 0:
         tape.leaves[node] = t
-    if t._storage is not None:
-        t._storage.attach(tape, node)
     return node
 
 
