@@ -131,8 +131,8 @@ def register(tape, t) -> int:
     arena = tape._arenas[code]  # (new_node wrote out any logged rows)
     if data is None:
         arena[offset] = t._item
-    elif size == 1:
-        arena[offset] = data.reshape(-1)[0]
+    elif size == 1:  # a float's value through a Python float (exact), three times faster
+        arena[offset] = data.item() if d is t.dtype else data.reshape(-1)[0]
     else:
         arena[offset:offset + size] = data.reshape(-1)
     t._tape = tape

@@ -232,8 +232,13 @@ class Tape:
         node = self.n_nodes
         if node >= self.capacity:
             self.reserve(node + 1)
-        _NODE.pack_into(self._nodes, node * _NODE_BYTES, self.alloc(dtype_code, size), size,
-                        dtype_code, 1 if requires_grad else 0, entry)
+        offset = self.used[dtype_code]  # alloc's common case inline
+        if offset + size > self._arenas[dtype_code].shape[0]:
+            offset = self.alloc(dtype_code, size)
+        else:
+            self.used[dtype_code] = offset + size
+        _NODE.pack_into(self._nodes, node * _NODE_BYTES, offset, size, dtype_code,
+                        1 if requires_grad else 0, entry)
         self.versions[node] = 0
         self.refs[node] = 1
         self._shapes.append(shape)
