@@ -242,3 +242,26 @@ def test_full_reductions_of_empty_and_second_order():
     (g,) = jitgrad.autograd.grad((x ** 3).mean(), x, create_graph=True)
     (h,) = jitgrad.autograd.grad(g.sum(), x)
     np.testing.assert_allclose(h.numpy(), 6 * x.detach().numpy() / 3)
+
+
+# -- registering leaves and constants (every training step copies them into the arena) ------
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+@pytest.mark.parametrize("dtype", [jitgrad.float32, jitgrad.float64])
+def test_one_element_leaves_keep_their_exact_value(shape, dtype):
+    """A one-element leaf whose value lives in an array (after an in-place update, as an
+    optimizer's) is copied exactly, whatever its dtype, and constants of other dtypes are
+    converted as NumPy converts them."""
+    value = np.full(shape, 0.1 + 2.0 ** -40)  # not a float32: rounds when stored as one
+    w = jitgrad.tensor(value, dtype=dtype, requires_grad=True)
+    with jitgrad.no_grad():
+        w.mul_(3.0)  # the value now lives in the tensor's own array
+    expected = w.detach().numpy().reshape(-1)[0]
+    assert expected.dtype == dtype.numpy
+    for constant in (jitgrad.tensor(np.full(shape, 2 ** 40 + 1)),
+                     jitgrad.tensor(np.full(shape, True)), jitgrad.tensor(np.full(shape, 1.5))):
+        w.grad = None
+        y = (w * constant).sum()  # the product has w's dtype (torch's promotion)
+        y.backward()
+        c = constant.numpy().reshape(-1)[0].astype(dtype.numpy)  # one rounding
+        assert w.grad.numpy().reshape(-1)[0] == c
+        assert y.item() == (expected * c).item()
