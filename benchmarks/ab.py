@@ -65,24 +65,11 @@ def step_sampler(case: str):
     """``(setup(lib), sample(lib, state, iters))`` for a step workload: seconds per step."""
     from jitgrad import bench
 
-    if case == "W1":
-        def setup(lib):
-            return bench.w1_setup(lib)
-
-        def step(lib, state):
-            bench.w1_step(lib, state)
-    elif case == "W3-1e3":
-        def setup(lib):
-            return bench.w3_setup(lib, 1000)
-
-        def step(lib, state):
-            bench.w3_step(lib, state)
-    else:
-        def setup(lib):
-            return bench.w4_setup(lib)
-
-        def step(lib, state):
-            bench.w4_step(lib, state)
+    setup, step = {
+        "W1": (bench.w1_setup, bench.w1_step),
+        "W3-1e3": (lambda lib: bench.w3_setup(lib, 1000), bench.w3_step),
+        "W4": (bench.w4_setup, bench.w4_step),
+    }[case]
 
     def sample(lib, state, iters: int) -> float:
         start = time.perf_counter()
@@ -96,7 +83,7 @@ def step_sampler(case: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revisions", nargs=2, help="two git revisions (commits, HEAD, ...)")
-    parser.add_argument("--samples", type=int, default=100, help="chains per version")
+    parser.add_argument("--samples", type=int, default=100, help="samples per version (W2: chains)")
     parser.add_argument("--iters", type=int, default=None,
                         help="W2: iterations per chain (4 recorded ops each; default 2500); "
                              "W1, W3-1e3, W4: steps per sample (default 20)")
