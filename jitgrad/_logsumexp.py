@@ -46,17 +46,30 @@ def usable(x: np.ndarray, axis) -> bool:
     return x.dtype == np.float32 and (x.size <= FLOAT32_SIZE or n <= FLOAT32_SHORT_ROW)
 
 
-def along(x: np.ndarray, axis: tuple) -> np.ndarray:
-    """``log(sum(exp(x)))`` along the one dim in ``axis`` (the reduced shape, without it),
-    for a C-contiguous float array :func:`usable` accepted."""
-    d = axis[0]
-    shape = x.shape
+def _blocks(shape: tuple, d: int) -> tuple:
+    """(outer, n, inner): ``shape`` as the rows reduced along dim ``d``."""
     outer = 1
     for s in shape[:d]:
         outer *= s
     inner = 1
     for s in shape[d + 1:]:
         inner *= s
+    return outer, shape[d], inner
+
+
+def rows(x: np.ndarray, d: int, out: np.ndarray) -> None:
+    """Write ``logsumexp`` of ``x`` along dim ``d`` into ``out``: a flat array (a slot of
+    the arena) of ``x``'s dtype holding one element per row."""
+    outer, n, inner = _blocks(x.shape, d)
+    _kernel()(x.reshape(outer, n, inner), out.reshape(outer, inner))
+
+
+def along(x: np.ndarray, axis: tuple) -> np.ndarray:
+    """``log(sum(exp(x)))`` along the one dim in ``axis`` (the reduced shape, without it),
+    for a C-contiguous float array :func:`usable` accepted."""
+    d = axis[0]
+    shape = x.shape
+    outer, n, inner = _blocks(shape, d)
     out = np.empty((outer, inner), x.dtype)
-    _kernel()(x.reshape(outer, shape[d], inner), out)
+    _kernel()(x.reshape(outer, n, inner), out)
     return out.reshape(shape[:d] + shape[d + 1:])

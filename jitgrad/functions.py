@@ -337,7 +337,23 @@ def _cast_input(t: Tensor, d: dt.dtype) -> Tensor:
     return to_dtype(t, d)
 
 
-_BROADCASTS: dict = {}  # operand shapes -> (output shape, entry meta or None when equal)
+_BROADCASTS: dict = {}  # operand shapes -> (output shape, size, entry meta or None if equal)
+
+
+def _broadcast_layout(name: str, shapes: tuple) -> tuple:
+    """(output shape, size, meta of the entry or None when every operand has the output's
+    shape) of elementwise op ``name`` on operands of ``shapes``, remembered in
+    ``_BROADCASTS``; torch's RuntimeError when they do not broadcast."""
+    shape = Size(broadcast_shape(_op_label(name), *shapes))
+    # an array: the tape's meta (an array too) extends by a copy, not element-wise
+    layout = None if all(s == shape for s in shapes) else array(
+        "q", broadcast_meta(shape, list(shapes)))
+    size = 1
+    for s in shape:
+        size *= s
+    if len(_BROADCASTS) < 4096:
+        _BROADCASTS[shapes] = shape, size, layout
+    return shape, size, layout
 
 
 def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
@@ -397,18 +413,7 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
     else:
         shapes = tuple([a.shape for a in arrays])
         cached = _BROADCASTS.get(shapes)
-        if cached is None:
-            shape = Size(broadcast_shape(_op_label(name), *shapes))
-            # an array: the tape's meta (an array too) extends by a copy, not element-wise
-            layout = None if all(s == shape for s in shapes) else array(
-                "q", broadcast_meta(shape, list(shapes)))
-            size = 1
-            for s in shape:
-                size *= s
-            if len(_BROADCASTS) < 4096:
-                _BROADCASTS[shapes] = shape, size, layout
-        else:
-            shape, size, layout = cached
+        shape, size, layout = cached if cached is not None else _broadcast_layout(name, shapes)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
@@ -562,10 +567,12 @@ def _array_spec(name: str) -> tuple:
     return (op, op.code, NUMPY_FORWARD[name], name in _MAY_WARN, (*op.inputs, "", ""))
 
 
-def _record_array_op(spec: tuple, a: Tensor, b, c0: float) -> Tensor:
+def _record_array_op(spec: tuple, a: Tensor, b, c0: float, broadcast=None) -> Tensor:
     """:func:`_elementwise`'s recorded path where nothing needs working out: grad mode on,
     ``a`` (and ``b``, None for a unary op or one with a number) float arrays of one dtype
-    and shape, one of them requiring grad. The per-op cost of array programs."""
+    and shape, one of them requiring grad. The per-op cost of array programs. With
+    ``broadcast`` (the cached ``(shape, size, layout)`` of ``_BROADCASTS``) the shapes may
+    differ: a bias added to a batch."""
     op, code, forward, may_warn, names = spec
     x = a._data if a._data is not None else a._value()
     tape = _state.tape
@@ -585,9 +592,15 @@ def _record_array_op(spec: tuple, a: Tensor, b, c0: float) -> Tensor:
             if in1 < 0 or b._op < 0 or b._tape is not tape or b._gen != generation:
                 in1 = node_of(tape, b)
     d = a.dtype
-    shape = a._shape  # not 0-d: the callers send 0-d tensors elsewhere
-    node, slot = tape.record_output(code, 0 if d is _F32 else 1, shape, x.size, in0, in1, -1,
-                                    -1 if b is None else 0, c0, 0.0)
+    if broadcast is None:
+        shape = a._shape  # not 0-d: the callers send 0-d tensors elsewhere
+        size = x.size
+        meta = -1 if b is None else 0  # meta[0] is a shared 0: the operands' shapes agree
+    else:
+        shape, size, layout = broadcast
+        meta = tape.add_meta(layout)
+    node, slot = tape.record_output(code, 0 if d is _F32 else 1, shape, size, in0, in1, -1,
+                                    meta, c0, 0.0)
     if len(shape) != 1:
         slot = slot.reshape(*shape)  # NumPy takes a tuple subclass (Size) at half speed
     token = None
@@ -653,9 +666,14 @@ def arithmetic_methods(name: str):
             kind = type(other)
             if kind is Tensor:
                 if other.dtype is self.dtype:
-                    if (other._shape == self._shape and _state.tape.grad_enabled
-                            and (self._requires_grad or other._requires_grad)):
-                        return _record_array_op(array_spec, self, other, 0.0)
+                    if _state.tape.grad_enabled and (self._requires_grad
+                                                     or other._requires_grad):
+                        if other._shape == self._shape:
+                            return _record_array_op(array_spec, self, other, 0.0)
+                        # shapes that broadcast, seen before: a bias added to a batch
+                        cached = _BROADCASTS.get((self._shape, other._shape))
+                        if cached is not None:
+                            return _record_array_op(array_spec, self, other, 0.0, cached)
                     return _elementwise(name, [self, other], result=self.dtype)
             elif kind is float or kind is int:
                 if self._requires_grad and _state.tape.grad_enabled:
@@ -1569,7 +1587,52 @@ def softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
 
 def log_softmax(input: Tensor, dim: int, dtype=None) -> Tensor:
     t = input if dtype is None else to_dtype(input, dtype)
+    if type(dim) is int and type(t) is Tensor and t._requires_grad and t._shape:
+        out = _log_softmax_recorded(t, dim)
+        if out is not None:
+            return out
     return named(t - logsumexp(t, dim, keepdim=True), "LogSoftmaxBackward0")
+
+
+_LOGSUMEXP = BY_NAME["logsumexp"]
+_SUB = BY_NAME["sub"]
+
+
+def _log_softmax_recorded(t: Tensor, dim: int) -> Tensor | None:
+    """``log_softmax`` of a recorded float array along one dim (the loss of every
+    classification step) with the entries the general path records, ``x - lse`` with
+    ``lse = logsumexp(x, dim, keepdim=True)``, but without its per-op work: the kernel
+    writes ``lse`` into its slot, one subtraction the output. None where the general path
+    is needed (grad mode off, a dim out of range, an input the kernel does not take)."""
+    shape = t._shape
+    ndim = len(shape)
+    if not (-ndim <= dim < ndim) or not _state.tape.grad_enabled:
+        return None
+    x = t._data if t._data is not None else t._value()
+    d = dim % ndim
+    if not x.size or not _logsumexp.usable(x, (d,)):
+        return None
+    dims, keep_shape, count, reduce_meta = _reduce_layout("logsumexp", tuple(shape), dim, True)
+    shapes = (shape, keep_shape)
+    cached = _BROADCASTS.get(shapes)
+    out_shape, size, layout = cached if cached is not None else _broadcast_layout("sub", shapes)
+    result = t.dtype
+    code = 0 if result is _F32 else 1
+    tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
+    src = node_of(tape, t)
+    meta = 0 if reduce_meta is None else tape.add_meta(reduce_meta)
+    lse_node, lse = tape.record_output(_LOGSUMEXP.code, code, keep_shape, size // shape[d], src,
+                                       -1, -1, meta, float(count))
+    tape.refs[lse_node] = 0  # no tensor holds it: only the subtraction reads it
+    _logsumexp.rows(x, d, lse)
+    # recorded second: a grown arena leaves `lse` a view of the old one, still valid to read
+    meta = 0 if layout is None else tape.add_meta(layout)
+    node, slot = tape.record_output(_SUB.code, code, out_shape, size, src, lse_node, -1, meta)
+    tape.names[tape.n_entries - 1] = "LogSoftmaxBackward0"
+    slot = slot.reshape(*out_shape)  # (a tuple subclass, Size, is slower)
+    np.subtract(x, lse.reshape(*keep_shape), out=slot)
+    return _output(tape, slot, None, result, out_shape, node, _SUB.code)
 
 
 # -- linear data movement ----------------------------------------------------------------------

@@ -203,6 +203,51 @@ def test_array_arithmetic_against_torch(dtype, name, fn, side):
         np.testing.assert_allclose(ours[2].numpy(), theirs[2].numpy(), rtol=rtol)
 
 
+BROADCAST_SHAPES = [((3, 4), (4,)), ((3, 4), (3, 1)), ((4,), (3, 4)), ((2, 3, 4), (3, 1)),
+                    ((3, 4), (1, 4)), ((3, 4), ()), ((3, 1), (1, 4))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,fn", BINARY, ids=[b[0] for b in BINARY])
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES, ids=str)
+def test_broadcast_arithmetic_against_torch(dtype, name, fn, shapes):
+    """A bias added to a batch: the first call works out the broadcast and caches it, later
+    ones take the cached layout straight to the tape; both give torch's values, grad_fn
+    and gradients, the second derivative too."""
+    from jitgrad import functions
+
+    torch = _torch()
+    rng = np.random.default_rng(8)
+    left, right = (rng.uniform(0.5, 2.0, s) for s in shapes)
+    out_shape = np.broadcast_shapes(*shapes)
+    weights = rng.uniform(-1.0, 1.0, out_shape)
+    for attempt in range(2):
+        results = []
+        for lib in (jitgrad, torch):
+            d = getattr(lib, dtype)
+            x = lib.tensor(left, dtype=d, requires_grad=True)
+            y = lib.tensor(right, dtype=d, requires_grad=attempt == 0)
+            out = fn(x, y)
+            loss = (out * lib.tensor(weights, dtype=d)).sum()
+            (gx,) = lib.autograd.grad(loss, x, create_graph=True)
+            gxx = (lib.autograd.grad((gx * gx).sum(), x, allow_unused=True)[0]
+                   if gx.requires_grad else None)  # add's gradient is a constant
+            gy = lib.autograd.grad(loss, y)[0] if attempt == 0 else None
+            results.append((out, gx, gxx, gy, type(out.grad_fn).__name__
+                            if lib is torch else out.grad_fn.name()))
+        if attempt == 0 and len(shapes[0]) >= 1:
+            assert (shapes[0], shapes[1]) in functions._BROADCASTS  # the next call's path
+        ours, theirs = results
+        assert ours[4] == theirs[4] and ours[0].shape == theirs[0].shape
+        rtol = 1e-5 if dtype == "float32" else 1e-12
+        for a, b in zip(ours[:4], theirs[:4], strict=True):
+            if b is None:
+                assert a is None
+            else:
+                np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=rtol,
+                                           atol=rtol)
+
+
 def test_array_arithmetic_keeps_the_general_rules():
     x = jitgrad.tensor([1.0, 2.0], requires_grad=True)             # float32
     assert (x * 2).dtype is jitgrad.float32

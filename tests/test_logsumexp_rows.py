@@ -5,6 +5,8 @@ elsewhere, and the ops built on it (logsumexp, log_softmax, softmax, cross_entro
 unchanged for the user."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,96 @@ def test_gradient_against_finite_differences():
         numeric[i] = ((np.sum((up - numpy_logsumexp(up, 1)[:, None]) * w)
                        - np.sum((down - numpy_logsumexp(down, 1)[:, None]) * w)) / (2 * eps))
     np.testing.assert_allclose(t.grad.numpy(), numeric, rtol=1e-7, atol=1e-8)
+
+
+# -- log_softmax of a recorded array: the kernel, then one subtraction ---------------------------
+def _composition(a, dim):
+    return a - torch.logsumexp(a, dim, keepdim=True)
+
+
+def _names(fn):
+    return [None if f is None else f.name() for f, _ in fn.next_functions]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,dim", [((64, 10), 1), ((64, 10), -1), ((5, 7), 0),
+                                       ((2, 3, 4), 1), ((3, 1), 1), ((6,), 0), ((4, 6), -2)])
+def test_log_softmax_records_what_its_composition_records(dtype, shape, dim, monkeypatch):
+    """The direct path of ``log_softmax`` writes the entries ``x - logsumexp(x, dim,
+    keepdim=True)`` writes, values included: the same bits forward, in the gradient and in
+    the second derivative; only its grad_fn's name differs."""
+    from jitgrad import functions
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape) * 4
+    w = torch.tensor(rng.standard_normal(shape), dtype=dtype)
+    results = []
+    for fast in (True, False):
+        a = torch.tensor(x, dtype=dtype, requires_grad=True)
+        h = a * 1.5  # a recorded input, as in a training step
+        if fast:
+            with monkeypatch.context() as m:  # the general path's reduction is not run
+                m.setattr(functions, "_reduce", None)
+                out = torch.log_softmax(h, dim)
+            assert out.grad_fn.name() == "LogSoftmaxBackward0"
+        else:
+            out = _composition(h, dim)
+        (g,) = torch.autograd.grad((out * w).sum(), a, create_graph=True)
+        (gg,) = torch.autograd.grad((g * g).sum(), a)
+        results.append((out.detach().numpy(), g.detach().numpy(), gg.numpy(),
+                        _names(out.grad_fn)))
+    for ours, theirs in zip(*results, strict=True):
+        if isinstance(ours, list):
+            assert ours == theirs
+        else:
+            np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("room", [0, 1, 5, 9])
+def test_log_softmax_when_the_arena_grows_between_its_entries(room):
+    """The output's slot may need a larger arena than the one ``lse`` was written to: the
+    values move with it."""
+    from jitgrad.recording import node_of
+    from jitgrad.tape import _state
+
+    def run(result):
+        rng = np.random.default_rng(room)
+        x = rng.standard_normal((8, 10))
+        a = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        h = a * 1.0
+        tape = _state.tape
+        free = tape._arenas[1].shape[0] - tape.used[1]
+        # leave room for lse (8 values) and `room` more: the 80 outputs do not fit
+        pad = torch.zeros(free - 8 - room, dtype=torch.float64, requires_grad=True)
+        node_of(tape, pad)
+        arena = tape._arenas[1]
+        out = torch.log_softmax(h, 1)
+        grown = tape._arenas[1] is not arena
+        (out * torch.tensor(x)).sum().backward()
+        result.extend([grown, out.detach().numpy(), a.grad.numpy(), pad.grad, x])
+
+    result = []
+    worker = threading.Thread(target=run, args=(result,))  # a fresh tape
+    worker.start()
+    worker.join()
+    grown, out, grad, pad_grad, x = result
+    assert grown
+    want = x - numpy_logsumexp(x, 1)[:, None]
+    np.testing.assert_allclose(out, want, rtol=1e-15, atol=1e-15)
+    softmax = np.exp(want)
+    np.testing.assert_allclose(grad, x - softmax * x.sum(1, keepdims=True), rtol=1e-13,
+                               atol=1e-13)
+    assert pad_grad is None
+
+
+def test_log_softmax_without_grad_or_of_empty_and_bad_dims():
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    a = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        out = torch.log_softmax(a, 1)
+    assert out.grad_fn is None
+    np.testing.assert_allclose(out.numpy(), x - numpy_logsumexp(x, 1)[:, None], rtol=1e-15)
+    empty = torch.zeros((0, 3), requires_grad=True)
+    assert torch.log_softmax(empty, 1).shape == (0, 3)
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        torch.log_softmax(a, 2)
