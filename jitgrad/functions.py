@@ -2202,7 +2202,41 @@ def mv(input: Tensor, vec: Tensor) -> Tensor:
                           (input.shape[0],))
 
 
+def _mm_recorded(a: Tensor, b: Tensor) -> Tensor | None:
+    """``a @ b`` of two recorded 2-D float arrays of one dtype whose shapes fit (a layer of
+    every training step): the entry :func:`_matmul_record` writes, without its work for
+    batches, casts and the unrecorded case. None for anything else."""
+    if not (type(b) is Tensor and type(a) is Tensor and len(a._shape) == 2
+            and len(b._shape) == 2 and a.dtype is b.dtype and a.dtype.is_floating_point
+            and a._shape[1] == b._shape[0] and (a._requires_grad or b._requires_grad)
+            and _state.tape.grad_enabled):
+        return None
+    rows, inner = a._shape
+    cols = b._shape[1]
+    tape = _state.tape
+    tape.before_record()  # may start a new generation: before any node id is taken
+    in0, in1 = node_of(tape, a), node_of(tape, b)
+    meta = tape.add_meta((1, 1, 1, rows, inner, cols))
+    d = a.dtype
+    shape = (rows, cols)
+    node, slot = tape.record_output(_MM.code, 0 if d is _F32 else 1, shape, rows * cols, in0,
+                                    in1, -1, meta)
+    try:
+        slot = slot.reshape(shape)
+        np.matmul(a._data, b._data, out=slot)
+    except BaseException:
+        tape.refs[node] -= 1  # no tensor holds the entry: it never keeps the tape pending
+        raise
+    return _output(tape, slot, None, d, shape, node, _MM.code)
+
+
+_MM = BY_NAME["mm"]
+
+
 def mm(input: Tensor, mat2: Tensor) -> Tensor:
+    out = _mm_recorded(input, mat2)
+    if out is not None:
+        return out
     if input.ndim != 2 or mat2.ndim != 2:
         raise RuntimeError(f"mm: expected 2D tensors, got {input.ndim}D and {mat2.ndim}D")
     if input.shape[1] != mat2.shape[0]:
@@ -2257,6 +2291,9 @@ def bmm(input: Tensor, mat2: Tensor) -> Tensor:
 
 def matmul(input: Tensor, other: Tensor) -> Tensor:
     """``@`` with NumPy's rules: 1-D operands get a unit dim, batch dims broadcast."""
+    out = _mm_recorded(input, other)  # two matrices: mm's entry
+    if out is not None:
+        return out
     a, b = input, other
     if a.ndim == 0 or b.ndim == 0:
         raise RuntimeError(

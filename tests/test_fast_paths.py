@@ -310,3 +310,58 @@ def test_one_element_leaves_keep_their_exact_value(shape, dtype):
         c = constant.numpy().reshape(-1)[0].astype(dtype.numpy)  # one rounding
         assert w.grad.numpy().reshape(-1)[0] == c
         assert y.item() == (expected * c).item()
+
+
+# -- the product of two recorded matrices ---------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("call", ["operator", "matmul", "mm", "transposed"])
+def test_matrix_products_record_what_the_general_path_records(dtype, call):
+    """``a @ b`` of two matrices goes straight to mm's entry: the same bits as the general
+    product (values, gradients, second derivatives), torch's grad_fn name and values."""
+    from jitgrad import functions
+
+    torch = _torch()
+    rng = np.random.default_rng(9)
+    left, right = rng.standard_normal((5, 4)), rng.standard_normal((4, 3))
+    weights = rng.standard_normal((5, 3))
+
+    def product(lib, a, b):
+        if call == "operator":
+            return a @ b
+        if call == "transposed":  # a view that is not C-contiguous
+            return (b.T @ a.T).T
+        return getattr(lib, call)(a, b)
+
+    results = []
+    for lib, general in ((jitgrad, False), (jitgrad, True), (torch, False)):
+        d = getattr(lib, dtype)
+        a = lib.tensor(left, dtype=d, requires_grad=True)
+        b = lib.tensor(right, dtype=d, requires_grad=True)
+        h = a * 1.0
+        if general:
+            out = functions._matmul_record("mm", h, b, (), 5, 4, 3, (5, 3))
+        else:
+            out = product(lib, h, b)
+        loss = (out * out * lib.tensor(weights, dtype=d)).sum()
+        ga, gb = lib.autograd.grad(loss, (a, b), create_graph=True)
+        (gga,) = lib.autograd.grad((ga * gb.sum()).sum(), a)
+        name = type(out.grad_fn).__name__ if lib is torch else out.grad_fn.name()
+        results.append(([out, ga, gb, gga], name))
+    (fast, fast_name), (slow, slow_name), (theirs, their_name) = results
+    if call != "transposed":
+        assert fast_name == slow_name == their_name == "MmBackward0"
+    for a, b, c in zip(fast, slow, theirs, strict=True):
+        np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
+        np.testing.assert_allclose(a.detach().numpy(), c.detach().numpy(),
+                                   rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+
+
+def test_matrix_products_the_fast_path_leaves_alone():
+    x = jitgrad.tensor(np.ones((2, 3)), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"2x3 and 2x3"):
+        x @ jitgrad.ones(2, 3)
+    mixed = x @ jitgrad.ones(3, 2, dtype=jitgrad.float64)  # promoted: the general path
+    assert mixed.dtype is jitgrad.float64 and mixed.grad_fn.name() == "MmBackward0"
+    with jitgrad.no_grad():
+        assert (x @ jitgrad.ones(3, 2)).grad_fn is None
+    assert (jitgrad.ones(2, 3) @ jitgrad.ones(3, 2)).grad_fn is None
