@@ -480,6 +480,27 @@ class Tape:
     shapes = _written_out("_shapes")
     arenas = _written_out("_arenas")
 
+    def sweep_tables(self) -> tuple:
+        """What a reverse sweep reads, the logged 0-d rows written out first: entries,
+        nodes, versions, live references, meta, the float32 and float64 arenas."""
+        if self.logged > 0:
+            self.flush()
+        return (memoryview(self._entries)[:self.n_entries * _ENTRY_BYTES],
+                memoryview(self._nodes)[:self.n_nodes * _NODE_BYTES], self.versions,
+                self.refs, self.meta, self._arenas[0], self._arenas[1])
+
+    def adjoint_of(self, adjoints: list, node: int):
+        """The adjoint of ``node`` in ``adjoints`` (a sweep's buffers, per dtype) handed
+        out: a Python float for a 0-d value, else a new array (reusing a dropped gradient's
+        memory when large)."""
+        if self.logged > 0:
+            self.flush()
+        offset, size, dtype_code, _, _ = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
+        shape = self._shapes[node]
+        if not shape:
+            return adjoints[dtype_code][offset].item()
+        return self.copy_out(adjoints[dtype_code][offset:offset + size], shape)
+
     def entry_fields(self, entry: int) -> tuple:
         """The entry's row: (op, out, in0, in1, in2, meta, ver0, ver1, ver2, freed, c0, c1)."""
         if self.logged > 0:

@@ -204,18 +204,8 @@ def _collect(tape, reached, adjoints, targets, as_tensors: bool) -> dict:
             if node in adjoints:
                 result[node] = adjoints[node]
             continue
-        result[node] = _adjoint(tape, adjoints, node)
+        result[node] = tape.adjoint_of(adjoints, node)
     return result
-
-
-def _adjoint(tape, adjoints, node: int):
-    """The adjoint of ``node`` after a sweep, handed out: a Python float for a 0-d value,
-    else a new array (reusing a dropped gradient's memory when large)."""
-    offset, size, dtype_code = tape.node_location(node)
-    shape = tape.shapes[node]
-    if not shape:
-        return adjoints[dtype_code][offset].item()
-    return tape.copy_out(adjoints[dtype_code][offset:offset + size], shape)
 
 
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph: bool = False,
@@ -252,9 +242,8 @@ def _backward_scalar(output: Tensor) -> bool:
     adj = tape.adjoint_buffers()
     adj[code][offset] = 1.0
     status, entry, pending, n_leaves = sweep_tape(
-        tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
-        tape.arenas[1], adj[0], adj[1], leaves[n_nodes:], reached, ready, kinds, saves, False,
-        leaves, tape.restartable())
+        *tape.sweep_tables(), adj[0], adj[1], leaves[n_nodes:], reached, ready, kinds, saves,
+        False, leaves, tape.restartable())
     if status != 0:
         _raise_sweep_error(tape, status, entry)
     tape.after_backward(pending)
@@ -265,17 +254,17 @@ def _backward_scalar(output: Tensor) -> bool:
             continue
         if owner._grad is None:  # the usual case, inline: a new gradient
             grad = object.__new__(Tensor)  # (the arena holds it in the leaf's dtype)
-            value = _adjoint(tape, adj, leaf)
+            value = tape.adjoint_of(adj, leaf)
             if type(value) is float:
                 _init(grad, None, value, owner.dtype, _SCALAR)
             else:
                 _init(grad, value, None, owner.dtype, tape.shapes[leaf])
             owner._grad = grad
         else:
-            _accumulate_grad(owner, _adjoint(tape, adj, leaf), False)
+            _accumulate_grad(owner, tape.adjoint_of(adj, leaf), False)
     for retained, owner in list(tape.retained.items()):
         if reached[retained]:
-            _accumulate_grad(owner, _adjoint(tape, adj, retained), False)
+            _accumulate_grad(owner, tape.adjoint_of(adj, retained), False)
     return True
 
 
