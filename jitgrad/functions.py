@@ -1817,19 +1817,27 @@ def _synced(target: Tensor, source: Tensor) -> None:
     tape's recording wraps this to see it)."""
 
 
+_SLICES: dict = {}  # (size, step, start) of a 1-d slice -> (entry meta, output shape)
+
+
 def _slice_1d(t: Tensor, key: slice) -> Tensor:
     """``t[a:b:c]`` of a 1-d tensor, recorded: :func:`_restride` without working out the
     view's layout (``slice.indices`` keeps it inside ``t``)."""
     start, stop, step = key.indices(t._shape[0])  # TypeError for non-integer bounds
-    view = t._value()[start:stop:step]
+    view = t._data[start:stop:step]  # (a 1-d tensor has its array)
     size = view.shape[0]
     if size == 0:
         start = 0
+    layout = _SLICES.get((size, step, start))
+    if layout is None:  # the meta as an array (the tape's meta extends by a copy)
+        layout = array("q", (1, size, step, start)), Size((size,))
+        if len(_SLICES) < 4096:
+            _SLICES[(size, step, start)] = layout
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
-    meta = tape.add_meta((1, size, step, start))
-    shape = Size((size,))
+    meta = tape.add_meta(layout[0])
+    shape = layout[1]
     node, slot = tape.record_output(_SLICE_CODE, 0 if t.dtype is _F32 else 1, shape, size, src,
                                     -1, -1, meta)
     slot[...] = view

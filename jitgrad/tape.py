@@ -849,7 +849,9 @@ class Tape:
         self.logged = 0  # rows of the generation that ends
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
-        self.checks = _Checks()
+        checks = self.checks  # _Checks' fields as a new one has them (no new object)
+        checks.values = _CHECK_VALUES
+        checks.recheck_at = checks.drop_at = 0
         self.leaves.clear()
         self.retained.clear()
         self.names.clear()
