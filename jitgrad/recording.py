@@ -101,9 +101,41 @@ def node_of(tape, t) -> int:
     older generation."""
     if t._tape is tape and (t._gen == tape.generation or tape.adopt(t)):
         node = t._node
-        if node >= 0 and (t._op >= 0 or _storage_version(t) == t._node_version):
-            return node
+        if node >= 0:
+            if t._op >= 0:
+                return node
+            storage = t._storage
+            if storage is None or storage.version == t._node_version:
+                return node
+            if storage.node == node and storage.tape is tape and tape.compactable:
+                return _rewrite(tape, t, node)
     return register(tape, t)
+
+
+def _rewrite(tape, t, node: int) -> int:
+    """A leaf or constant written in place since it was registered on this generation (a
+    parameter after an optimizer step, in a loop whose tape keeps growing): its node takes
+    the new value instead of a new node being made. The write bumped the node's version,
+    so the entries recorded before that save this value fail their backward as torch's
+    do; later ones record the new version. (A private recording tape registers anew:
+    it watches every registration.)"""
+    d = t.dtype
+    if d is not _F32 and not d.is_floating_point:
+        d = dt.get_default_dtype()
+    data = t._data
+    offset = tape.leaf_slot(node, 1 if data is None else data.size,
+                            DTYPE_F32 if d is _F32 else DTYPE_F64, t._requires_grad)
+    if offset < 0:  # not the node this tensor would get now
+        return register(tape, t)
+    arena = tape._arenas[DTYPE_F32 if d is _F32 else DTYPE_F64]
+    if data is None:
+        arena[offset] = t._item
+    elif data.size == 1:
+        arena[offset] = data.item() if d is t.dtype else data.reshape(-1)[0]
+    else:
+        arena[offset:offset + data.size] = data.reshape(-1)
+    t._node_version = t._storage.version
+    return node
 
 
 def _storage_version(t) -> int:

@@ -480,6 +480,15 @@ class Tape:
     shapes = _written_out("_shapes")
     arenas = _written_out("_arenas")
 
+    def leaf_slot(self, node: int, size: int, dtype_code: int, requires_grad: bool) -> int:
+        """The arena offset of ``node``'s value if it is a leaf's or a constant's node (no
+        entry makes it) of ``size`` elements of ``dtype_code`` with that requires-grad
+        flag, else -1. (Such a node's row is written when it is made, never logged.)"""
+        offset, n, code, grad, entry = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
+        if entry != -1 or n != size or code != dtype_code or grad != requires_grad:
+            return -1
+        return offset
+
     def sweep_tables(self) -> tuple:
         """What a reverse sweep reads, the logged 0-d rows written out first: entries,
         nodes, versions, live references, meta, the float32 and float64 arenas."""

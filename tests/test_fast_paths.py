@@ -365,3 +365,77 @@ def test_matrix_products_the_fast_path_leaves_alone():
     with jitgrad.no_grad():
         assert (x @ jitgrad.ones(3, 2)).grad_fn is None
     assert (jitgrad.ones(2, 3) @ jitgrad.ones(3, 2)).grad_fn is None
+
+
+# -- a parameter written in place on a tape that keeps growing -------------------------------
+def test_a_training_loop_rewrites_its_parameters_nodes_against_torch():
+    """A small training loop's tape keeps growing (no restart): after each optimizer step
+    the parameters' nodes take their new values instead of new nodes being made, and the
+    trajectory is torch's (the tutorial's part to the last bit)."""
+    from jitgrad.tape import _state
+
+    torch = _torch()
+    results = []
+    for lib in (jitgrad, torch):
+        x, y = lib.tensor(3.0), lib.tensor(18.0)
+        w = lib.tensor(4.0, requires_grad=True)
+        b = lib.tensor(5.0, requires_grad=True)
+        v = lib.tensor([0.5, -1.0, 2.0], requires_grad=True)
+        opt = lib.optim.SGD([w, b, v], lr=0.01)
+        trace = []
+        for step in range(40):
+            opt.zero_grad()
+            loss = (w * x + b - y) ** 2 + (v * v * w).sum()
+            loss.backward()
+            opt.step()
+            if lib is jitgrad and step == 20:
+                nodes = _state.tape.n_nodes
+            if lib is jitgrad and step == 21:
+                grown = _state.tape.n_nodes - nodes
+            trace.append((loss.item(), w.item(), b.item(), *v.tolist()))
+        results.append(trace)
+        if lib is jitgrad:
+            assert grown <= 9  # the ops' outputs only: no new node for w, b, v or x
+    ours, theirs = np.array(results[0]), np.array(results[1])
+    np.testing.assert_array_equal(ours[:, 1:3], theirs[:, 1:3])  # w and b
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_leaf_written_after_recording_fails_the_old_graph_as_torch(saved):
+    """The old graph's entries that read the leaf's value fail their backward after an
+    in-place write (its node now holds the new value); entries that do not read it still
+    give their gradient, and a new graph uses the new value."""
+    torch = _torch()
+    outcomes = []
+    for lib in (jitgrad, torch):
+        w = lib.tensor([1.0, 2.0], requires_grad=True)
+        first = (w * w).sum() if saved else (w + 1.0).sum()
+        first.backward(retain_graph=True)
+        with lib.no_grad():
+            w.mul_(3.0)
+        second = (w * w * w).sum()
+        second.backward()
+        try:
+            first.backward()
+            outcome = w.grad.tolist()
+        except RuntimeError as error:
+            assert "modified by an inplace operation" in str(error)
+            outcome = "error"
+        outcomes.append((outcome, second.item()))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_constant_written_in_place_and_a_leaf_whose_flag_changed():
+    x = jitgrad.tensor([1.0, 2.0])
+    w = jitgrad.tensor([3.0, 4.0], requires_grad=True)
+    (w * x).sum().backward()
+    x.add_(1.0)  # a constant: its node takes the new value
+    w.grad = None
+    (w * x).sum().backward()
+    assert w.grad.tolist() == [2.0, 3.0]
+    x.requires_grad_()  # registered again, now as a leaf that accumulates a gradient
+    with jitgrad.no_grad():
+        x.add_(1.0)
+    (w * x).sum().backward()
+    assert x.grad.tolist() == [3.0, 4.0] and w.grad.tolist() == [5.0, 7.0]
