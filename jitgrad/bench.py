@@ -921,12 +921,14 @@ def per_op(case: str, seconds: float, mode: str = "default") -> float | None:
 # per mode: samples per lib (interleaved), warm-up runs, target seconds per sample,
 # and fresh-process repeats for the startup numbers
 MODES = {
-    "default": {"samples": 7, "warmup": 3, "target": 0.05, "startup": 4},
+    # 15 short samples: on a shared machine whose speed moves within seconds, the median
+    # of 7 put a workload's ratio anywhere in a +-25% band from run to run
+    "default": {"samples": 15, "warmup": 3, "target": 0.05, "startup": 4},
     "quick": {"samples": 3, "warmup": 2, "target": 0.01, "startup": 2},
     "smoke": {"samples": 1, "warmup": 1, "target": 0.002, "startup": 1},  # tests, notebooks
 }
 # W2 and W7: each run is a whole long program, so fewer samples and warm-ups
-SLOW = {"default": {"samples": 5, "warmup": 2}, "quick": {"samples": 2, "warmup": 1},
+SLOW = {"default": {"samples": 9, "warmup": 2}, "quick": {"samples": 2, "warmup": 1},
         "smoke": {"samples": 1, "warmup": 1}}
 WORKER_TIMEOUT = 600
 

@@ -1337,18 +1337,25 @@ def _whole_recorded(input, dim, keepdim: bool, dtype) -> bool:
     """A reduction of all of a recorded float array, to a 0-d result: the loss of every
     training step, which :func:`_full_reduction` records without the layout work."""
     return (dim is None and dtype is None and not keepdim and type(input) is Tensor
-            and input._shape and input.dtype.is_floating_point and _recording(input))
+            and input._shape and input._requires_grad and input.dtype.is_floating_point
+            and _state.tape.grad_enabled)
 
 
-def _full_reduction(name: str, t: Tensor, forward) -> Tensor:
-    """Record reduction ``name`` of all of ``t`` (see :func:`_whole_recorded`);
+def _full_reduction(code: int, t: Tensor, forward) -> Tensor:
+    """Record the reduction of op ``code`` of all of ``t`` (see :func:`_whole_recorded`);
     ``forward(x, axis)`` computes it."""
-    x = t._value()
-    value = quietly(forward, x, None)
+    x = t._data  # (an array: ``t`` is not 0-d)
+    if ERROR_STATE is None:  # NumPy 1.x
+        value = quietly(forward, x, None)
+    else:  # quietly's work, inline
+        token = ERROR_STATE.set(IGNORE)
+        try:
+            value = forward(x, None)
+        finally:
+            ERROR_STATE.reset(token)
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     src = node_of(tape, t)
-    code = BY_NAME[name].code
     node, slot = tape.record_output(code, 0 if t.dtype is _F32 else 1, _SCALAR_SHAPE, 1, src,
                                     -1, -1, 0, float(x.size))
     slot[0] = value
@@ -1358,7 +1365,7 @@ def _full_reduction(name: str, t: Tensor, forward) -> Tensor:
 def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:  # noqa: A001
     """Sum of all elements, or along ``dim`` (an int or a tuple of ints)."""
     if _whole_recorded(input, dim, keepdim, dtype):
-        return _full_reduction("sum", input, np.add.reduce)
+        return _full_reduction(_SUM_CODE, input, np.add.reduce)
     t = input if dtype is None else to_dtype(input, dtype)
     if t.dtype is dt.bool_:
         t = to_dtype(t, dt.int64)
@@ -1369,7 +1376,7 @@ def sum(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
     if _whole_recorded(input, dim, keepdim, dtype):
-        return _full_reduction("mean", input, _mean_forward)
+        return _full_reduction(_MEAN_CODE, input, _mean_of_all)
     t = input if dtype is None else to_dtype(input, dtype)
     return _reduce("mean", t, dim, keepdim, _mean_forward, "mean_dim")
 
@@ -1408,6 +1415,17 @@ def std(input: Tensor, dim=None, unbiased=None, keepdim: bool = False, *,
     """Standard deviation: the square root of :func:`var`."""
     return named(sqrt(_dispersion("std", input, dim, unbiased, keepdim, correction)),
                  "StdBackward0")
+
+
+def _mean_of_all(x, _axis):
+    """The mean of every element of ``x`` (nan for none), for :func:`_full_reduction`."""
+    if not x.size:
+        return x.dtype.type(np.nan)
+    return np.add.reduce(x, axis=None) / x.size
+
+
+_SUM_CODE = BY_NAME["sum"].code
+_MEAN_CODE = BY_NAME["mean"].code
 
 
 def _mean_forward(x, axis):
