@@ -344,6 +344,9 @@ def _broadcast_layout(name: str, shapes: tuple) -> tuple:
     """(output shape, size, meta of the entry or None when every operand has the output's
     shape) of elementwise op ``name`` on operands of ``shapes``, remembered in
     ``_BROADCASTS``; torch's RuntimeError when they do not broadcast."""
+    cached = _BROADCASTS.get(shapes)
+    if cached is not None:
+        return cached
     shape = Size(broadcast_shape(_op_label(name), *shapes))
     # an array: the tape's meta (an array too) extends by a copy, not element-wise
     layout = None if all(s == shape for s in shapes) else array(
@@ -411,9 +414,7 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
         size = arrays[0].size
         layout = None
     else:
-        shapes = tuple([a.shape for a in arrays])
-        cached = _BROADCASTS.get(shapes)
-        shape, size, layout = cached if cached is not None else _broadcast_layout(name, shapes)
+        shape, size, layout = _broadcast_layout(name, tuple([a.shape for a in arrays]))
     tape = _state.tape
     tape.before_record()  # may start a new generation: before any node id is taken
     # inputs first: registering one may grow an arena, which would orphan an earlier slot
@@ -1626,14 +1627,12 @@ def _log_softmax_recorded(t: Tensor, dim: int) -> Tensor | None:
     ndim = len(shape)
     if not (-ndim <= dim < ndim) or not _state.tape.grad_enabled:
         return None
-    x = t._data if t._data is not None else t._value()
+    x = t._data  # (an array: ``t`` is not 0-d)
     d = dim % ndim
     if not x.size or not _logsumexp.usable(x, (d,)):
         return None
-    dims, keep_shape, count, reduce_meta = _reduce_layout("logsumexp", tuple(shape), dim, True)
-    shapes = (shape, keep_shape)
-    cached = _BROADCASTS.get(shapes)
-    out_shape, size, layout = cached if cached is not None else _broadcast_layout("sub", shapes)
+    _, keep_shape, count, reduce_meta = _reduce_layout("logsumexp", tuple(shape), dim, True)
+    out_shape, size, layout = _broadcast_layout("sub", (shape, keep_shape))
     result = t.dtype
     code = 0 if result is _F32 else 1
     tape = _state.tape

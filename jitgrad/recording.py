@@ -122,25 +122,26 @@ def _rewrite(tape, t, node: int) -> int:
     d = t.dtype
     if d is not _F32 and not d.is_floating_point:
         d = dt.get_default_dtype()
+    code = DTYPE_F32 if d is _F32 else DTYPE_F64
     data = t._data
-    offset = tape.leaf_slot(node, 1 if data is None else data.size,
-                            DTYPE_F32 if d is _F32 else DTYPE_F64, t._requires_grad)
+    size = 1 if data is None else data.size
+    offset = tape.leaf_slot(node, size, code, t._requires_grad)
     if offset < 0:  # not the node this tensor would get now
         return register(tape, t)
-    arena = tape._arenas[DTYPE_F32 if d is _F32 else DTYPE_F64]
-    if data is None:
-        arena[offset] = t._item
-    elif data.size == 1:
-        arena[offset] = data.item() if d is t.dtype else data.reshape(-1)[0]
-    else:
-        arena[offset:offset + data.size] = data.reshape(-1)
+    _store(tape._arenas[code], offset, size, t, d)
     t._node_version = t._storage.version
     return node
 
 
-def _storage_version(t) -> int:
-    storage = t._storage
-    return storage.version if storage is not None else 0
+def _store(arena, offset: int, size: int, t, d: dt.dtype) -> None:
+    """Copy ``t``'s value (``size`` elements, stored as ``d``) into ``arena`` at ``offset``."""
+    data = t._data
+    if data is None:
+        arena[offset] = t._item
+    elif size == 1:  # a float's value through a Python float (exact), three times faster
+        arena[offset] = data.item() if d is t.dtype else data.reshape(-1)[0]
+    else:
+        arena[offset:offset + size] = data.reshape(-1)
 
 
 def register(tape, t) -> int:
@@ -159,14 +160,8 @@ def register(tape, t) -> int:
     if t._node >= 0 and t._tape is not None:
         t._tape.release(t._node, t._gen)
     node = tape.new_node(code, t._shape, size, requires_grad, entry)  # ends a 0-d run
-    offset = tape.used[code] - size
-    arena = tape._arenas[code]  # (new_node wrote out any logged rows)
-    if data is None:
-        arena[offset] = t._item
-    elif size == 1:  # a float's value through a Python float (exact), three times faster
-        arena[offset] = data.item() if d is t.dtype else data.reshape(-1)[0]
-    else:
-        arena[offset:offset + size] = data.reshape(-1)
+    # (new_node wrote out any logged rows: the arena is the current one)
+    _store(tape._arenas[code], tape.used[code] - size, size, t, d)
     t._tape = tape
     t._gen = tape.generation
     t._node = node

@@ -122,6 +122,9 @@ class _Checks:
     __slots__ = ("values", "recheck_at", "drop_at")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.values = _CHECK_VALUES  # arena elements of the next periodic check
         self.recheck_at = 0  # after_backward asks for a check from this many entries on
         # a tape's maybe_restart is _DROPPED when the newest node's last tensor died (a
@@ -858,9 +861,7 @@ class Tape:
         self.logged = 0  # rows of the generation that ends
         self.n_entries = self.n_nodes = 0
         self.next_check = _CHECK_EVERY
-        checks = self.checks  # _Checks' fields as a new one has them (no new object)
-        checks.values = _CHECK_VALUES
-        checks.recheck_at = checks.drop_at = 0
+        self.checks.reset()
         self.leaves.clear()
         self.retained.clear()
         self.names.clear()

@@ -159,8 +159,7 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
                 reached, ready, kinds, saves, bool(retain_graph), leaves)
         else:
             status, entry, pending, n_leaves = sweep_tape(
-                tape.entries, tape.nodes, tape.versions, tape.refs, tape.meta, tape.arenas[0],
-                tape.arenas[1], adj[0], adj[1], roots, reached, ready, kinds, saves,
+                *tape.sweep_tables(), adj[0], adj[1], roots, reached, ready, kinds, saves,
                 bool(retain_graph), leaves, tape.restartable())
     finally:
         entries = consts = nodes = versions = refs = meta = None
