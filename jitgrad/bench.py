@@ -912,6 +912,27 @@ def import_time_source(module: str) -> str:
             "print(json.dumps({'time': t, 'numba_loaded': 'numba' in sys.modules}))\n")
 
 
+def numba_floor_source(folder: str) -> str:
+    """A ``python -c`` program timing (JSON ``time``) what any Numba program pays before its
+    first kernel runs: ``import numba`` and the first call of a trivial ``cache=True`` kernel
+    (written to ``folder``, cached there by an earlier run), which loads Numba's registries."""
+    return ("import sys, time\n"
+            "t0 = time.perf_counter()\n"
+            "import numba\n"
+            f"sys.path.insert(0, {folder!r})\n"
+            "import jitgrad_numba_probe\n"
+            "jitgrad_numba_probe.one(1.0)\n"
+            "t = time.perf_counter() - t0\n"
+            "import json\n"
+            "print(json.dumps({'time': t}))\n")
+
+
+NUMBA_PROBE = ("import numba\n\n\n"
+               "@numba.njit(cache=True)\n"
+               "def one(x):\n"
+               "    return x + 1.0\n")
+
+
 def per_op(case: str, seconds: float, mode: str = "default") -> float | None:
     ops = ops_per_run(case, mode)
     return None if ops is None else seconds / ops
@@ -1303,11 +1324,21 @@ def _set_threads(n) -> None:
 
 
 # -- startup numbers -------------------------------------------------------------------------------
+def _child_env() -> dict:
+    """The environment of the startup probes: this one, less ``PYTHONDONTWRITEBYTECODE``, so
+    that every package's compiled bytecode is cached on disk as Python does by default (pip
+    writes it for installed packages at install time; an editable install gets it on its
+    first import), not recompiled from source by each probe."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def _child(source: str) -> dict:
     """Run a fresh ``python -c source``; its printed JSON plus ``wall`` (spawn to exit)."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=_child_env())
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1])
@@ -1319,20 +1350,30 @@ def _child(source: str) -> dict:
 
 def measure_startup(libs: list[str], repeats: int) -> dict:
     """Medians over ``repeats`` interleaved fresh processes of: the wall time of ``python -c
-    pass``, the in-process time of ``import numba``, and the tutorial's first gradient per
-    lib: wall time of the fresh process, and inside it the time of the import, forward and
-    backward. One untimed first-gradient run of jitgrad comes first, so Numba's on-disk
-    cache is warm (it recompiles after a kernel edit)."""
-    probes = {"python -c pass": "pass", "import numba": import_time_source("numba")}
+    pass``, the in-process time of ``import numba`` and of Numba's first cached call
+    (:func:`numba_floor_source`), and the tutorial's first gradient per lib: wall time of the
+    fresh process, and inside it the time of the import, forward and backward. One untimed
+    run of each cached probe comes first, so the on-disk caches are warm: Numba's (it
+    recompiles after a kernel edit) and Python's bytecode (see :func:`_child_env`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "jitgrad_numba_probe.py"), "w") as fh:
+            fh.write(NUMBA_PROBE)
+        return _measure_startup(libs, repeats, folder)
+
+
+def _measure_startup(libs: list[str], repeats: int, folder: str) -> dict:
+    probes = {"python -c pass": "pass", "import numba": import_time_source("numba"),
+              "numba first call": numba_floor_source(folder)}
     for lib in ("jitgrad", "torch"):
         if lib in libs:
             probes[f"first gradient {lib}"] = first_gradient_source(lib)
     out: dict[str, dict] = {name: {"samples": []} for name in probes}
-    if "first gradient jitgrad" in probes:
-        try:
-            _child(probes["first gradient jitgrad"])
-        except Exception as exc:  # noqa: BLE001
-            out["first gradient jitgrad"] = {"error": _error(exc)}
+    for name, src in probes.items():
+        if name.startswith(("first gradient", "numba first")):
+            try:
+                _child(src)
+            except Exception as exc:  # noqa: BLE001
+                out[name] = {"error": _error(exc)}
     for _ in range(repeats):
         for name, src in probes.items():
             if "error" in out[name]:
@@ -1349,6 +1390,8 @@ def measure_startup(libs: list[str], repeats: int) -> dict:
             for key in samples[0]:
                 if isinstance(samples[0][key], bool):
                     rec[key] = any(s[key] for s in samples)
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        out["bytecode"] = {"unset": "PYTHONDONTWRITEBYTECODE"}
     return out
 
 
@@ -1451,6 +1494,16 @@ def _startup_rows(startup: dict, ncols: int) -> tuple[list[list[str]], list[str]
     rcell = "—" if (fj is None or ft is None) else f"{ft / fj:.2f}x"
     rows.append(["startup: fresh process, first gradient (wall)", jcell, tcell, rcell,
                  f"< 1 s {status}"] + pad)
+    if "bytecode" in startup:
+        notes.append("this environment sets PYTHONDONTWRITEBYTECODE; the startup probes run "
+                     "without it, so each package's bytecode is read from its cache as in a "
+                     "default Python (one untimed run per lib writes it first)")
+    floor = med("numba first call", "time")
+    if fj is not None and floor is not None:
+        notes.append(f"Numba alone, in a fresh process: `import numba` and the first call of a "
+                     f"trivial cached kernel take {floor:.3f} s, paid by any Numba program "
+                     f"before its first kernel runs (it loads Numba's registries, and SciPy's "
+                     f"BLAS where SciPy is installed)")
     py = med("python -c pass", "wall")
     for lib in ("jitgrad", "torch"):
         parts = [med(f"first gradient {lib}", k) for k in ("import", "forward", "backward")]

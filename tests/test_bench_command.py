@@ -170,3 +170,25 @@ def test_plain_command_still_has_its_help():
     assert proc.returncode == 0 and "bench" in proc.stdout
     proc = run_python(["-m", "jitgrad", "bench", "--help"], timeout=60)
     assert proc.returncode == 0 and "--quick" in proc.stdout and "--plot" in proc.stdout
+
+
+def test_startup_probes_read_cached_bytecode(monkeypatch):
+    """The startup probes run as in a default Python: without PYTHONDONTWRITEBYTECODE (so the
+    untimed first run caches the bytecode the timed ones read), with a note saying so."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    assert "PYTHONDONTWRITEBYTECODE" not in bench._child_env()
+    assert bench._child("import sys, json; print(json.dumps("
+                        "{'flag': sys.flags.dont_write_bytecode}))")["flag"] == 0
+    startup = bench.measure_startup(["jitgrad"], 1)
+    first = startup["first gradient jitgrad"]
+    assert "error" not in first and first["median"]["wall"] > first["median"]["import"] > 0
+    floor = startup["numba first call"]["median"]["time"]
+    assert 0 < floor < first["median"]["wall"]
+    rows, notes = bench._startup_rows(startup, 5)
+    assert any(note.startswith("Numba alone") and f"{floor:.3f} s" in note for note in notes)
+    assert [row[0] for row in rows] == ["startup: import jitgrad − import numba",
+                                        "startup: fresh process, first gradient (wall)"]
+    assert any("PYTHONDONTWRITEBYTECODE" in note for note in notes)
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+    _, notes = bench._startup_rows(bench.measure_startup(["jitgrad"], 1), 5)
+    assert not any("PYTHONDONTWRITEBYTECODE" in note for note in notes)
