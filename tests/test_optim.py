@@ -469,3 +469,90 @@ def test_adagrad_state_exists_before_the_first_step_as_torchs():
     ours.step()
     np.testing.assert_allclose(late.detach().numpy(), 1 - 0.5 / np.sqrt(1.5), rtol=1e-6)
     assert ours.state[late]["step"].item() == 1.0
+
+
+def _scalar_training(lib, options, dtype, shapes=((), (), ()), steps=60):
+    """Parameters of one element trained on a nonlinear loss whose gradients come from
+    ``backward`` (one-element gradients held as floats: SGD's scalar path)."""
+    rng = np.random.default_rng(7)
+    params = [lib.tensor(rng.standard_normal(s).astype(dtype), requires_grad=True)
+              for s in shapes]
+    opt = lib.optim.SGD(params, **options)
+    sign = -1.0 if options.get("maximize") else 1.0
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = 0.0
+        for k, p in enumerate(params):
+            loss = loss + (((1.0 + 0.5 * k) * p - 0.3 * k) ** 2 + 0.3 * lib.sin(3.0 * p)).sum()
+        (sign * loss).backward()
+        opt.step()
+    return [p.detach().numpy().copy() for p in params]
+
+
+SCALAR_OPTIONS = [{"lr": 0.05}, {"lr": 0.05, "maximize": True}, {"lr": 0.013}]
+
+
+@pytest.mark.parametrize("options", SCALAR_OPTIONS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scalar_path_equals_array_path_and_torch(monkeypatch, options, dtype):
+    calls = []
+    scalar = _kernels.sgd_scalar
+    monkeypatch.setattr(_kernels, "sgd_scalar", lambda *a: calls.append(a) or scalar(*a))
+    fast = _scalar_training(jitgrad, options, dtype)
+    assert len(calls) == 3 * 60  # every parameter, every step
+    monkeypatch.setattr(optim.SGD, "_scalar_plan", lambda self: None)
+    general = _scalar_training(jitgrad, options, dtype)
+    for a, b in zip(fast, general, strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    torch = pytest.importorskip("torch")
+    for a, b in zip(fast, _scalar_training(torch, options, dtype), strict=True):
+        if dtype == np.float64:
+            np.testing.assert_array_equal(a, b)
+        else:  # torch steps float32 with a float32 learning rate
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"lr": 0.1, "momentum": 0.9},
+                                     {"lr": 0.1, "weight_decay": 0.01}], ids=str)
+def test_scalar_path_leaves_momentum_and_decay_to_the_kernels(monkeypatch, options):
+    monkeypatch.setattr(_kernels, "sgd_scalar", None)  # called: a TypeError
+    ours = _scalar_training(jitgrad, options, np.float64, steps=10)
+    torch = pytest.importorskip("torch")
+    for a, b in zip(ours, _scalar_training(torch, options, np.float64, steps=10), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_scalar_path_takes_nothing_it_cannot_handle(monkeypatch):
+    monkeypatch.setattr(_kernels, "sgd_scalar", None)
+    w = jitgrad.tensor(1.0, requires_grad=True)
+    v = jitgrad.tensor([1.0, 2.0], requires_grad=True)
+    opt = optim.SGD([w, v], lr=0.5)
+    (w * v).sum().backward()  # v's gradient is an array: the general path for both
+    opt.step()
+    assert w.item() == -0.5 and v.tolist() == [0.5, 1.5]
+    opt = optim.SGD([w], lr=0.5)
+    w.grad = jitgrad.tensor(np.float64(2.0))  # a gradient held as an array
+    opt.step()
+    assert w.item() == -1.5
+    w.grad = jitgrad.tensor(2.0, dtype=jitgrad.float64)  # another dtype than w's
+    opt.step()
+    assert w.item() == -2.5
+
+
+def test_scalar_step_is_in_place_with_versions_and_views():
+    torch = pytest.importorskip("torch")
+    for lib in (jitgrad, torch):
+        base = lib.tensor([1.0, 2.0, 3.0])
+        w = base[1]
+        w.requires_grad_()
+        opt = lib.optim.SGD([w], lr=0.25)
+        (w * w).backward()
+        pending = w * w  # saved w before the step
+        opt.step()
+        assert base.tolist() == [1.0, 1.0, 3.0] and w.item() == 1.0
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            pending.backward()
+        opt.zero_grad()
+        (w * w).backward()
+        assert w.grad.item() == 2.0

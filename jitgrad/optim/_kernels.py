@@ -8,13 +8,15 @@ it. Building such a table costs well under a microsecond per buffer, where a Num
 list of the same arrays costs several microseconds per element to build, and copying the
 parameters into one flat buffer and back costs a copy of the model per step.
 
-The per-parameter updates (``sgd_update``, ``adam_update``) are the only place where the
+The per-element SGD step (``_sgd_element``) and ``adam_update`` are the only place where the
 optimizers' arithmetic is written. They follow torch's CPU code operation by operation,
 fused multiply-adds included: ``add(x, alpha=a)``, ``lerp`` and ``addcmul`` round once in
 torch's kernels (``addcmul`` as ``fma(value * t1, t2, self)``), ``addcdiv`` does not and
 multiplies by the scalar before dividing. Trajectories then agree with torch's to the last
 bit or nearly. For tiny groups the optimizer calls the per-parameter update directly, once
 per parameter: for a handful of scalars that is cheaper than building the address table.
+SGD's one-element parameters whose gradients are floats skip the arrays too
+(``sgd_scalar``).
 
 Addresses are only valid while the arrays are alive: the caller keeps them referenced for
 the duration of the call.
@@ -74,25 +76,46 @@ def _view(address, size, like):
 
 
 @kernel
+def _sgd_element(p, g, buf, first, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    """One SGD step of one element: its new value and momentum buffer (when ``momentum``;
+    ``first``: the buffer is new and starts as the gradient, as in torch)."""
+    if maximize:
+        g = -g
+    if weight_decay != 0.0:
+        g = fma(p, weight_decay, g)
+    if momentum != 0.0:
+        if first:
+            buf = g
+        else:
+            buf = fma(g, 1.0 - dampening, buf * momentum)
+        if nesterov:
+            g = fma(buf, momentum, g)
+        else:
+            g = buf
+    return fma(g, -lr, p), buf
+
+
+@kernel
 def sgd_update(param, grad, momentum_buffer, first, lr, momentum, dampening, weight_decay,
                nesterov, maximize):
-    """One SGD step of one parameter (1-D views). ``first``: the momentum buffer is new and
-    starts as the gradient, as in torch."""
+    """One SGD step of one parameter (1-D views). The momentum buffer is only read and
+    written with ``momentum``."""
     for j in range(param.size):
-        g = -grad[j] if maximize else grad[j]
-        if weight_decay != 0.0:
-            g = fma(param[j], weight_decay, g)
+        p, buf = _sgd_element(param[j], grad[j], momentum_buffer[j], first, lr, momentum,
+                              dampening, weight_decay, nesterov, maximize)
         if momentum != 0.0:
-            if first:
-                buf = g
-            else:
-                buf = fma(g, 1.0 - dampening, momentum_buffer[j] * momentum)
             momentum_buffer[j] = buf
-            if nesterov:
-                g = fma(buf, momentum, g)
-            else:
-                g = buf
-        param[j] = fma(g, -lr, param[j])
+        param[j] = p
+
+
+@kernel
+def sgd_scalar(p, g, lr, maximize, single):
+    """Plain SGD (no momentum, no weight decay) of a one-element parameter, from and to
+    Python floats: the value to store (``_sgd_element``'s arithmetic, without the arrays).
+    ``single``: the parameter is float32 (the gradient is read as one)."""
+    if single:
+        g = np.float64(np.float32(g))
+    return _sgd_element(p, g, 0.0, False, lr, 0.0, 0.0, 0.0, False, maximize)[0]
 
 
 @kernel

@@ -3,15 +3,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .._dtype import float32, float64
 from ..autograd.grad_mode import no_grad
+from ..tensor import _bump_version
 from .optimizer import Optimizer, kernels, run_fused
+
+_FLOATS = (float32, float64)
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent, torch's ``optim.SGD`` (same options, same arithmetic):
     with momentum ``buf = momentum * buf + (1 - dampening) * g`` (the first buffer is the
     gradient), then ``p -= lr * buf`` (``g + momentum * buf`` with Nesterov). All the
-    parameters of a group are updated by one Numba kernel call.
+    parameters of a group are updated by one Numba kernel call; a few one-element
+    parameters without momentum or weight decay (a linear regression's weight and bias) by
+    one call each of a kernel on Python floats, the same arithmetic without the arrays.
 
     >>> import jitgrad as torch
     >>> w = torch.tensor(1.0, requires_grad=True)
@@ -41,10 +47,44 @@ class SGD(Optimizer):
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
         super().__init__(params, defaults)
 
-    @no_grad()
     def step(self, closure: Callable | None = None):
         """One update of every parameter that has a gradient; returns ``closure()`` (run
         with grad enabled first) when given. Everything is checked before any change."""
+        if closure is None:
+            plan = self._scalar_plan()
+            if plan is not None:
+                update = kernels().sgd_scalar
+                for p, data, grad, lr, maximize in plan:
+                    data[()] = update(data.item(), grad, lr, maximize, p.dtype is float32)
+                    _bump_version(p)
+                return None
+        return self._step(closure)
+
+    def _scalar_plan(self) -> list | None:
+        """When every parameter with a gradient holds one float element with a one-element
+        gradient not yet materialized as an array, in groups without momentum or weight
+        decay (the tutorial's linear regression): ``(parameter, its data, its gradient as a
+        float, lr, maximize)`` for each, for ``sgd_scalar``; otherwise None, and the general
+        path runs (arrays and their checks)."""
+        plan = []
+        for group in self.param_groups:
+            if group["momentum"] != 0.0 or group["weight_decay"] != 0.0:
+                return None
+            lr, maximize = float(group["lr"]), bool(group["maximize"])
+            for p in group["params"]:
+                grad = p._grad
+                if grad is None:
+                    continue
+                data = p._data
+                if (grad._data is not None or data is None or data.size != 1
+                        or grad._shape != p._shape or p.dtype not in _FLOATS
+                        or grad.dtype is not p.dtype or not data.flags.writeable):
+                    return None
+                plan.append((p, data, grad._item, lr, maximize))
+        return plan
+
+    @no_grad()
+    def _step(self, closure: Callable | None):
         _kernels = kernels()
 
         loss = self._evaluate(closure)
