@@ -71,6 +71,9 @@ _LOG_BYTES = _LOGGED.size
 _LOG_ROWS = 1 << 12  # a full log is written out (its memory is reused: it stays in cache)
 _LOG_FIELDS = np.dtype([("code", "<i8"), ("in0", "<i8"), ("in1", "<i8"), ("value", "<f8"),
                         ("c0", "<f8"), ("dtype", "<i8")])
+# the version and live count of each node of a new log, set when the log starts
+_LOG_VERSIONS = array("q", bytes(8 * _LOG_ROWS))
+_LOG_REFS = array("q", [1]) * _LOG_ROWS
 _FLUSH_IN_PYTHON = 24  # up to this many logged rows are written out row by row
 _EAGER_RUN = 16  # the first 0-d ops of a run go to the tables at once
 # maybe_restart's values past True (a check of liveness before the next recording):
@@ -224,8 +227,9 @@ class Tape:
         self._entries = _grown(self._entries, self.n_entries * _ENTRY_BYTES,
                                capacity * _ENTRY_BYTES)
         self._nodes = _grown(self._nodes, self.n_nodes * _NODE_BYTES, capacity * _NODE_BYTES)
-        self.versions = _grown(self.versions, self.n_nodes, capacity)
-        self.refs = _grown(self.refs, self.n_nodes, capacity)
+        # all of them: a log's nodes have theirs before they are in use
+        self.versions = _grown(self.versions, len(self.versions), capacity)
+        self.refs = _grown(self.refs, len(self.refs), capacity)
         self.capacity = capacity
 
     def new_node(self, dtype_code: int, shape: tuple, size: int, requires_grad: bool,
@@ -352,24 +356,25 @@ class Tape:
         0-d ops write their rows at once (a small graph is read soon: a tutorial step);
         after those, each op packs six fields into ``log`` (the tables have room for a
         full log of rows), and ``flush`` writes their rows out, all at once, when something
-        first reads the tables or the log is full. (``functions._finish_scalar`` logs an
-        op inline while the log has room.)"""
+        first reads the tables or the log is full. A new log sets the versions (0) and
+        live counts (1) of all the nodes it can hold at once: a logged op only counts its
+        node. (``functions._finish_scalar`` logs an op inline while the log has room.)"""
         logged = self.logged
         if logged <= 0 and logged > -_EAGER_RUN:
             self.logged = logged - 1
             return self._record_scalar_now(code, dtype_code, value, in0, in1, -1, c0, 0.0)
+        node = self.n_nodes
         if logged <= 0 or logged == _LOG_ROWS:  # a new log (a full one written out first)
             if logged > 0:
                 self.flush()
             logged = 0
-            rows = max(self.n_nodes, self.n_entries) + _LOG_ROWS
+            rows = max(node, self.n_entries) + _LOG_ROWS
             if rows > self.capacity:
                 self.reserve(rows)
+            self.versions[node:node + _LOG_ROWS] = _LOG_VERSIONS
+            self.refs[node:node + _LOG_ROWS] = _LOG_REFS
         _LOGGED.pack_into(self.log, logged * _LOG_BYTES, code, in0, in1, value, c0, dtype_code)
         self.logged = logged + 1
-        node = self.n_nodes
-        self.versions[node] = 0
-        self.refs[node] = 1
         self.n_nodes = node + 1
         self.n_entries += 1
         return node

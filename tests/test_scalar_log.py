@@ -9,7 +9,7 @@ import pytest
 
 import jitgrad as torch
 from jitgrad.kernels.layout import N_OFFSET
-from jitgrad.tape import _EAGER_RUN, _FLUSH_IN_PYTHON, Tape, _state, current_tape
+from jitgrad.tape import _EAGER_RUN, _FLUSH_IN_PYTHON, _LOG_ROWS, Tape, _state, current_tape
 
 
 @pytest.fixture
@@ -300,3 +300,26 @@ def test_a_compaction_keeps_room_in_the_tables(tape, compactions):
     y.backward()
     expected = _chain(_chain(torch.tensor(0.5, dtype=torch.float64), 0.9, 5), 0.9, 3000)
     assert y.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_each_log_sets_the_versions_and_live_counts_of_its_nodes(tape):
+    """A new log sets its nodes' versions and live counts when it starts (a logged op only
+    counts its node): across three logs, the tables growing as the later ones start, the
+    live counts are those of the tensors alive, and a write to one of them is caught."""
+    x = torch.tensor(1.5, requires_grad=True)
+    kept, y = [], x
+    for k in range(2 * _LOG_ROWS + 100):
+        y = torch.sin(y)  # (its derivative reads its input)
+        if k % 97 == 0:
+            kept.append(y)
+    capacity = tape.capacity
+    assert tape.logged and capacity >= tape.n_nodes > 2 * _LOG_ROWS
+    alive = {x._node, y._node, *(t._node for t in kept)}
+    assert tape._count_pending_alive() == len(alive) - 1  # the leaf's node has no entry
+    tape.flush()
+    _, _, _, versions, refs, _ = tape.tables()
+    assert set(np.flatnonzero(refs > 0).tolist()) == alive
+    assert not versions.any()
+    kept[7].mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

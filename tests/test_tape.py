@@ -191,6 +191,8 @@ def test_every_kernel_is_cached_and_compiled_one_way():
         text = path.read_text()
         if path.name == "jit.py":
             continue
+        if path.name == "bench.py":  # the source of the startup probe of Numba alone
+            text = text.replace('"@numba.njit(cache=True)\\n"', "")
         for bad in ("@njit", "@jit(", "@numba.njit", "parallel=True", "forceobj"):
             if bad in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {bad}")
