@@ -1498,12 +1498,13 @@ def _startup_rows(startup: dict, ncols: int) -> tuple[list[list[str]], list[str]
         notes.append("this environment sets PYTHONDONTWRITEBYTECODE; the startup probes run "
                      "without it, so each package's bytecode is read from its cache as in a "
                      "default Python (one untimed run per lib writes it first)")
-    floor = med("numba first call", "time")
+    floor, floor_wall = med("numba first call", "time"), med("numba first call", "wall")
     if fj is not None and floor is not None:
         notes.append(f"Numba alone, in a fresh process: `import numba` and the first call of a "
-                     f"trivial cached kernel take {floor:.3f} s, paid by any Numba program "
-                     f"before its first kernel runs (it loads Numba's registries, and SciPy's "
-                     f"BLAS where SciPy is installed)")
+                     f"trivial cached kernel take {floor:.3f} s ({floor_wall:.3f} s wall, "
+                     f"start and exit included), paid by any Numba program before its first "
+                     f"kernel runs (it loads Numba's registries, and SciPy's BLAS where SciPy "
+                     f"is installed)")
     py = med("python -c pass", "wall")
     for lib in ("jitgrad", "torch"):
         parts = [med(f"first gradient {lib}", k) for k in ("import", "forward", "backward")]
