@@ -80,7 +80,7 @@ class SGD(Optimizer):
                         or grad._shape != p._shape or p.dtype not in _FLOATS
                         or grad.dtype is not p.dtype or not data.flags.writeable):
                     return None
-                plan.append((p, data, grad._item, lr, maximize))
+                plan.append((p, data, float(grad._item), lr, maximize))
         return plan
 
     @no_grad()
