@@ -556,3 +556,19 @@ def test_scalar_step_is_in_place_with_versions_and_views():
         opt.zero_grad()
         (w * w).backward()
         assert w.grad.item() == 2.0
+
+
+def test_scalar_path_without_jit_matches():
+    """``sgd_scalar`` runs as plain Python under NUMBA_DISABLE_JIT=1 (its fma exact through
+    fractions) and gives the compiled kernel's parameters to the last bit."""
+    script = (
+        "import json, numpy as np, sys; sys.path.insert(0, sys.argv[1]);"
+        "from test_optim import _scalar_training; import jitgrad;"
+        "out = _scalar_training(jitgrad, {'lr': 0.05, 'maximize': True}, np.float64, steps=20);"
+        "print(json.dumps([float(a) for a in out]))")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    result = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = _scalar_training(jitgrad, {"lr": 0.05, "maximize": True}, np.float64, steps=20)
+    assert json.loads(result.stdout) == [float(a) for a in expected]
