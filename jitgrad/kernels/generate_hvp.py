@@ -34,7 +34,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ..ops.differentiate import substitute, tangent
+from ..ops.differentiate import PIECEWISE_CONSTANT, substitute, tangent
 from ..ops.registry import (
     CAST,
     ELEMENTWISE,
@@ -71,8 +71,9 @@ from .jit import kernel
     (*EXPRESSION_FUNCTIONS, "power_by_products", "product_exponent"), key=str.lower)))
 
 _LINEAR_KINDS = (RESTRIDE, PLACE, GATHER, SCATTER, CAST)
-_PIECEWISE = ("where", "positive", "sign", "in_range", "floor", "ceil", "rint", "trunc",
-              "floor_divide")
+# calls a partial may make without being costly to recompute: the piecewise-constant
+# functions, and ``where``'s selection
+_PIECEWISE = ("where", *PIECEWISE_CONSTANT)
 _CONSTANTS = ("c0", "c1", "n")
 
 

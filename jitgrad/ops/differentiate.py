@@ -30,8 +30,9 @@ import ast
 
 from .registry import EXPRESSION_FUNCTIONS
 
-_PIECEWISE_CONSTANT = ("sign", "positive", "in_range", "floor", "ceil", "rint", "trunc",
-                       "floor_divide")
+# functions of zero derivative almost everywhere (also read by the HVP generator)
+PIECEWISE_CONSTANT = ("sign", "positive", "in_range", "floor", "ceil", "rint", "trunc",
+                      "floor_divide")
 
 
 # -- building simplified expressions (None stands for zero) -----------------------------------
@@ -224,7 +225,7 @@ def _tangent(node: ast.expr, tangents: dict[str, str]) -> ast.expr | None:
         function, args = node.func.id, node.args
         if function not in EXPRESSION_FUNCTIONS:
             raise ValueError(f"unknown function {function!r}")
-        if function in _PIECEWISE_CONSTANT:
+        if function in PIECEWISE_CONSTANT:
             return None
         if function == "where":
             condition, if_true, if_false = args
