@@ -513,6 +513,28 @@ def test_scalar_path_equals_array_path_and_torch(monkeypatch, options, dtype):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_scalar_path_from_the_first_step_for_leaves_made_from_floats(monkeypatch):
+    """The tutorial's parameters (``tensor(4.0, requires_grad=True)``) hold a float until
+    their array is first needed: the scalar path makes it, from the first step on."""
+    calls = []
+    scalar = _kernels.sgd_scalar
+    monkeypatch.setattr(_kernels, "sgd_scalar", lambda *a: calls.append(a) or scalar(*a))
+    torch = pytest.importorskip("torch")
+    results = []
+    for lib in (jitgrad, torch):
+        x, y = lib.tensor(3.0), lib.tensor(18.0)
+        w, b = lib.tensor(4.0, requires_grad=True), lib.tensor(5.0, requires_grad=True)
+        opt = lib.optim.SGD([w, b], lr=0.01)
+        for step in range(5):
+            opt.zero_grad()
+            ((w * x + b - y) ** 2).backward()
+            opt.step()
+            if lib is jitgrad:
+                assert len(calls) == 2 * (step + 1)
+        results.append([w.item(), b.item()])
+    assert results[0] == results[1]
+
+
 @pytest.mark.parametrize("options", [{"lr": 0.1, "momentum": 0.9},
                                      {"lr": 0.1, "weight_decay": 0.01}], ids=str)
 def test_scalar_path_leaves_momentum_and_decay_to_the_kernels(monkeypatch, options):

@@ -75,8 +75,8 @@ class SGD(Optimizer):
                 grad = p._grad
                 if grad is None:
                     continue
-                data = p._data
-                if (grad._data is not None or data is None or data.size != 1
+                data = p._data if p._data is not None else p._value()  # (a float leaf's)
+                if (grad._data is not None or data.size != 1
                         or grad._shape != p._shape or p.dtype not in _FLOATS
                         or grad.dtype is not p.dtype or not data.flags.writeable):
                     return None
