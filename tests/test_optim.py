@@ -189,23 +189,29 @@ def test_python_path_equals_kernel_path(monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-def test_kernels_without_jit_match():
-    """The kernels' logic runs as plain Python under NUMBA_DISABLE_JIT=1 (tracebacks, coverage)
-    and gives the same parameters."""
-    script = (
-        "import json, numpy as np, sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_optim import _trajectory, BIG_SHAPES; import jitgrad;"
-        "out = _trajectory(jitgrad, 'Adam', {'lr': 0.05, 'amsgrad': True, 'weight_decay': 0.1},"
-        " BIG_SHAPES, steps=10);"
-        "print(json.dumps(np.concatenate([a.ravel() for a in out]).tolist()))")
+def _without_jit(imports: str, expression: str):
+    """The JSON value of ``expression`` (on ``imports`` from this file) computed in a fresh
+    process with NUMBA_DISABLE_JIT=1."""
+    script = ("import json, numpy as np, sys; sys.path.insert(0, sys.argv[1]);"
+              f"from test_optim import {imports}; import jitgrad;"
+              f"print(json.dumps({expression}))")
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     result = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_kernels_without_jit_match():
+    """The kernels' logic runs as plain Python under NUMBA_DISABLE_JIT=1 (tracebacks, coverage)
+    and gives the same parameters."""
+    ours = _without_jit(
+        "_trajectory, BIG_SHAPES",
+        "np.concatenate([a.ravel() for a in _trajectory(jitgrad, 'Adam', {'lr': 0.05, "
+        "'amsgrad': True, 'weight_decay': 0.1}, BIG_SHAPES, steps=10)]).tolist()")
     expected = _trajectory(jitgrad, "Adam", {"lr": 0.05, "amsgrad": True, "weight_decay": 0.1},
                            BIG_SHAPES, steps=10)
-    np.testing.assert_allclose(json.loads(result.stdout),
-                               np.concatenate([a.ravel() for a in expected]), rtol=1e-12)
+    np.testing.assert_allclose(ours, np.concatenate([a.ravel() for a in expected]), rtol=1e-12)
 
 
 def test_parameters_without_gradient_are_left_alone():
@@ -583,14 +589,7 @@ def test_scalar_step_is_in_place_with_versions_and_views():
 def test_scalar_path_without_jit_matches():
     """``sgd_scalar`` runs as plain Python under NUMBA_DISABLE_JIT=1 (its fma exact through
     fractions) and gives the compiled kernel's parameters to the last bit."""
-    script = (
-        "import json, numpy as np, sys; sys.path.insert(0, sys.argv[1]);"
-        "from test_optim import _scalar_training; import jitgrad;"
-        "out = _scalar_training(jitgrad, {'lr': 0.05, 'maximize': True}, np.float64, steps=20);"
-        "print(json.dumps([float(a) for a in out]))")
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
+    ours = _without_jit("_scalar_training", "[float(a) for a in _scalar_training(jitgrad, "
+                        "{'lr': 0.05, 'maximize': True}, np.float64, steps=20)]")
     expected = _scalar_training(jitgrad, {"lr": 0.05, "maximize": True}, np.float64, steps=20)
-    assert json.loads(result.stdout) == [float(a) for a in expected]
+    assert ours == [float(a) for a in expected]
