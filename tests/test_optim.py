@@ -1,11 +1,13 @@
 """jitgrad.optim: SGD, Adam, AdamW, RMSprop, Adagrad trajectories against torch's for every
 option combination, the one-kernel-per-group step, state_dict, and bad input."""
 import copy
+import gc
 import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import jitgrad
 from jitgrad import optim
 from jitgrad.optim import _kernels
 from jitgrad.optim import optimizer as optimizer_module
+from jitgrad.tape import current_tape
 
 # more than optimizer.SMALL_GROUP elements: the Numba kernel; a few scalars: the Python path
 BIG_SHAPES = [(5, 3), (7,), (), (2, 2, 2)]
@@ -579,11 +582,38 @@ def test_scalar_step_is_in_place_with_versions_and_views():
         pending = w * w  # saved w before the step
         opt.step()
         assert base.tolist() == [1.0, 1.0, 3.0] and w.item() == 1.0
+        # written outside the graph, as under no_grad: the base records nothing
+        assert not base.requires_grad and base.grad_fn is None and w.is_leaf
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             pending.backward()
         opt.zero_grad()
         (w * w).backward()
         assert w.grad.item() == 2.0
+
+
+def test_scalar_step_of_a_view_leaves_nothing_pending():
+    """Once the tensors of a step on a view die, no recorded entry is kept alive (a leaf
+    the tape holds for its ``.grad`` keeps its base: had the base's write been recorded,
+    it would pin the tape's generation). On a thread of its own: a fresh tape."""
+    pending = []
+
+    def train():
+        base = jitgrad.tensor([1.0, 2.0, 3.0])
+        w = base[1]
+        w.requires_grad_()
+        opt = optim.SGD([w], lr=0.25)
+        (w * w).backward()
+        opt.step()
+
+    def scenario():
+        train()
+        gc.collect()
+        pending.append(current_tape()._count_pending_alive())
+
+    worker = threading.Thread(target=scenario)
+    worker.start()
+    worker.join()
+    assert pending == [0]
 
 
 def test_scalar_path_without_jit_matches():
