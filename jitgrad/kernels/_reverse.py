@@ -2009,6 +2009,370 @@ def reverse_elementwise(code, vals, adj, o0, o1, o2, oy, u0, u1, u2, uy, n, w0, 
 
 
 @kernel
+def reverse_scalar(code, vals, adj, o0, o1, o2, oy, w0, w1, w2, c0, c1):
+    if code == 0:  # neg
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (-1.0)
+        elif w0:
+            adj[o0] += g * (-1.0)
+    elif code == 1:  # exp
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (y)
+        elif w0:
+            adj[o0] += g * (y)
+    elif code == 2:  # log
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (1.0 / x)
+        elif w0:
+            adj[o0] += g * (1.0 / x)
+    elif code == 3:  # sqrt
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (0.5 / y)
+        elif w0:
+            adj[o0] += g * (0.5 / y)
+    elif code == 4:  # sin
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (cos(x))
+        elif w0:
+            adj[o0] += g * (cos(x))
+    elif code == 5:  # cos
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (-sin(x))
+        elif w0:
+            adj[o0] += g * (-sin(x))
+    elif code == 6:  # tan
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0 + y * y)
+        elif w0:
+            adj[o0] += g * (1.0 + y * y)
+    elif code == 7:  # tanh
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0 - y * y)
+        elif w0:
+            adj[o0] += g * (1.0 - y * y)
+    elif code == 8:  # sigmoid
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (y * (1.0 - y))
+        elif w0:
+            adj[o0] += g * (y * (1.0 - y))
+    elif code == 9:  # relu
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = where((where(y <= 0.0, 0.0, 1.0)) == 0.0, 0.0, g * (where(y <= 0.0, 0.0, 1.0)))
+        elif w0:
+            adj[o0] += where((where(y <= 0.0, 0.0, 1.0)) == 0.0, 0.0, g * (where(y <= 0.0, 0.0, 1.0)))
+    elif code == 10:  # abs
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (sign(x))
+        elif w0:
+            adj[o0] += g * (sign(x))
+    elif code == 11:  # log1p
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (1.0 / (1.0 + x))
+        elif w0:
+            adj[o0] += g * (1.0 / (1.0 + x))
+    elif code == 12:  # expm1
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (y + 1.0)
+        elif w0:
+            adj[o0] += g * (y + 1.0)
+    elif code == 13:  # reciprocal
+        g = adj[oy]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (-(y * y))
+        elif w0:
+            adj[o0] += g * (-(y * y))
+    elif code == 14:  # clone
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+    elif code == 15:  # clamp
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = where((in_range(x, c0, c1)) == 0.0, 0.0, g * (in_range(x, c0, c1)))
+        elif w0:
+            adj[o0] += where((in_range(x, c0, c1)) == 0.0, 0.0, g * (in_range(x, c0, c1)))
+    elif code == 16:  # erf
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (1.1283791670955126 * exp(-(x * x)))
+        elif w0:
+            adj[o0] += g * (1.1283791670955126 * exp(-(x * x)))
+    elif code == 17:  # atan
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (1.0 / (1.0 + x * x))
+        elif w0:
+            adj[o0] += g * (1.0 / (1.0 + x * x))
+    elif code == 18:  # asin
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (1.0 / sqrt(1.0 - x * x))
+        elif w0:
+            adj[o0] += g * (1.0 / sqrt(1.0 - x * x))
+    elif code == 19:  # acos
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (-1.0 / sqrt(1.0 - x * x))
+        elif w0:
+            adj[o0] += g * (-1.0 / sqrt(1.0 - x * x))
+    elif code == 20:  # sign
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (0.0)
+        elif w0:
+            adj[o0] += g * (0.0)
+    elif code == 21:  # floor
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (0.0)
+        elif w0:
+            adj[o0] += g * (0.0)
+    elif code == 22:  # ceil
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (0.0)
+        elif w0:
+            adj[o0] += g * (0.0)
+    elif code == 23:  # round
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (0.0)
+        elif w0:
+            adj[o0] += g * (0.0)
+    elif code == 24:  # trunc
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (0.0)
+        elif w0:
+            adj[o0] += g * (0.0)
+    elif code == 25:  # frac
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+    elif code == 26:  # add_scalar
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+    elif code == 27:  # sub_scalar
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+    elif code == 28:  # rsub_scalar
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (-1.0)
+        elif w0:
+            adj[o0] += g * (-1.0)
+    elif code == 29:  # mul_scalar
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (c0)
+        elif w0:
+            adj[o0] += g * (c0)
+    elif code == 30:  # div_scalar
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0 / c0)
+        elif w0:
+            adj[o0] += g * (1.0 / c0)
+    elif code == 31:  # pow_scalar
+        g = adj[oy]
+        x = vals[o0]
+        if w0 == 2:
+            adj[o0] = g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
+        elif w0:
+            adj[o0] += g * (where(c0 == 0.0, 0.0, c0 * power(x, c0 - 1.0)))
+    elif code == 32:  # rpow_scalar
+        g = adj[oy]
+        x = vals[o0]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
+        elif w0:
+            adj[o0] += g * (where(c0 == 0.0, where(x >= 0.0, 0.0, y * log(c0)), y * log(c0)))
+    elif code == 33:  # add
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+        if w1 == 2:
+            adj[o1] = g * (1.0)
+        elif w1:
+            adj[o1] += g * (1.0)
+    elif code == 34:  # sub
+        g = adj[oy]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+        if w1 == 2:
+            adj[o1] = g * (-1.0)
+        elif w1:
+            adj[o1] += g * (-1.0)
+    elif code == 35:  # mul
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = g * (b)
+        elif w0:
+            adj[o0] += g * (b)
+        if w1 == 2:
+            adj[o1] = g * (a)
+        elif w1:
+            adj[o1] += g * (a)
+    elif code == 36:  # div
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = g * (1.0 / b)
+        elif w0:
+            adj[o0] += g * (1.0 / b)
+        if w1 == 2:
+            adj[o1] = g * (-a / (b * b))
+        elif w1:
+            adj[o1] += g * (-a / (b * b))
+    elif code == 37:  # pow
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+        elif w0:
+            adj[o0] += g * (where(b == 0.0, 0.0, b * a ** (b - 1.0)))
+        if w1 == 2:
+            adj[o1] = g * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
+        elif w1:
+            adj[o1] += g * (where((a == 0.0) & (b >= 0.0), 0.0, y * log(a)))
+    elif code == 38:  # maximum
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
+        elif w0:
+            adj[o0] += where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
+        if w1 == 2:
+            adj[o1] = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
+        elif w1:
+            adj[o1] += where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
+    elif code == 39:  # minimum
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
+        elif w0:
+            adj[o0] += where((where(a == b, 0.5, where(a > b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a > b, 0.0, 1.0))))
+        if w1 == 2:
+            adj[o1] = where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
+        elif w1:
+            adj[o1] += where((where(a == b, 0.5, where(a < b, 0.0, 1.0))) == 0.0, 0.0, g * (where(a == b, 0.5, where(a < b, 0.0, 1.0))))
+    elif code == 40:  # atan2
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = g * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+        elif w0:
+            adj[o0] += g * (b * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+        if w1 == 2:
+            adj[o1] = g * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+        elif w1:
+            adj[o1] += g * (-a * where(a * a + b * b == 0.0, 0.0, 1.0 / (a * a + b * b)))
+    elif code == 41:  # fmod
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+        if w1 == 2:
+            adj[o1] = g * (-trunc(a / b))
+        elif w1:
+            adj[o1] += g * (-trunc(a / b))
+    elif code == 42:  # remainder
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        if w0 == 2:
+            adj[o0] = g * (1.0)
+        elif w0:
+            adj[o0] += g * (1.0)
+        if w1 == 2:
+            adj[o1] = g * (-floor_divide(a, b))
+        elif w1:
+            adj[o1] += g * (-floor_divide(a, b))
+    elif code == 43:  # hypot
+        g = adj[oy]
+        a = vals[o0]
+        b = vals[o1]
+        y = vals[oy]
+        if w0 == 2:
+            adj[o0] = g * (a / y)
+        elif w0:
+            adj[o0] += g * (a / y)
+        if w1 == 2:
+            adj[o1] = g * (b / y)
+        elif w1:
+            adj[o1] += g * (b / y)
+    elif code == 44:  # where
+        g = adj[oy]
+        cond = vals[o2]
+        if w0 == 2:
+            adj[o0] = where((cond) == 0.0, 0.0, g * (cond))
+        elif w0:
+            adj[o0] += where((cond) == 0.0, 0.0, g * (cond))
+        if w1 == 2:
+            adj[o1] = where((1.0 - cond) == 0.0, 0.0, g * (1.0 - cond))
+        elif w1:
+            adj[o1] += where((1.0 - cond) == 0.0, 0.0, g * (1.0 - cond))
+
+
+@kernel
 def reverse_reduce(code, vals, adj, ox, oy, nx, c0, meta, mo, fresh):
     if code == 52:  # sum
         reverse_sum(vals, adj, ox, oy, nx, c0, meta, mo, fresh)

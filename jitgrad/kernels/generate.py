@@ -321,6 +321,42 @@ def _matmul(op) -> str:
     ])
 
 
+SCALAR_SIGNATURE = "vals, adj, o0, o1, o2, oy, w0, w1, w2, c0, c1"
+
+
+def _scalar_dispatcher() -> str:
+    """``reverse_scalar(code, ...)``: every elementwise op's step for a one-element output
+    (so one-element operands: no broadcasting), inline, on scalars. The array steps'
+    views and loops cost most of a 0-d entry's sweep; the same expressions in the same
+    order give the same values to the last bit."""
+    lines = ["", "", "@kernel", f"def reverse_scalar(code, {SCALAR_SIGNATURE}):"]
+    branches = [op for op in OPS if op.kind == ELEMENTWISE]
+    for i, op in enumerate(branches):
+        used = set()
+        for partial in op.partials:
+            if partial is not None:
+                used |= _names_in(partial)
+        lines.append(f"    {'if' if i == 0 else 'elif'} code == {op.code}:  # {op.name}")
+        lines.append("        g = adj[oy]")
+        for j, name in enumerate(op.inputs):
+            if name in used:
+                lines.append(f"        {name} = vals[o{j}]")
+        if "y" in used:
+            lines.append("        y = vals[oy]")
+        wrote = False
+        for k, partial in enumerate(op.partials):
+            if partial is None:
+                continue
+            wrote = True
+            lines += [f"        if w{k} == 2:",
+                      f"            adj[o{k}] = {adjoint_product('g', partial)}",
+                      f"        elif w{k}:",
+                      f"            adj[o{k}] += {adjoint_product('g', partial)}"]
+        if not wrote:
+            lines.append("        pass")
+    return "\n".join(lines)
+
+
 def _dispatcher(kind: int, name: str, signature: str, call: str) -> str:
     return codegen.dispatcher([op for op in OPS if op.kind == kind], name, signature,
                               _function_name, call)
@@ -339,6 +375,7 @@ def source() -> str:
             parts.append(_matmul(op))
     ew = ELEMENTWISE_SIGNATURE
     parts.append(_dispatcher(ELEMENTWISE, "reverse_elementwise", ew, ew))
+    parts.append(_scalar_dispatcher())
     red = "vals, adj, ox, oy, nx, c0, meta, mo, fresh"
     parts.append(_dispatcher(REDUCE, "reverse_reduce", red, red))
     mm = "vals, adj, oa, ob, oc, oy, w0, w1, w2, meta, mo"
