@@ -5,7 +5,6 @@ from collections.abc import Callable
 
 from .._dtype import float32, float64
 from ..autograd.grad_mode import no_grad
-from ..tape import thread_state
 from ..tensor import _bump_version
 from .optimizer import Optimizer, kernels, run_fused
 
@@ -55,15 +54,10 @@ class SGD(Optimizer):
             plan = self._scalar_plan()
             if plan is not None:
                 update = kernels().sgd_scalar
-                # as under no_grad: a write carried to a view's base is not recorded
-                tape = thread_state().tape
-                enabled, tape.grad_enabled = tape.grad_enabled, False
-                try:
+                with no_grad():  # a write carried to a view's base is not recorded
                     for p, data, grad, lr, maximize in plan:
                         data[()] = update(data.item(), grad, lr, maximize, p.dtype is float32)
                         _bump_version(p)
-                finally:
-                    tape.grad_enabled = enabled
                 return None
         return self._step(closure)
 
