@@ -622,26 +622,39 @@ class Tape:
         if self.holds:
             return
         if self.maybe_restart == _READY:
-            self._restart()
+            self._restart_sized()
         elif (self.maybe_restart or self.n_entries >= self.next_check
               or self.used[0] + self.used[1] >= self.checks.values) and self.n_entries:
             dropped_only = (self.maybe_restart == _DROPPED and self.n_entries < self.next_check
                             and self.used[0] + self.used[1] < self.checks.values)
             self.maybe_restart = False
             if self._count_pending_alive() == 0:
-                entries, values = self.n_entries, self.used[0] + self.used[1]
-                self._restart()
                 if dropped_only:
-                    # a graph recorded whole and dropped (a chain read and forgotten, a
-                    # forward-only loop that keeps nothing): the next one is likely as
-                    # large, and a periodic check inside it would find it all alive
-                    self.next_check = max(_CHECK_EVERY, 2 * entries)
-                    self.checks.values = max(_CHECK_VALUES, 2 * values)
+                    self._restart_sized()
+                else:
+                    self._restart()
             elif dropped_only:
-                self.checks.drop_at = 2 * self.n_entries
+                # a graph dropped while an older one stays alive (a tensor kept from an
+                # earlier step): drop the dead rows now, while the next graph is not yet
+                # recorded, instead of in the middle of it
+                entries = self.n_entries
+                if self._may_compact() and self.compact():
+                    self.next_check = max(self.next_check, self.n_entries + 2 * entries)
+                else:
+                    self.checks.drop_at = 2 * self.n_entries
             elif not (self._may_compact() and self.compact()):
                 self.next_check = self.checks.recheck_at = 2 * self.n_entries
                 self.checks.values = 2 * (self.used[0] + self.used[1])
+
+    def _restart_sized(self) -> None:
+        """A restart after a graph was recorded whole, then differentiated or dropped (a
+        training step, a chain read and forgotten, a forward-only loop that keeps nothing):
+        the next graph is likely as large, and a periodic check inside it would find it all
+        alive, so the next check waits for twice its size."""
+        entries, values = self.n_entries, self.used[0] + self.used[1]
+        self._restart()
+        self.next_check = max(_CHECK_EVERY, 2 * entries)
+        self.checks.values = max(_CHECK_VALUES, 2 * values)
 
     def newest_dropped(self) -> None:
         """The last tensor on the newest node died (called by ``Tensor.__del__``, which may
@@ -752,8 +765,13 @@ class Tape:
         live = kept_nodes[refs[kept_nodes] > 0]
         self._carry(node_map, entry_map, live, nodes[live, N_ENTRY])
         self.generation += 1
-        # the tables as new buffers, with room for as many rows again
-        self.capacity = max(2 * max(new_entries.shape[0], new_nodes.shape[0]), _INITIAL_ROWS)
+        # the tables as new buffers, with room for as many rows again, and the room they
+        # had unless that is far more than the tape used (as a restart keeps it): the next
+        # graph is likely as large as the one dropped
+        rows = max(self.n_entries, self.n_nodes)
+        room = self.capacity if self.capacity <= 4 * max(rows, _INITIAL_ROWS) else 2 * rows
+        self.capacity = max(2 * max(new_entries.shape[0], new_nodes.shape[0]), _INITIAL_ROWS,
+                            room)
         self._entries = _with_room(new_entries, self.capacity * _ENTRY_BYTES)
         self._nodes = _with_room(new_nodes, self.capacity * _NODE_BYTES)
         self.versions = _with_room(versions[kept_nodes], self.capacity, "q")
@@ -775,6 +793,9 @@ class Tape:
         self.next_check = self.checks.recheck_at = max(self.n_entries + _CHECK_EVERY,
                                                 2 * self.n_entries)
         self.checks.values = max(values + _CHECK_VALUES, 2 * values)
+        # the rows kept are live now: a graph among them dropped next (the chain being
+        # recorded) restarts the tape at once, as on a tape that never compacted
+        self.checks.drop_at = 0
         self.maybe_restart = False
         self.second_order_scratch = None
         return True

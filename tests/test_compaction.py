@@ -249,3 +249,99 @@ def test_a_restart_after_a_compaction_releases_dying_leaves_cleanly(small_tape):
     finally:
         sys.unraisablehook = hook
     assert caught == []
+
+
+@pytest.fixture
+def restartable(monkeypatch):
+    """Tapes of a few hundred entries restart (a default tape: from 4096)."""
+    monkeypatch.setattr("jitgrad.tape._RESTART_ENTRIES", 64)
+
+
+@pytest.fixture
+def compactions(monkeypatch):
+    """Every compaction's result, in order."""
+    results = []
+    compact = Tape.compact
+
+    def counted(self):
+        results.append(compact(self))
+        return results[-1]
+
+    monkeypatch.setattr(Tape, "compact", counted)
+    return results
+
+
+def test_a_chain_dropped_after_a_compaction_restarts_the_tape(small_tape, restartable,
+                                                              compactions):
+    # a chain kept alive while other work is recorded after it: the next chain is recorded
+    # behind both and compacted once; every later chain, dropped and recorded again, then
+    # restarts the tape instead of being compacted in the middle of the next one
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    out = _chain(x0, a, 100)
+    for _ in range(3):
+        (w * w).sum().backward()
+    for _ in range(6):
+        out = None
+        out = _chain(x0, a, 100)
+    assert compactions.count(True) == 1
+    counted = len(compactions)
+    generation = small_tape.generation
+    for _ in range(10):
+        out = None
+        out = _chain(x0, a, 100)
+        assert small_tape.n_entries == 400  # the chain alone, on a restarted tape
+    assert len(compactions) == counted
+    assert small_tape.generation == generation + 10
+    out.backward()
+    assert abs(x0.grad.item() - _chain_derivative(0.5, 0.9, 100)) < 1e-4
+
+
+def _chain_derivative(x: float, a: float, n: int) -> float:
+    d = 1.0
+    for _ in range(n):
+        d *= np.cos(x) * a + 0.5
+        x = np.sin(x) * a + x * 0.5
+    return d
+
+
+def test_a_pinned_graph_is_compacted_when_a_chain_is_dropped(small_tape, restartable,
+                                                             compactions):
+    # a tensor kept from an earlier step pins its graph: each dropped chain is compacted
+    # away before the next is recorded (not in its middle, copying it), in tables that
+    # keep their room
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    pinned = torch.sin(x0) * a  # never differentiated until the end
+    out = _chain(x0, a, 100)
+    sizes, capacities = [], []
+    for _ in range(8):
+        out = None
+        out = _chain(x0, a, 100)  # noqa: F841 - alive until the next chain is recorded
+        sizes.append(small_tape.n_entries)
+        capacities.append(small_tape.capacity)
+    assert compactions[-6:] == [True] * 6
+    assert len(compactions) <= 9
+    assert len(set(sizes[2:])) == 1 and sizes[-1] <= 400 + 4  # the pinned rows and one chain
+    assert len(set(capacities[2:])) == 1
+    pinned.backward()
+    assert abs(x0.grad.item() - np.cos(0.5) * 0.9) < 1e-6
+    assert abs(a.grad.item() - np.sin(0.5)) < 1e-6
+
+
+def test_a_differentiated_graph_sizes_the_next_check(small_tape, restartable, compactions):
+    # a chain recorded, differentiated, recorded again: the first one meets the periodic
+    # checks (everything alive: nothing compacted), the later ones restart a tape whose
+    # next check waits for twice the graph, so none is checked in its middle
+    x0 = torch.tensor(0.5, requires_grad=True)
+    a = torch.tensor(0.9, requires_grad=True)
+    checked = []
+    for _ in range(6):
+        out = _chain(x0, a, 200)  # 800 entries: past several checks of a fresh tape
+        checked.append(len(compactions))
+        out.backward()
+        assert abs(x0.grad.item() - _chain_derivative(0.5, 0.9, 200)) < 1e-4
+        x0.grad = a.grad = None
+    assert checked[0] >= 1 and not any(compactions)
+    assert checked[1:] == [checked[0]] * 5
