@@ -15,6 +15,7 @@ import numpy as np
 from . import _dtype as dt
 from .kernels.layout import DTYPE_F32, DTYPE_F64
 from .ops.registry import ELEMENTWISE, OPS
+from .tape import _DEFER_SIZE
 
 FREED_GRAPH = -2  # node-table entry value for a value whose graph was already freed
 
@@ -128,6 +129,8 @@ def _rewrite(tape, t, node: int) -> int:
     offset = tape.leaf_slot(node, size, code, t._requires_grad)
     if offset < 0:  # not the node this tensor would get now
         return register(tape, t)
+    if tape.deferred is not None:
+        tape.drop_deferred(node)  # the old value's copy: not to be written over the new
     _store(tape._arenas[code], offset, size, t, d)
     t._node_version = t._storage.version
     return node
@@ -161,7 +164,10 @@ def register(tape, t) -> int:
         t._tape.release(t._node, t._gen)
     node = tape.new_node(code, t._shape, size, requires_grad, entry)  # ends a 0-d run
     # (new_node wrote out any logged rows: the arena is the current one)
-    _store(tape._arenas[code], tape.used[code] - size, size, t, d)
+    if size >= _DEFER_SIZE and d is t.dtype and tape.compactable:
+        tape.defer(node, code, tape.used[code] - size, data)  # copied in when read
+    else:
+        _store(tape._arenas[code], tape.used[code] - size, size, t, d)
     t._tape = tape
     t._gen = tape.generation
     t._node = node

@@ -59,6 +59,7 @@ _CHECK_VALUES = 1 << 24  # arena elements between liveness checks
 _RESTART_ENTRIES = 1 << 12
 _RESTART_VALUES = 1 << 15
 _REUSE_SIZE = 1 << 16  # gradients from this many elements on reuse dropped ones' memory
+_DEFER_SIZE = 1 << 16  # a registered value of this many elements is copied in when first read
 
 _ENTRY = struct.Struct(f"<{E_WIDTH - 2}q2d")
 _NODE = struct.Struct(f"<{N_WIDTH}q")
@@ -103,15 +104,19 @@ def _grown(table, used: int, size: int):
     return _with_room(table[:used], size, getattr(table, "typecode", ""))
 
 
-def _written_out(name: str, rows: str = "", row_bytes: int = 0) -> property:
+def _written_out(name: str, rows: str = "", row_bytes: int = 0,
+                 values: bool = False) -> property:
     """A tape's ``name`` with its logged 0-d rows written out first (``flush``); for a
-    table (``rows``: the attribute counting its rows in use), a memoryview of those rows."""
+    table (``rows``: the attribute counting its rows in use), a memoryview of those rows;
+    ``values``: the arenas, with the deferred values copied in."""
     read = operator.attrgetter(name)
     count = operator.attrgetter(rows) if rows else None
 
     def table(tape):
         if tape.logged > 0:
             tape.flush()
+        if values and tape.deferred is not None:
+            tape.write_deferred()
         if count is None:
             return read(tape)
         return memoryview(read(tape))[:count(tape) * row_bytes]
@@ -176,6 +181,10 @@ class Tape:
         self._arenas = [np.empty(_INITIAL_ARENA, d) for d in _ARENA_DTYPES]
         self.used = [0, 0]
         self.pools = _Pools()  # memory kept for reuse
+        # large values of leaves and constants registered but not copied into the arena
+        # yet, [(dtype code, offset, array)]: written in by the first reader of the arenas
+        # (a value no op reads, as a sliced leaf's, is never copied); None: none
+        self.deferred: list | None = None
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
         # True: a sweep freed entries, check liveness before recording; _DROPPED (see
@@ -212,6 +221,36 @@ class Tape:
             self._arenas[dtype_code] = grown
         self.used[dtype_code] = end
         return offset
+
+    def defer(self, node: int, dtype_code: int, offset: int, array: np.ndarray) -> None:
+        """``array`` (``dtype_code``'s dtype) is the value of ``node`` at ``offset``: copied
+        in when something reads it, not now (the value of a leaf that only slices read
+        never is)."""
+        if self.deferred is None:
+            self.deferred = []
+        self.deferred.append((node, dtype_code, offset, array))
+
+    def write_deferred(self, saves: np.ndarray | None = None) -> None:
+        """Copy the deferred values into the current arenas; with ``saves`` (the sweep's
+        masks per op: bit k, input k's value is read) only those an entry reads."""
+        deferred, self.deferred = self.deferred, None
+        if saves is not None and self.n_entries:
+            entries = np.frombuffer(self._entries, np.int64,
+                                    self.n_entries * E_WIDTH).reshape(-1, E_WIDTH)
+            masks = saves[entries[:, E_OP]]
+            nodes = np.array([item[0] for item in deferred], np.int64)
+            read = np.zeros(nodes.shape[0], np.bool_)
+            for k in range(3):
+                read |= np.isin(nodes, entries[(masks >> k) & 1 == 1, E_IN0 + k])
+            self.deferred = [item for item, r in zip(deferred, read.tolist()) if not r] or None
+            deferred = [item for item, r in zip(deferred, read.tolist()) if r]
+        for _, code, offset, value in deferred:
+            self._arenas[code][offset:offset + value.size] = value.reshape(-1)
+
+    def drop_deferred(self, node: int) -> None:
+        """``node``'s value was written in (a leaf's new value): no deferred copy of an
+        older one may overwrite it."""
+        self.deferred = [item for item in self.deferred if item[0] != node] or None
 
     def _unpin(self) -> None:
         """``meta`` could not grow because a NumPy view of it is still alive somewhere (a
@@ -278,6 +317,8 @@ class Tape:
         """The node's value: a view into the current arena."""
         if self.logged > 0:
             self.flush()
+        if self.deferred is not None:
+            self.write_deferred()
         offset, size, dtype_code, _, _ = _NODE.unpack_from(self._nodes, node * _NODE_BYTES)
         return self._arenas[dtype_code][offset:offset + size].reshape(self._shapes[node])
 
@@ -486,7 +527,7 @@ class Tape:
     entries = _written_out("_entries", "n_entries", _ENTRY_BYTES)
     nodes = _written_out("_nodes", "n_nodes", _NODE_BYTES)
     shapes = _written_out("_shapes")
-    arenas = _written_out("_arenas")
+    arenas = _written_out("_arenas", values=True)
 
     def leaf_slot(self, node: int, size: int, dtype_code: int, requires_grad: bool) -> int:
         """The arena offset of ``node``'s value if it is a leaf's or a constant's node (no
@@ -497,11 +538,14 @@ class Tape:
             return -1
         return offset
 
-    def sweep_tables(self) -> tuple:
+    def sweep_tables(self, saves: np.ndarray) -> tuple:
         """What a reverse sweep reads, the logged 0-d rows written out first: entries,
-        nodes, versions, live references, meta, the float32 and float64 arenas."""
+        nodes, versions, live references, meta, the float32 and float64 arenas (with the
+        deferred values that the entries read, per ``saves``, copied in)."""
         if self.logged > 0:
             self.flush()
+        if self.deferred is not None:
+            self.write_deferred(saves)
         return (memoryview(self._entries)[:self.n_entries * _ENTRY_BYTES],
                 memoryview(self._nodes)[:self.n_nodes * _NODE_BYTES], self.versions,
                 self.refs, self.meta, self._arenas[0], self._arenas[1])
@@ -872,6 +916,7 @@ class Tape:
         # forgotten first: dropping the leaves below runs __del__ of older tensors)
         self.carried = self.carried_entries = None
         self.maybe_restart = False
+        self.deferred = None  # values of the generation that ends
         rows = max(self.n_entries, self.n_nodes)
         if self.capacity > 4 * max(rows, _INITIAL_ROWS):  # room for a far larger graph
             self.capacity = max(2 * rows, _INITIAL_ROWS)
@@ -955,6 +1000,8 @@ class Tape:
         before the next append: ``meta`` cannot grow while a view of it is alive."""
         if self.logged > 0:
             self.flush()
+        if self.deferred is not None:
+            self.write_deferred()
         n_entries, n_nodes = self.n_entries, self.n_nodes
         width = n_entries * E_WIDTH
         entries = np.frombuffer(self._entries, np.int64, width) if n_entries else _EMPTY_INT

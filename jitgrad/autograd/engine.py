@@ -159,7 +159,7 @@ def run(outputs, grad_outputs, retain_graph, create_graph, targets=None):
                 reached, ready, kinds, saves, bool(retain_graph), leaves)
         else:
             status, entry, pending, n_leaves = sweep_tape(
-                *tape.sweep_tables(), adj[0], adj[1], roots, reached, ready, kinds, saves,
+                *tape.sweep_tables(saves), adj[0], adj[1], roots, reached, ready, kinds, saves,
                 bool(retain_graph), leaves, tape.restartable())
     finally:
         entries = consts = nodes = versions = refs = meta = None
@@ -241,7 +241,7 @@ def _backward_scalar(output: Tensor) -> bool:
     adj = tape.adjoint_buffers()
     adj[code][offset] = 1.0
     status, entry, pending, n_leaves = sweep_tape(
-        *tape.sweep_tables(), adj[0], adj[1], leaves[n_nodes:], reached, ready, kinds, saves,
+        *tape.sweep_tables(saves), adj[0], adj[1], leaves[n_nodes:], reached, ready, kinds, saves,
         False, leaves, tape.restartable())
     if status != 0:
         _raise_sweep_error(tape, status, entry)
