@@ -446,6 +446,7 @@ def _elementwise(name: str, inputs: list, c0: float = 0.0, c1: float = 0.0,
 
 
 _round32_buffer = array("f", [0.0])
+_pack_log = _LOGGED.pack_into  # (bound once: the per-op cost of 0-d programs)
 
 
 def _scalar_elementwise(op, inputs: list, c0, c1, result: dt.dtype, record: bool):
@@ -543,7 +544,7 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
     # Tape.record_scalar2 for an op past the first of a run while the log has room, inline
     logged = tape.logged
     if 0 < logged < _LOG_ROWS:
-        _LOGGED.pack_into(tape.log, logged * _LOG_BYTES, code, in0, in1, value, c0,
+        _pack_log(tape.log, logged * _LOG_BYTES, code, in0, in1, value, c0,
                           0 if d is _F32 else 1)
         tape.logged = logged + 1
         node = tape.n_nodes  # (its version and live count were set when the log started)
