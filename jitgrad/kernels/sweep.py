@@ -211,7 +211,7 @@ def _reverse_entry(e, kind, code, entries, consts, nodes, meta, vals, adj, fresh
 def _reverse_scalar_entry(e, code, entries, consts, nodes, vals, adj, fresh):
     """``_reverse_entry`` of an elementwise entry with a one-element output (so one-element
     operands): ``reverse_scalar``, the array step's arithmetic on scalars. The array steps'
-    views, loops and dispatch were most of a 0-d entry's time (~80 of ~100 ns)."""
+    views, loops and dispatch were most of a 0-d entry's time on W2 (~110 of ~140 ns)."""
     out = entries[e, E_OUT]
     in0 = entries[e, E_IN0]
     in1 = entries[e, E_IN1]
