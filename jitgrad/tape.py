@@ -684,6 +684,10 @@ class Tape:
                 entries = self.n_entries
                 if self._may_compact() and self.compact():
                     self.next_check = max(self.next_check, self.n_entries + 2 * entries)
+                    # the next one when the tape has grown again (small graphs dropped
+                    # one after another: a compaction per restart's worth of entries)
+                    self.checks.drop_at = max(2 * self.n_entries,
+                                              self.n_entries + _RESTART_ENTRIES)
                 else:
                     self.checks.drop_at = 2 * self.n_entries
             elif not (self._may_compact() and self.compact()):

@@ -345,3 +345,19 @@ def test_a_differentiated_graph_sizes_the_next_check(small_tape, restartable, co
         x0.grad = a.grad = None
     assert checked[0] >= 1 and not any(compactions)
     assert checked[1:] == [checked[0]] * 5
+
+
+def test_small_graphs_dropped_under_a_pinned_one_are_compacted_rarely(small_tape,
+                                                                     compactions):
+    # each slice is a graph of its own, dropped at once, with a large value: a compaction
+    # at every drop (the tape restartable again after a few dozen of them) would cost far
+    # more than recording them (it came every few dozen: 64 here); the drop check waits
+    # for a restart's worth of entries
+    x = torch.rand(1000, dtype=torch.float64, requires_grad=True)
+    pinned = x * 2.0  # alive, never differentiated until the end
+    for _ in range(2000):
+        x[1:]
+    # a periodic check's compaction, and at most one drop's after each
+    assert len(compactions) <= 2 * (2000 // CHECK) + 4
+    pinned.sum().backward()
+    assert np.array_equal(x.grad.numpy(), np.full(1000, 2.0))
