@@ -545,7 +545,7 @@ def _finish_scalar(op, value, d: dt.dtype, a: Tensor, b, c0: float) -> Tensor:
     logged = tape.logged
     if 0 < logged < _LOG_ROWS:
         _pack_log(tape.log, logged * _LOG_BYTES, code, in0, in1, value, c0,
-                          0 if d is _F32 else 1)
+                  0 if d is _F32 else 1)
         tape.logged = logged + 1
         node = tape.n_nodes  # (its version and live count were set when the log started)
         tape.n_nodes = node + 1

@@ -182,8 +182,9 @@ class Tape:
         self.used = [0, 0]
         self.pools = _Pools()  # memory kept for reuse
         # large values of leaves and constants registered but not copied into the arena
-        # yet, [(dtype code, offset, array)]: written in by the first reader of the arenas
-        # (a value no op reads, as a sliced leaf's, is never copied); None: none
+        # yet, [(node, dtype code, offset, array)]: a sweep copies in those its steps read,
+        # any other reader of the arenas all of them (a value no op reads, as a sliced
+        # leaf's, is never copied); None: none
         self.deferred: list | None = None
         self.leaves: dict[int, object] = {}    # node -> leaf Tensor that accumulates .grad
         self.retained: dict[int, object] = {}  # node -> non-leaf Tensor with retain_grad()
@@ -242,8 +243,9 @@ class Tape:
             read = np.zeros(nodes.shape[0], np.bool_)
             for k in range(3):
                 read |= np.isin(nodes, entries[(masks >> k) & 1 == 1, E_IN0 + k])
-            self.deferred = [item for item, r in zip(deferred, read.tolist()) if not r] or None
+            kept = [item for item, r in zip(deferred, read.tolist()) if not r]
             deferred = [item for item, r in zip(deferred, read.tolist()) if r]
+            self.deferred = kept or None
         for _, code, offset, value in deferred:
             self._arenas[code][offset:offset + value.size] = value.reshape(-1)
 
@@ -251,6 +253,13 @@ class Tape:
         """``node``'s value was written in (a leaf's new value): no deferred copy of an
         older one may overwrite it."""
         self.deferred = [item for item in self.deferred if item[0] != node] or None
+
+    def _room(self, rows: int) -> int:
+        """The tables' room for a new generation after a graph of ``rows`` rows: the room
+        they have (the next graph is likely as large), unless that is far more."""
+        if self.capacity > 4 * max(rows, _INITIAL_ROWS):
+            return max(2 * rows, _INITIAL_ROWS)
+        return self.capacity
 
     def _unpin(self) -> None:
         """``meta`` could not grow because a NumPy view of it is still alive somewhere (a
@@ -813,13 +822,10 @@ class Tape:
         live = kept_nodes[refs[kept_nodes] > 0]
         self._carry(node_map, entry_map, live, nodes[live, N_ENTRY])
         self.generation += 1
-        # the tables as new buffers, with room for as many rows again, and the room they
-        # had unless that is far more than the tape used (as a restart keeps it): the next
-        # graph is likely as large as the one dropped
-        rows = max(self.n_entries, self.n_nodes)
-        room = self.capacity if self.capacity <= 4 * max(rows, _INITIAL_ROWS) else 2 * rows
-        self.capacity = max(2 * max(new_entries.shape[0], new_nodes.shape[0]), _INITIAL_ROWS,
-                            room)
+        # the tables as new buffers, with room for as many rows again and the room a
+        # restart would keep
+        self.capacity = max(2 * max(new_entries.shape[0], new_nodes.shape[0]),
+                            self._room(max(self.n_entries, self.n_nodes)))
         self._entries = _with_room(new_entries, self.capacity * _ENTRY_BYTES)
         self._nodes = _with_room(new_nodes, self.capacity * _NODE_BYTES)
         self.versions = _with_room(versions[kept_nodes], self.capacity, "q")
@@ -921,9 +927,9 @@ class Tape:
         self.carried = self.carried_entries = None
         self.maybe_restart = False
         self.deferred = None  # values of the generation that ends
-        rows = max(self.n_entries, self.n_nodes)
-        if self.capacity > 4 * max(rows, _INITIAL_ROWS):  # room for a far larger graph
-            self.capacity = max(2 * rows, _INITIAL_ROWS)
+        room = self._room(max(self.n_entries, self.n_nodes))
+        if room != self.capacity:  # room for a far larger graph
+            self.capacity = room
             self._entries = bytearray(self.capacity * _ENTRY_BYTES)
             self._nodes = bytearray(self.capacity * _NODE_BYTES)
             self.versions = _with_room(b"", self.capacity, "q")
